@@ -1,0 +1,43 @@
+"""specscope: watch the spectra of a neural network while it trains.
+
+Public surface (imported lazily, so ``import specscope`` does no work)::
+
+    import specscope as ss
+    ss.Monitor, ss.probes.Weights, ss.open_run, ss.describe, ss.query
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Monitor": ("specscope.monitor", "Monitor"),
+    "open_run": ("specscope.store.reader", "open_run"),
+    "Run": ("specscope.store.reader", "Run"),
+    "describe": ("specscope.spectra", "describe"),
+    "query": ("specscope.store.query", "query"),
+    "catalog": ("specscope.models", "catalog"),
+    "report": ("specscope.report", "write_report"),
+    "SpecscopeError": ("specscope.errors", "SpecscopeError"),
+    "probes": ("specscope.probes", None),
+    "spectra": ("specscope.spectra", None),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'specscope' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,156 @@
+"""The monitor: when to measure, with which probes, into which run store.
+
+It never breaks the training it watches: a probe that fails records NaN with a status and
+the loop goes on; measurement runs without gradients, restores every module's train/eval
+mode and the RNG states, and writes through the crash-safe run store.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .models import MatrixRef, catalog as build_catalog
+from .probes.base import Measurement, Probe, ProbeContext
+from .store.writer import RunWriter
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """No grad; module modes and CPU/CUDA RNG states are restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _to_float(x: Any) -> float:
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        return float(x.item()) if x.numel() == 1 else float("nan")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+class Monitor:
+    """Watch ``model`` during training and write what the probes measure to ``run_dir``.
+
+    Call :meth:`step` once per optimizer step (after it). Scalars are flushed every
+    ``flush_every_s`` seconds; a probe measurement is flushed at once. Use as a context
+    manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        run_dir: str | os.PathLike,
+        probes: Iterable[Probe] = (),
+        run_id: str | None = None,
+        config: dict | None = None,
+        flush_every_s: float = 30.0,
+        catalog: list[MatrixRef] | None = None,
+    ):
+        self.model = model
+        self.probes = list(probes)
+        names = [p.name for p in self.probes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"probe names must be unique, got {names}")
+        self.catalog = catalog if catalog is not None else build_catalog(model)
+        self.writer = RunWriter(run_dir, run_id=run_id, config=config)
+        self.writer.write_meta(probes=[p.describe() for p in self.probes])
+        self.flush_every_s = flush_every_s
+        self._last_flush = time.monotonic()
+        self._closed = False
+        self.last_step: int | None = None
+        for p in self.probes:
+            try:
+                p.setup(model)
+            except Exception as exc:
+                log.warning("probe %s setup failed: %s", p.name, exc)
+
+    @property
+    def run_dir(self):
+        return self.writer.dir
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def log(self, step: int, tokens: int | None = None, **scalars: Any) -> None:
+        """Record training scalars (loss, lr, tokens_per_s, ...) without measuring."""
+        now = time.time()
+        for name, value in scalars.items():
+            if value is None:
+                continue
+            self.writer.add("scalars", {"step": int(step), "tokens": tokens, "name": name, "value": _to_float(value), "wall_time": now})
+
+    def step(self, step: int, loss: Any = None, tokens: int | None = None, **scalars: Any) -> None:
+        """Record this step's scalars and run every probe that is due."""
+        if self._closed:
+            raise RuntimeError("monitor is closed")
+        self.last_step = int(step)
+        self.log(step, tokens, loss=loss, **scalars)
+        due = [p for p in self.probes if p.due(int(step))]
+        if due:
+            self.measure(step, tokens, due)
+        elif time.monotonic() - self._last_flush > self.flush_every_s:
+            self.flush()
+
+    def measure(self, step: int, tokens: int | None = None, probes: Iterable[Probe] | None = None) -> None:
+        """Run probes now (default: all) and flush."""
+        ctx = ProbeContext(self.model, self.catalog, int(step), tokens)
+        for probe in probes if probes is not None else self.probes:
+            t0 = time.perf_counter()
+            try:
+                with preserved(self.model):
+                    result = probe.measure(ctx)
+                status = "ok"
+            except Exception as exc:  # never break the user's training
+                log.warning("probe %s failed at step %s: %s", probe.name, step, exc)
+                result = Measurement()
+                result.add_metric(-1, "other", "", "probe_error", math.nan, f"{type(exc).__name__}: {exc}")
+                status = "error"
+            elapsed = time.perf_counter() - t0
+            base = {"step": int(step), "tokens": tokens, "probe": probe.name}
+            self.writer.add_many("metrics", [{**base, **row} for row in result.metrics])
+            self.writer.add_many("spectra", [{**base, **row} for row in result.spectra])
+            self.log(step, tokens, **{f"probe_seconds/{probe.name}": elapsed})
+            if status != "ok":
+                self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
+        self.flush()
+
+    def flush(self) -> None:
+        try:
+            self.writer.flush()
+        except Exception as exc:  # disk full etc.: keep training, keep the buffer
+            log.error("run store flush failed: %s", exc)
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.writer.close()
+        except Exception as exc:
+            log.error("closing run store failed: %s", exc)

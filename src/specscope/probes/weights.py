@@ -1,0 +1,63 @@
+"""The weight probe: SPEC section 3 metrics and full spectra of every cataloged matrix."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..spectra import singular_values_many, spectrum_metrics
+from .base import Measurement, Probe, ProbeContext
+
+
+class Weights(Probe):
+    """Spectra of weight matrices.
+
+    ``kinds`` restricts the catalog (default: all). ``method`` is ``"gram"`` (float64 Gram +
+    ``eigvalsh``) or ``"svd"`` (exact). ``scale`` is the model width used to choose the tail
+    window (default: each matrix's short side). ``store_spectra`` keeps the full singular values.
+    """
+
+    name = "weights"
+
+    def __init__(
+        self,
+        every: int = 25,
+        at: Iterable[int] = (),
+        kinds: Iterable[str] | None = None,
+        method: str = "gram",
+        scale: int | None = None,
+        store_spectra: bool = True,
+        knee: bool = True,
+        name: str | None = None,
+    ):
+        super().__init__(every, at, name)
+        self.kinds = frozenset(kinds) if kinds is not None else None
+        self.method = method
+        self.scale = scale
+        self.store_spectra = store_spectra
+        self.knee = knee
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "kinds": sorted(self.kinds) if self.kinds else None, "method": self.method}
+
+    def measure(self, ctx: ProbeContext) -> Measurement:
+        refs = [r for r in ctx.catalog if self.kinds is None or r.kind in self.kinds]
+        spectra = singular_values_many([(r.name, r.read()) for r in refs], method=self.method)
+        out = Measurement()
+        by_len: dict[int, list] = defaultdict(list)
+        for ref in refs:
+            spec = spectra[ref.name]
+            by_len[len(spec.sv)].append((ref, spec))
+            if self.store_spectra:
+                out.spectra.append({"layer": ref.layer, "kind": ref.kind, "name": ref.name, "quantity": "sv",
+                                    "values": spec.sv.tolist(), "status": spec.status})
+        for members in by_len.values():
+            sv = np.stack([s.sv for _, s in members])
+            table = spectrum_metrics(sv, scale=self.scale, knee=self.knee)
+            for metric, vals in table.values.items():
+                sts = table.status[metric]
+                for i, (ref, spec) in enumerate(members):
+                    st = spec.status if spec.status != "ok" else sts[i]
+                    out.add_metric(ref.layer, ref.kind, ref.name, metric, float(vals[i]), st)
+        return out

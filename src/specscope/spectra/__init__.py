@@ -1,0 +1,52 @@
+"""Pure math on tensors: spectra, normalizations, metrics, power-law fits.
+
+Knows nothing of ``nn.Module``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .compute import Spectrum, singular_values, singular_values_many
+from .metrics import MetricTable, spectrum_metrics
+from .powerlaw import alpha_rank, head_tail_knee
+from .temporal import compression, cosine, eigen_distribution, js_divergence, sd_variation, singular_distribution
+from .windows import tail_window
+
+__all__ = [
+    "Spectrum", "singular_values", "singular_values_many", "MetricTable", "spectrum_metrics",
+    "alpha_rank", "head_tail_knee", "compression", "cosine", "eigen_distribution", "js_divergence",
+    "sd_variation", "singular_distribution", "tail_window", "describe",
+]
+
+
+def describe(x, spectrum: str = "sv", scale: int | None = None, method: str = "gram") -> dict:
+    """SPEC section 3 metrics of one matrix or one spectrum, as a flat dict.
+
+    ``x`` is a 2-D matrix (tensor or array), or a 1-D spectrum: singular values
+    (``spectrum="sv"``, default) or eigenvalues (``spectrum="eig"``, e.g. a covariance
+    spectrum). The dict maps each metric to a float and ``"status"`` to ``"ok"`` or the
+    reasons some metrics are NaN. Never raises on NaN/Inf input.
+    """
+    arr = x.detach().cpu() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim == 2:
+        spec = singular_values(arr, method=method)
+        sv, status = spec.sv, spec.status
+    elif arr.ndim == 1:
+        v = np.asarray(arr, dtype=np.float64)
+        if spectrum == "eig":
+            v = np.sqrt(np.clip(v, 0.0, None)) if np.isfinite(v).all() else np.full(len(v), np.nan)
+        elif spectrum != "sv":
+            raise ValueError("spectrum must be 'sv' or 'eig'")
+        sv, status = -np.sort(-v), "ok" if np.isfinite(v).all() else "non-finite spectrum"
+    else:
+        raise ValueError(f"describe takes a matrix or a 1-D spectrum, got {arr.ndim} dims")
+    table = spectrum_metrics(sv[None, :], scale=scale)
+    out: dict = {}
+    reasons = [] if status == "ok" else [status]
+    for name, (val, st) in table.row(0).items():
+        out[name] = val
+        if st != "ok" and st not in reasons:
+            reasons.append(st)
+    out["status"] = "ok" if not reasons else "; ".join(reasons)
+    return out

@@ -1,0 +1,118 @@
+"""Scalar metrics of one spectrum (SPEC section 3), vectorized over a batch of spectra."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .powerlaw import alpha_rank, head_tail_knee
+from .windows import HEAD_WINDOW, bank_windows, tail_window, window_name
+
+N_RATIOS = 4  # ratio[1..N_RATIOS]
+KSTAR_JMAX = 16
+
+
+@dataclass
+class MetricTable:
+    """Values and status per metric for a batch of B spectra."""
+
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    status: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def put(self, name: str, vals: np.ndarray, status: np.ndarray | str | None = None) -> None:
+        vals = np.asarray(vals, dtype=np.float64)
+        st = np.full(vals.shape, "ok", dtype=object)
+        if isinstance(status, str):
+            st[:] = status
+        elif status is not None:
+            st[:] = status
+        st[~np.isfinite(vals) & (st == "ok")] = "not finite"
+        self.values[name] = vals
+        self.status[name] = st
+
+    def row(self, i: int) -> dict[str, tuple[float, str]]:
+        return {k: (float(v[i]), str(self.status[k][i])) for k, v in self.values.items()}
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
+
+
+def spectrum_metrics(
+    sv: np.ndarray,
+    scale: int | None = None,
+    head_window: tuple[int, int] = HEAD_WINDOW,
+    tail: tuple[int, int] | None = None,
+    knee: bool = True,
+) -> MetricTable:
+    """Every SPEC section 3 metric except ``alpha_mle`` for singular values ``sv`` (B, r).
+
+    ``scale`` (model width) selects the tail window; ``tail`` overrides it. Rows with
+    non-finite values or rank 0 give NaN everywhere with a status.
+    """
+    sv = np.atleast_2d(np.asarray(sv, dtype=np.float64))
+    bsz, r = sv.shape
+    out = MetricTable()
+    finite = np.isfinite(sv).all(axis=1) if r else np.zeros(bsz, bool)
+    s = np.where(finite[:, None], sv, 0.0)
+    lam = s * s
+    total = lam.sum(axis=1)
+    lam1 = lam[:, 0] if r else np.zeros(bsz)
+    dead = ~finite | ~(lam1 > 0)
+    row_status = np.where(~finite, "non-finite spectrum", np.where(dead, "rank 0", "ok")).astype(object)
+
+    def put(name: str, vals: np.ndarray, st: np.ndarray | str | None = None) -> None:
+        vals = np.where(dead, np.nan, vals)
+        stat = np.full(bsz, "ok", dtype=object)
+        if st is not None:
+            stat[:] = st
+        stat[dead] = row_status[dead]
+        out.put(name, vals, stat)
+
+    p = _safe_div(lam, total[:, None]) if r else lam
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    entropy = -plogp.sum(axis=1)
+    put("frob_sq", total)
+    put("spectral_norm", s[:, 0] if r else np.full(bsz, np.nan))
+    put("stable_rank", _safe_div(total, lam1))
+    put("entropy", entropy)
+    put("entropy_norm", entropy / np.log(r) if r > 1 else np.full(bsz, np.nan), None if r > 1 else "rank 1")
+    put("rankme", np.exp(entropy))
+
+    put("alpha_head", *alpha_rank(p, head_window))
+    win = tail if tail is not None else tail_window(r, scale)
+    if win is None:
+        put("alpha_tail", np.full(bsz, np.nan), f"no tail window fits a spectrum of length {r}")
+    else:
+        put("alpha_tail", *alpha_rank(p, win))
+    wins = bank_windows(r)
+    if win is not None and win not in wins:
+        wins.append(win)
+    for w in wins:
+        put(window_name(w), *alpha_rank(p, w))
+    if knee:
+        k, a, st = head_tail_knee(p)
+        put("head_tail_knee", k, st)
+        put("alpha_tail_auto", a, st)
+
+    ratios = _safe_div(s[:, :-1], s[:, 1:]) if r > 1 else np.full((bsz, 0), np.nan)
+    ratios = np.where((s[:, :-1] > 0) & (s[:, 1:] == 0), np.inf, ratios) if r > 1 else ratios
+    put("gap12", ratios[:, 0] if r > 1 else np.full(bsz, np.nan), None if r > 1 else "rank 1")
+    for j in range(1, N_RATIOS + 1):
+        if j < r:
+            put(f"ratio[{j}]", ratios[:, j - 1])
+    jmax = min(r - 1, KSTAR_JMAX)
+    if jmax >= 1:
+        head = np.nan_to_num(ratios[:, :jmax], nan=-np.inf)
+        kidx = np.argmax(head, axis=1)
+        put("kstar", kidx + 1.0)
+        put("gap_ratio", ratios[np.arange(bsz), kidx])
+    else:
+        put("kstar", np.full(bsz, np.nan), "rank 1")
+        put("gap_ratio", np.full(bsz, np.nan), "rank 1")
+    cum = np.cumsum(lam, axis=1)
+    k95 = (cum < 0.95 * total[:, None] * (1 - 1e-12)).sum(axis=1) + 1.0
+    put("k95", k95)
+    return out

@@ -1,0 +1,69 @@
+"""Metrics across time (SPEC section 4): pure functions of spectra and weights."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def singular_distribution(sv: np.ndarray) -> np.ndarray:
+    """``sd_j = s_j / sum_k s_k`` (SoSD Def. 3.1); NaN where the sum is not positive."""
+    sv = np.asarray(sv, dtype=np.float64)
+    tot = sv.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(tot > 0, sv / np.where(tot > 0, tot, 1.0), np.nan)
+
+
+def eigen_distribution(lam: np.ndarray) -> np.ndarray:
+    """``p_j = lam_j / sum_k lam_k``."""
+    return singular_distribution(lam)
+
+
+def compression(stable_rank: np.ndarray) -> np.ndarray:
+    """``1 - stable_rank(t) / stable_rank(t0)`` along the last axis, ``t0`` the first entry."""
+    sr = np.asarray(stable_rank, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 - sr / sr[..., :1]
+
+
+def sd_variation(sv_series: np.ndarray, steps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``||sd_t - sd_t'||_2`` between consecutive rows of a (T, r) series of singular values.
+
+    Returns (variation, variation per step), each of length T with NaN at t = 0.
+    """
+    sd = singular_distribution(np.atleast_2d(sv_series))
+    var = np.full(len(sd), np.nan)
+    if len(sd) > 1:
+        var[1:] = np.linalg.norm(sd[1:] - sd[:-1], axis=1)
+    per = np.full(len(sd), np.nan)
+    if steps is not None and len(sd) > 1:
+        dt = np.diff(np.asarray(steps, dtype=np.float64))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per[1:] = np.where(dt > 0, var[1:] / np.where(dt > 0, dt, 1.0), np.nan)
+    return var, per
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity along the last axis (``cos_sd_final``, ``cos_w_final``)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, (a * b).sum(axis=-1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (natural log) of two eigen distributions; the shorter is zero-padded."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    q = np.asarray(q, dtype=np.float64).ravel()
+    n = max(len(p), len(q))
+    p = np.pad(p, (0, n - len(p)))
+    q = np.pad(q, (0, n - len(q)))
+    if not (np.isfinite(p).all() and np.isfinite(q).all()) or p.sum() <= 0 or q.sum() <= 0:
+        return float("nan")
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        mask = a > 0
+        return float((a[mask] * np.log(a[mask] / m[mask])).sum())
+
+    return 0.5 * kl(p) + 0.5 * kl(q)

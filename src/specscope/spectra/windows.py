@@ -1,0 +1,55 @@
+"""Rank windows for the band-restricted exponent (SPEC section 3, "Tail window")."""
+from __future__ import annotations
+
+# Spectral Lens' bank, selected by model scale (hidden width): d=768 -> first, 1280 -> second, 1600 -> third.
+SCALE_BANK: tuple[tuple[int, tuple[int, int]], ...] = (
+    (1600, (400, 800)),
+    (1280, (200, 400)),
+    (768, (100, 200)),
+)
+# For models too narrow for the scale bank.
+TOY_BANK: tuple[tuple[int, int], ...] = ((10, 40), (40, 90), (90, 200))
+HEAD_WINDOW: tuple[int, int] = (1, 10)
+# A clipped toy window must keep at least this many ranks to be used.
+MIN_WINDOW_RANKS = 20
+
+
+def clip_window(window: tuple[int, int], r: int) -> tuple[int, int] | None:
+    a, b = window
+    b = min(b, r)
+    if a < 1 or b - a + 1 < 2:
+        return None
+    return (a, b)
+
+
+def tail_window(r: int, scale: int | None = None) -> tuple[int, int] | None:
+    """The tail window for a spectrum of length ``r`` from a model of width ``scale``.
+
+    Widths of at least 768 take the Spectral Lens bank entry for the largest width they
+    reach. Narrower models take the deepest toy-bank window that, clipped to ``r``,
+    still holds ``MIN_WINDOW_RANKS`` ranks (the paper finds the deepest window the most
+    informative); if none does, the first window clipped to ``r``. ``scale`` defaults to ``r``.
+    """
+    d = r if scale is None else scale
+    for width, win in SCALE_BANK:
+        if d >= width and r >= win[1]:
+            return win
+    for win in reversed(TOY_BANK):
+        c = clip_window(win, r)
+        if c is not None and c[1] - c[0] + 1 >= MIN_WINDOW_RANKS:
+            return c
+    return clip_window(TOY_BANK[0], r)
+
+
+def bank_windows(r: int) -> list[tuple[int, int]]:
+    """Every bank window (toy and scale) that fits, clipped, in a spectrum of length r."""
+    wins = [clip_window(w, r) for w in TOY_BANK] + [w for _, w in SCALE_BANK if w[1] <= r]
+    seen: list[tuple[int, int]] = []
+    for w in wins:
+        if w is not None and w not in seen and w[1] - w[0] + 1 >= MIN_WINDOW_RANKS:
+            seen.append(w)
+    return seen
+
+
+def window_name(window: tuple[int, int]) -> str:
+    return f"alpha_rank[{window[0]}:{window[1]}]"

@@ -1,0 +1,119 @@
+"""Reading a run store, also while a run is still writing it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import RunNotFoundError
+from .files import list_parts
+from .schema import META_FILE, SCHEMAS, TABLES
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["step", "tokens", "probe", "layer", "kind", "metric", "value", "name", "status", "run_id"]
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / META_FILE).is_file() or any((path / t).is_dir() for t in TABLES)
+
+
+def find_runs(roots: Iterable[str | os.PathLike]) -> list[Path]:
+    """Run directories at or below each root (a root may itself be a run)."""
+    found: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise RunNotFoundError(f"no such directory: {root}")
+        if is_run_dir(root):
+            found.append(root)
+            continue
+        for meta in sorted(root.rglob(META_FILE)):
+            found.append(meta.parent)
+    return found
+
+
+def part_files(run_dir: Path, table: str) -> list[Path]:
+    return [p.path for p in list_parts(run_dir / table)]
+
+
+def read_table(run_dir: Path, table: str, filters: list | None = None) -> pa.Table:
+    """All live parts of one table; a part that cannot be read is skipped with a warning."""
+    pieces = []
+    for path in part_files(run_dir, table):
+        try:
+            pieces.append(pq.read_table(path, schema=SCHEMAS[table], filters=filters))
+        except Exception as exc:  # e.g. a file vanished under a concurrent compaction
+            log.warning("skipping unreadable part %s: %s", path, exc)
+    if not pieces:
+        return SCHEMAS[table].empty_table()
+    return pa.concat_tables(pieces)
+
+
+class Run:
+    """A run directory, opened for reading (see :func:`open_run`)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        if not self.dir.is_dir() or not is_run_dir(self.dir):
+            raise RunNotFoundError(f"not a specscope run: {self.dir}")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        path = self.dir / META_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @property
+    def run_id(self) -> str:
+        return self.meta.get("run_id", self.dir.name)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta.get("config", {}) or {}
+
+    def metrics(self, probe: str | None = None, metric: str | None = None, kind: str | None = None) -> pd.DataFrame:
+        """Long frame: step, tokens, probe, layer, kind, metric, value (+ name, status, run_id)."""
+        filters = [(c, "=", v) for c, v in (("probe", probe), ("metric", metric), ("kind", kind)) if v is not None]
+        df = read_table(self.dir, "metrics", filters or None).to_pandas()
+        return df[METRIC_COLUMNS].sort_values(["step", "probe", "layer", "kind", "metric"], kind="stable").reset_index(drop=True)
+
+    def spectra(
+        self,
+        probe: str | None = None,
+        layer: int | None = None,
+        kind: str | None = None,
+        step: int | None = None,
+    ) -> pd.DataFrame:
+        """Full stored spectra: one row per (step, probe, layer, kind, name), ``values`` a float64 array."""
+        filters = [(c, "=", v) for c, v in (("probe", probe), ("layer", layer), ("kind", kind), ("step", step)) if v is not None]
+        df = read_table(self.dir, "spectra", filters or None).to_pandas()
+        df["values"] = [np.asarray(v, dtype=np.float64) for v in df["values"]]
+        return df.sort_values(["step", "probe", "layer", "kind", "name"], kind="stable").reset_index(drop=True)
+
+    def scalars(self, wide: bool = True) -> pd.DataFrame:
+        """Training scalars. Wide (default): one row per step, a column per scalar."""
+        df = read_table(self.dir, "scalars").to_pandas()
+        if not wide:
+            return df
+        if df.empty:
+            return pd.DataFrame(columns=["step", "tokens"])
+        tokens = df.groupby("step")["tokens"].max()
+        out = df.pivot_table(index="step", columns="name", values="value", aggfunc="last")
+        out.columns.name = None
+        out.insert(0, "tokens", tokens.reindex(out.index))
+        return out.reset_index()
+
+
+def open_run(run_dir: str | os.PathLike) -> Run:
+    """Open a run directory for reading; works while the run is still being written."""
+    return Run(run_dir)
