@@ -1,0 +1,193 @@
+"""The reference trainer: a client of the monitor, exactly like a user's own training loop."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..monitor import Monitor
+from ..probes import Probe, Weights
+from .corpus import Corpus, load_corpus, sample_batch
+from .model import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    micro_batch: int = 16
+    grad_accum: int = 1  # effective batch = micro_batch * grad_accum sequences
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    schedule: str = "cosine"  # "cosine" | "constant"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+    ckpt_every: int = 0  # 0: only the final checkpoint
+    probe_every: int = 25
+    seed: int = 0
+    device: str = "cpu"
+    corpus: str = "stdlib"
+    tokenizer: str = "byte"
+    bpe_vocab: int = 2048
+    max_corpus_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        for name in ("steps", "micro_batch", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch * self.grad_accum
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then constant or cosine decay to ``min_lr_ratio * lr``."""
+    if cfg.warmup > 0 and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup)
+    frac = min(1.0, (step - cfg.warmup) / span)
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * frac))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, tokens: np.ndarray, cfg: TrainConfig, seq_len: int, device: torch.device) -> float:
+    """Mean loss over ``eval_batches`` fixed windows (same windows at every evaluation)."""
+    was_training = model.training
+    model.eval()
+    gen = np.random.default_rng(12345)
+    losses = []
+    for _ in range(cfg.eval_batches):
+        x, y = sample_batch(tokens, cfg.micro_batch, seq_len, gen)
+        _, loss = model(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device))
+        losses.append(float(loss))
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+def save_checkpoint(model: GPT, run_dir: Path, step: int) -> Path:
+    from safetensors.torch import save_model
+
+    d = run_dir / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"step_{step:07d}.safetensors"
+    tmp = path.with_name("." + path.name + ".tmp")
+    save_model(model, str(tmp), metadata={"step": str(step), "config": json.dumps(model.cfg.to_dict())})
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    final_loss: float
+    final_val_loss: float
+    seconds: float
+    tokens_per_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def train(
+    model_cfg: GPTConfig,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    probes: Iterable[Probe] | None = None,
+    corpus: Corpus | None = None,
+    progress: bool = True,
+    run_id: str | None = None,
+) -> TrainResult:
+    """Train the reference GPT on a corpus while a :class:`~specscope.Monitor` watches it."""
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    corpus = corpus or load_corpus(cfg.corpus, cfg.tokenizer, cfg.bpe_vocab, cfg.max_corpus_bytes)
+    if model_cfg.vocab_size != corpus.vocab_size:
+        model_cfg = GPTConfig(**{**model_cfg.to_dict(), "vocab_size": corpus.vocab_size})
+    model = GPT(model_cfg).to(device)
+    opt = make_optimizer(model, cfg)
+    probes = list(probes) if probes is not None else [Weights(every=cfg.probe_every)]
+    config = {"model": model_cfg.to_dict(), "train": asdict(cfg), "corpus": corpus.summary(),
+              "n_params": model.num_params(), "trainer": "specscope.train"}
+    data_gen = np.random.default_rng(cfg.seed + 1)
+    seq = model_cfg.seq_len
+    tokens_per_step = cfg.effective_batch * seq
+    tokens = 0
+    train_seconds = 0.0
+    loss_val = float("nan")
+    val_loss = float("nan")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="train", unit="step", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    with Monitor(model, run_dir, probes=probes, run_id=run_id, config=config) as mon:
+        mon.measure(0, tokens=0)
+        val_loss = evaluate(model, corpus.val, cfg, seq, device)
+        mon.log(0, tokens=0, val_loss=val_loss)
+        model.train()
+        for step in range(1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            lr = lr_at(step - 1, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            total = 0.0
+            for _ in range(cfg.grad_accum):
+                x, y = sample_batch(corpus.train, cfg.micro_batch, seq, data_gen)
+                _, loss = model(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device))
+                (loss / cfg.grad_accum).backward()
+                total += float(loss.detach()) / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            tokens += tokens_per_step
+            loss_val = total
+            scalars = {"lr": lr, "tokens_per_s": tokens_per_step / dt if dt > 0 else float("nan")}
+            if grad_norm is not None:
+                scalars["grad_norm"] = grad_norm
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                val_loss = evaluate(model, corpus.val, cfg, seq, device)
+                scalars["val_loss"] = val_loss
+            if step == cfg.steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+                save_checkpoint(model, run_dir, step)
+            mon.step(step, loss=loss_val, tokens=tokens, **scalars)
+            if step == cfg.steps and not any(p.due(step) for p in probes):
+                mon.measure(step, tokens=tokens)  # always measure the final model
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens / max(train_seconds, 1e-9):,.0f}")
+        mon.writer.write_meta(summary={"steps": cfg.steps, "tokens": tokens, "final_loss": loss_val, "final_val_loss": val_loss,
+                                       "train_seconds": train_seconds, "tokens_per_s": tokens / max(train_seconds, 1e-9)})
+    if bar is not None:
+        bar.close()
+    return TrainResult(run_dir, cfg.steps, tokens, loss_val, val_loss, time.perf_counter() - t_start,
+                       tokens / max(train_seconds, 1e-9))
