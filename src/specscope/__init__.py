@@ -19,7 +19,7 @@ _LAZY = {
     "describe": ("specscope.spectra", "describe"),
     "query": ("specscope.store.query", "query"),
     "catalog": ("specscope.models", "catalog"),
-    "report": ("specscope.report", "write_report"),
+    "write_report": ("specscope.report", "write_report"),
     "SpecscopeError": ("specscope.errors", "SpecscopeError"),
     "probes": ("specscope.probes", None),
     "spectra": ("specscope.spectra", None),

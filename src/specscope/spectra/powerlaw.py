@@ -13,30 +13,42 @@ KNEE_MIN_SEGMENT = 5
 KNEE_FIT_FRACTION = 0.9
 
 
-def alpha_rank(p: np.ndarray, window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``-slope`` of the least-squares line of ``ln p_j`` on ``ln j``, ``j in [a, b]`` (1-based, inclusive).
+def rank_fit(p: np.ndarray, window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares line ``ln p_j = c - alpha ln j`` over ``j in [a, b]`` (1-based, inclusive).
 
-    Returns (values, status): NaN with a status where the window leaves the spectrum or
+    Returns (alpha, c, status): NaN with a status where the window leaves the spectrum or
     holds non-positive values.
     """
     p = np.atleast_2d(np.asarray(p, dtype=np.float64))
     bsz, r = p.shape
     a, b = window
-    vals = np.full(bsz, np.nan)
+    alpha = np.full(bsz, np.nan)
+    icpt = np.full(bsz, np.nan)
     status = np.full(bsz, "ok", dtype=object)
     if a < 1 or b > r or b - a + 1 < 2:
         status[:] = f"window [{a},{b}] outside spectrum of length {r}"
-        return vals, status
+        return alpha, icpt, status
     x = np.log(np.arange(a, b + 1, dtype=np.float64))
     seg = p[:, a - 1 : b]
     bad = ~(seg > 0).all(axis=1) | ~np.isfinite(seg).all(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.log(np.where(seg > 0, seg, np.nan))
     xc = x - x.mean()
-    slope = ((y - y.mean(axis=1, keepdims=True)) * xc).sum(axis=1) / (xc * xc).sum()
-    vals[~bad] = -slope[~bad]
+    ym = y.mean(axis=1)
+    slope = ((y - ym[:, None]) * xc).sum(axis=1) / (xc * xc).sum()
+    alpha[~bad] = -slope[~bad]
+    icpt[~bad] = (ym - slope * x.mean())[~bad]
     status[bad] = f"non-positive or non-finite values in window [{a},{b}]"
-    return vals, status
+    return alpha, icpt, status
+
+
+def alpha_rank(p: np.ndarray, window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-decay exponent: ``-slope`` of ``ln p_j`` on ``ln j`` over the window (Spectral Lens eq. 2).
+
+    Returns (values, status).
+    """
+    alpha, _, status = rank_fit(p, window)
+    return alpha, status
 
 
 def _hinge_knee(y: np.ndarray, x: np.ndarray, min_seg: int) -> int | None:

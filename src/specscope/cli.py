@@ -1,0 +1,169 @@
+"""The ``specscope`` command line. Bad input gets one clear line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, SpecscopeError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + traceback
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--layers", type=int, default=4)
+    g.add_argument("--width", type=int, default=128)
+    g.add_argument("--heads", type=int, default=4)
+    g.add_argument("--seq-len", type=int, default=128)
+    g.add_argument("--positions", choices=["learned", "rope"], default="learned")
+    g.add_argument("--untied", action="store_true", help="separate lm_head (default: tied to the embedding)")
+    g.add_argument("--norm", choices=["rms", "layer"], default="rms")
+    g.add_argument("--activation", choices=["gelu", "relu2"], default="gelu")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch", type=int, default=16, help="micro-batch (sequences)")
+    t.add_argument("--accum", type=int, default=1, help="gradient accumulation steps (effective batch = batch x accum)")
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--warmup", type=int, default=50)
+    t.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--eval-every", type=int, default=100)
+    t.add_argument("--ckpt-every", type=int, default=0)
+    t.add_argument("--probe-every", type=int, default=25)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--corpus", default="stdlib", help="'stdlib' (the Python standard library's sources) or a directory of text files")
+    t.add_argument("--tokenizer", choices=["byte", "bpe"], default="byte")
+    t.add_argument("--bpe-vocab", type=int, default=2048)
+    t.add_argument("--max-corpus-mb", type=float, default=None)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<name>)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _configs(a: argparse.Namespace):
+    from .train import GPTConfig, TrainConfig
+
+    try:
+        model = GPTConfig(seq_len=a.seq_len, n_layer=a.layers, n_head=a.heads, d_model=a.width, positions=a.positions,
+                          tied=not a.untied, norm=a.norm, activation=a.activation)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    train = TrainConfig(steps=a.steps, micro_batch=a.batch, grad_accum=a.accum, lr=a.lr, warmup=a.warmup,
+                        schedule=a.schedule, weight_decay=a.weight_decay, eval_every=a.eval_every,
+                        ckpt_every=a.ckpt_every, probe_every=a.probe_every, seed=a.seed, device=a.device,
+                        corpus=a.corpus, tokenizer=a.tokenizer, bpe_vocab=a.bpe_vocab,
+                        max_corpus_bytes=int(a.max_corpus_mb * 2**20) if a.max_corpus_mb else None)
+    return model, train
+
+
+def _train_and_report(a: argparse.Namespace, default_out: str) -> int:
+    from .report import summary, write_report
+    from .store import open_run
+    from .train import train
+
+    model_cfg, train_cfg = _configs(a)
+    out = Path(a.out or default_out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"run directory {out} is not empty; pass --out for a new one")
+    res = train(model_cfg, train_cfg, out, progress=not a.no_progress)
+    path = write_report(res.run_dir)
+    print(summary(open_run(res.run_dir)))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    out = a.out or _fresh("runs/demo")
+    return _train_and_report(a, out)
+
+
+def _fresh(base: str) -> str:
+    p = Path(base)
+    if not p.exists() or not any(p.iterdir()):
+        return base
+    i = 2
+    while Path(f"{base}-{i}").exists():
+        i += 1
+    return f"{base}-{i}"
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    return _train_and_report(a, a.out or _fresh("runs/train"))
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import summary, write_report
+    from .store import open_run
+
+    if a.out and len(a.runs) > 1:
+        raise ConfigError("--out takes one run; omit it to write report.html inside each run")
+    for r in a.runs:
+        run = open_run(r)
+        path = write_report(run.dir, a.out)
+        print(summary(run))
+        print(f"report: {path}")
+    return 0
+
+
+def cmd_query(a: argparse.Namespace) -> int:
+    from .store.query import query
+
+    df = query(a.sql, a.runs)
+    if a.format == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+    elif a.format == "json":
+        sys.stdout.write(df.to_json(orient="records") + "\n")
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", a.max_rows, "display.width", 200, "display.max_columns", 50):
+            print(df.to_string(index=False, max_rows=a.max_rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="specscope", description="Watch the spectra of a neural network while it trains.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    d = sub.add_parser("demo", help="train the reference GPT on the stdlib corpus with the weight probe, then report")
+    _add_model_args(d)
+    d.set_defaults(func=cmd_demo, steps=1200, eval_every=100)
+    t = sub.add_parser("train", help="train the reference GPT with the weight probe")
+    _add_model_args(t)
+    t.set_defaults(func=cmd_train)
+    r = sub.add_parser("report", help="write the HTML report of runs and print their summaries")
+    r.add_argument("runs", nargs="+")
+    r.add_argument("--out", default=None, help="HTML file (one run only; default RUN/report.html)")
+    r.set_defaults(func=cmd_report)
+    q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
+    q.add_argument("sql")
+    q.add_argument("--runs", nargs="+", default=["runs"], help="run directories or roots holding runs (default: runs)")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--max-rows", type=int, default=200)
+    q.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SpecscopeError as exc:
+        print(f"specscope: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("specscope: interrupted; everything flushed so far is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Figures of a run (matplotlib, no pyplot state): each function returns a Figure."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..models import BLOCK_KINDS
+from ..spectra import rank_fit, tail_window
+
+KIND_ORDER = list(BLOCK_KINDS) + ["embed", "lm_head", "other"]
+
+
+def _kinds(df: pd.DataFrame) -> list[str]:
+    present = set(df["kind"].unique())
+    return [k for k in KIND_ORDER if k in present]
+
+
+def _grid(n: int, width: float = 3.6, height: float = 2.8, ncols: int = 4) -> tuple[Figure, list]:
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def smooth(y: np.ndarray, frac: float = 0.02) -> np.ndarray:
+    """Centered moving average over ``frac`` of the series (at least 1 point)."""
+    w = max(1, int(len(y) * frac))
+    if w <= 1 or len(y) < 3:
+        return y
+    k = np.ones(w) / w
+    pad = np.pad(y, (w // 2, w - 1 - w // 2), mode="edge")
+    return np.convolve(pad, k, mode="valid")
+
+
+def loss_curves(scalars: pd.DataFrame) -> Figure:
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2)
+    x = scalars["tokens"].to_numpy(dtype=float)
+    if "loss" in scalars:
+        tr = scalars[["tokens", "loss"]].dropna()
+        ax.plot(tr["tokens"], tr["loss"], color="0.75", lw=0.8, label="train (raw)")
+        ax.plot(tr["tokens"], smooth(tr["loss"].to_numpy()), color="C0", lw=1.6, label="train (smoothed)")
+    if "val_loss" in scalars:
+        va = scalars[["tokens", "val_loss"]].dropna()
+        ax.plot(va["tokens"], va["val_loss"], "o-", color="C3", ms=3, label="validation")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("Loss")
+    ax.legend(fontsize=8)
+    if "lr" in scalars:
+        ax2.plot(x, scalars["lr"], color="C2")
+        ax2.set_ylabel("learning rate", color="C2")
+    if "tokens_per_s" in scalars:
+        t = ax2.twinx()
+        t.plot(x, smooth(scalars["tokens_per_s"].to_numpy(dtype=float), 0.05), color="C1", lw=0.8)
+        t.set_ylabel("tokens/s", color="C1")
+    ax2.set_xlabel("tokens")
+    ax2.set_title("Schedule and throughput")
+    return fig
+
+
+def heatmaps(metrics: pd.DataFrame, metric: str) -> Figure | None:
+    """One heatmap per kind of block matrix: layer (rows) x step (columns)."""
+    df = metrics[(metrics["metric"] == metric) & (metrics["layer"] >= 0)]
+    if df.empty:
+        return None
+    kinds = _kinds(df)
+    fig, axes = _grid(len(kinds))
+    for ax, kind in zip(axes, kinds):
+        piv = df[df["kind"] == kind].pivot_table(index="layer", columns="step", values="value", aggfunc="mean")
+        steps = piv.columns.to_numpy()
+        im = ax.imshow(piv.to_numpy(), aspect="auto", origin="lower", interpolation="nearest", cmap="viridis",
+                       extent=(steps.min() - 0.5, steps.max() + 0.5, piv.index.min() - 0.5, piv.index.max() + 0.5))
+        fig.colorbar(im, ax=ax, shrink=0.9)
+        ax.set_title(f"{metric} · {kind}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("layer")
+        ax.set_yticks(piv.index.to_numpy())
+    return fig
+
+
+def final_spectra(spectra: pd.DataFrame, scale: int | None = None) -> Figure | None:
+    """Final eigen distributions p_j (log-log), one panel per kind, with the tail power-law fit dashed."""
+    if spectra.empty:
+        return None
+    last = spectra[spectra["step"] == spectra["step"].max()]
+    kinds = _kinds(last)
+    fig, axes = _grid(len(kinds))
+    for ax, kind in zip(axes, kinds):
+        sub = last[last["kind"] == kind].sort_values("layer")
+        cmap = [f"C{i % 10}" for i in range(len(sub))]
+        for color, (_, row) in zip(cmap, sub.iterrows()):
+            sv = row["values"]
+            if not np.isfinite(sv).all() or sv.sum() <= 0:
+                continue
+            lam = sv * sv
+            p = lam / lam.sum()
+            j = np.arange(1, len(p) + 1)
+            ok = p > 0
+            lbl = f"L{row['layer']}" if row["layer"] >= 0 else row["name"]
+            ax.loglog(j[ok], p[ok], color=color, lw=1.0, label=lbl)
+            win = tail_window(len(p), scale)
+            if win is not None:
+                alpha, c, _ = rank_fit(p[None, :], win)
+                if np.isfinite(alpha[0]):
+                    jj = np.arange(win[0], win[1] + 1)
+                    ax.loglog(jj, np.exp(c[0]) * jj ** (-alpha[0]), "--", color=color, lw=1.6)
+        ax.set_title(f"{kind} · step {int(last['step'].iloc[0])}")
+        ax.set_xlabel("rank j")
+        ax.set_ylabel("p_j = λ_j / Σλ")
+        ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def sd_variation(across: pd.DataFrame) -> Figure | None:
+    """SoSD: singular-distribution variation between consecutive measurements, per kind."""
+    df = across[(across["metric"] == "sd_variation")].dropna(subset=["value"])
+    if df.empty:
+        return None
+    kinds = _kinds(df)
+    fig, axes = _grid(len(kinds))
+    for ax, kind in zip(axes, kinds):
+        for i, (layer, g) in enumerate(df[df["kind"] == kind].groupby("layer")):
+            g = g.sort_values("step")
+            ax.semilogy(g["step"], g["value"].clip(lower=1e-12), color=f"C{i % 10}", lw=1.0, label=f"L{layer}")
+        ax.set_title(f"SD variation · {kind}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("‖sd_t − sd_t'‖₂")
+        ax.legend(fontsize=6, ncol=2)
+    return fig

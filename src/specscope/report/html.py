@@ -1,0 +1,79 @@
+"""One self-contained HTML report per run (figures embedded as PNG)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from ..analysis import across_time
+from ..store.reader import Run, open_run
+from . import figures
+from .terminal import kind_table
+
+log = logging.getLogger(__name__)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1500px;color:#222;padding:0 1rem}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+img{max-width:100%}table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padding:.25rem .5rem}
+.note{color:#666;font-size:.85rem}code{background:#f4f4f4;padding:0 .2rem}
+"""
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _section(title: str, fig: Figure | None, note: str = "") -> str:
+    if fig is None:
+        return f"<h2>{html.escape(title)}</h2><p class=note>No data for this figure.</p>"
+    return (f"<h2>{html.escape(title)}</h2>" + (f"<p class=note>{note}</p>" if note else "")
+            + f'<img alt="{html.escape(title)}" src="data:image/png;base64,{_png(fig)}">')
+
+
+def render(run: Run) -> str:
+    meta = run.meta
+    metrics = run.metrics(probe="weights")
+    spectra = run.spectra(probe="weights")
+    scalars = run.scalars()
+    across = across_time(run)
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>specscope · {html.escape(run.run_id)}</title>"
+             f"<style>{CSS}</style></head><body><h1>specscope report · {html.escape(run.run_id)}</h1>"]
+    cfg = meta.get("config", {})
+    summ = meta.get("summary", {})
+    facts = {**{k: v for k, v in summ.items()}, "parameters": cfg.get("n_params"), "model": cfg.get("model"),
+             "corpus": cfg.get("corpus")}
+    parts.append("<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td><code>{html.escape(str(v))}</code></td></tr>"
+                                     for k, v in facts.items() if v is not None) + "</table>")
+    parts.append(_section("Loss", figures.loss_curves(scalars) if not scalars.empty else None))
+    parts.append(_section("Stable rank per layer and step", figures.heatmaps(metrics, "stable_rank"),
+                          "stable rank = Σλ / λ₁ of each weight matrix (λ = squared singular values)."))
+    parts.append(_section("Tail exponent α_tail per layer and step", figures.heatmaps(metrics, "alpha_tail"),
+                          "α_tail: −slope of ln p_j on ln j over the scale-selected tail window (rank-decay exponent)."))
+    parts.append(_section("Final spectra with power-law fits", figures.final_spectra(spectra),
+                          "Solid: eigen distribution p_j of each layer's matrix. Dashed: the least-squares power law over the tail window."))
+    parts.append(_section("Singular-distribution variation over time (SoSD)", figures.sd_variation(across),
+                          "‖sd_t − sd_t'‖₂ between consecutive measurements; it falls and stays low once the spectrum stabilizes."))
+    table = kind_table(metrics)
+    if not table.empty:
+        parts.append("<h2>Per kind, mean over layers (first → last)</h2>" + table.to_html(index=False, border=0))
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write ``report.html`` for a run (default: inside the run directory); returns its path."""
+    run = open_run(run_dir)
+    path = Path(out) if out is not None else run.dir / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(render(run), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,56 @@
+"""Terminal summary of a run."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..store.reader import Run
+
+SUMMARY_METRICS = ("stable_rank", "alpha_tail", "alpha_head", "entropy_norm", "spectral_norm")
+
+
+def kind_table(metrics: pd.DataFrame, probe: str = "weights") -> pd.DataFrame:
+    """Per kind (block matrices), mean over layers at the first and last measured step."""
+    df = metrics[(metrics["probe"] == probe) & (metrics["layer"] >= 0) & metrics["metric"].isin(SUMMARY_METRICS)]
+    if df.empty:
+        return pd.DataFrame()
+    first, last = df["step"].min(), df["step"].max()
+    rows = []
+    for kind, g in df.groupby("kind", sort=False):
+        row = {"kind": kind, "layers": g["layer"].nunique()}
+        for m in SUMMARY_METRICS:
+            a = g[(g["metric"] == m) & (g["step"] == first)]["value"].mean()
+            b = g[(g["metric"] == m) & (g["step"] == last)]["value"].mean()
+            row[m] = f"{a:.3g} → {b:.3g}"
+        sr0 = g[(g["metric"] == "stable_rank") & (g["step"] == first)]["value"].mean()
+        sr1 = g[(g["metric"] == "stable_rank") & (g["step"] == last)]["value"].mean()
+        row["compression"] = f"{1 - sr1 / sr0:+.1%}" if sr0 and math.isfinite(sr0) else "nan"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(run: Run) -> str:
+    meta = run.meta
+    lines = [f"run {run.run_id}  ({run.dir})"]
+    s = meta.get("summary") or {}
+    if s:
+        lines.append(f"  steps {s.get('steps')}, tokens {s.get('tokens'):,}, final train loss {s.get('final_loss', float('nan')):.4f}, "
+                     f"val loss {s.get('final_val_loss', float('nan')):.4f}, {s.get('tokens_per_s', float('nan')):,.0f} tokens/s")
+    else:
+        sc = run.scalars()
+        if not sc.empty and "loss" in sc:
+            lines.append(f"  last step {int(sc['step'].max())}, last loss {sc['loss'].dropna().iloc[-1]:.4f}")
+    metrics = run.metrics()
+    if metrics.empty:
+        lines.append("  (no probe measurements yet)")
+        return "\n".join(lines)
+    bad = metrics[metrics["status"] != "ok"]
+    steps = sorted(metrics["step"].unique())
+    lines.append(f"  {len(steps)} measurements (steps {steps[0]}..{steps[-1]}), {len(metrics):,} values, "
+                 f"{len(bad):,} NaN with a status")
+    table = kind_table(metrics)
+    if not table.empty:
+        lines.append("  weight spectra per kind, mean over layers (first → last measurement):")
+        lines.extend("    " + ln for ln in table.to_string(index=False).splitlines())
+    return "\n".join(lines)
