@@ -124,9 +124,10 @@ def sd_variation(across: pd.DataFrame) -> Figure | None:
     kinds = _kinds(df)
     fig, axes = _grid(len(kinds))
     for ax, kind in zip(axes, kinds):
-        for i, (layer, g) in enumerate(df[df["kind"] == kind].groupby("layer")):
+        for i, ((layer, name), g) in enumerate(df[df["kind"] == kind].groupby(["layer", "name"])):
             g = g.sort_values("step")
-            ax.semilogy(g["step"], g["value"].clip(lower=1e-12), color=f"C{i % 10}", lw=1.0, label=f"L{layer}")
+            lbl = f"L{layer}" if layer >= 0 else name
+            ax.semilogy(g["step"], g["value"].clip(lower=1e-12), color=f"C{i % 10}", lw=1.0, label=lbl)
         ax.set_title(f"SD variation · {kind}")
         ax.set_xlabel("step")
         ax.set_ylabel("‖sd_t − sd_t'‖₂")

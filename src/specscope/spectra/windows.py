@@ -10,7 +10,7 @@ SCALE_BANK: tuple[tuple[int, tuple[int, int]], ...] = (
 # For models too narrow for the scale bank.
 TOY_BANK: tuple[tuple[int, int], ...] = ((10, 40), (40, 90), (90, 200))
 HEAD_WINDOW: tuple[int, int] = (1, 10)
-# A clipped toy window must keep at least this many ranks to be used.
+# A clipped bank window must keep at least this many ranks to be reported.
 MIN_WINDOW_RANKS = 20
 
 
@@ -26,18 +26,19 @@ def tail_window(r: int, scale: int | None = None) -> tuple[int, int] | None:
     """The tail window for a spectrum of length ``r`` from a model of width ``scale``.
 
     Widths of at least 768 take the Spectral Lens bank entry for the largest width they
-    reach. Narrower models take the deepest toy-bank window that, clipped to ``r``,
-    still holds ``MIN_WINDOW_RANKS`` ranks (the paper finds the deepest window the most
-    informative); if none does, the first window clipped to ``r``. ``scale`` defaults to ``r``.
+    reach (when it fits in ``r``). Narrower models take the deepest toy-bank window that
+    fits whole inside the spectrum (the paper finds the deepest window the most
+    informative; a window cut by the end of the spectrum would sit on the finite-size edge,
+    where every spectrum falls steeply); if none fits, the first window clipped to ``r``.
+    ``scale`` defaults to ``r``.
     """
     d = r if scale is None else scale
     for width, win in SCALE_BANK:
         if d >= width and r >= win[1]:
             return win
     for win in reversed(TOY_BANK):
-        c = clip_window(win, r)
-        if c is not None and c[1] - c[0] + 1 >= MIN_WINDOW_RANKS:
-            return c
+        if win[1] <= r:
+            return win
     return clip_window(TOY_BANK[0], r)
 
 

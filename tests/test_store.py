@@ -1,0 +1,120 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import specscope as ss
+from specscope.errors import QueryError, RunNotFoundError
+from specscope.store import RunWriter
+from specscope.store.files import list_parts, part_name
+
+
+def _metric(step, value, layer=0):
+    return {"step": step, "tokens": step * 10, "probe": "weights", "layer": layer, "kind": "q", "name": "q",
+            "metric": "stable_rank", "value": value, "status": "ok"}
+
+
+def test_roundtrip_flush_and_compaction(tmp_path):
+    w = RunWriter(tmp_path / "r", config={"lr": 1e-3})
+    for step in range(3):
+        w.add("metrics", _metric(step, float(step)))
+        w.add("spectra", {"step": step, "tokens": 0, "probe": "weights", "layer": 0, "kind": "q", "name": "q",
+                          "quantity": "sv", "values": [3.0, 2.0, 1.0], "status": "ok"})
+        w.add("scalars", {"step": step, "tokens": step * 10, "name": "loss", "value": 1.0 / (step + 1), "wall_time": 0.0})
+        w.flush()
+    run = ss.open_run(tmp_path / "r")
+    assert len(run.metrics()) == 3  # readable while still open
+    assert len(list_parts(tmp_path / "r" / "metrics")) == 3
+    w.close()
+    parts = list_parts(tmp_path / "r" / "metrics")
+    assert [p.path.name for p in parts] == [part_name(0, 2)]
+    m = run.metrics()
+    assert list(m.columns[:7]) == ["step", "tokens", "probe", "layer", "kind", "metric", "value"]
+    assert m["value"].tolist() == [0.0, 1.0, 2.0]
+    assert run.spectra(step=1)["values"].iloc[0].tolist() == [3.0, 2.0, 1.0]
+    sc = run.scalars()
+    assert sc["loss"].tolist() == pytest.approx([1.0, 0.5, 1 / 3]) and sc["tokens"].tolist() == [0, 10, 20]
+    assert run.config == {"lr": 1e-3} and run.meta["closed"]
+    # reopening appends after the compacted range
+    w2 = RunWriter(tmp_path / "r")
+    w2.add("metrics", _metric(3, 3.0))
+    w2.close()
+    assert run.metrics()["value"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_crash_between_compaction_and_cleanup_does_not_duplicate(tmp_path):
+    w = RunWriter(tmp_path / "r")
+    for step in range(3):
+        w.add("metrics", _metric(step, float(step)))
+        w.flush()
+    d = tmp_path / "r" / "metrics"
+    tables = [pq.read_table(d / part_name(i)) for i in range(3)]
+    import pyarrow as pa
+    pq.write_table(pa.concat_tables(tables), d / part_name(0, 2))  # compacted, parts not yet removed
+    (d / ".part-000003.parquet.abc.tmp").write_bytes(b"half-written garbage")
+    assert ss.open_run(tmp_path / "r").metrics()["value"].tolist() == [0.0, 1.0, 2.0]
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch, specscope as ss
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 32))
+    mon = ss.Monitor(model, sys.argv[1], probes=[ss.probes.Weights(every=1)])
+    step = 0
+    while True:
+        mon.step(step, loss=1.0, tokens=step)   # measures and flushes every step
+        print(step, flush=True)
+        step += 1
+""")
+
+
+def test_sigkill_mid_run_leaves_a_readable_run(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE, text=True)
+    last = -1
+    deadline = time.time() + 120
+    while last < 20 and time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        last = int(line)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last >= 20, "writer did not get going"
+    for table in ("metrics", "spectra", "scalars"):
+        for f in (run_dir / table).iterdir():
+            if not f.name.startswith("."):
+                pq.read_table(f)  # every visible file is a complete Parquet file
+    run = ss.open_run(run_dir)
+    steps = set(run.metrics()["step"])
+    assert set(range(last + 1)) <= steps  # everything flushed before the last report survived
+    assert len(run.spectra(step=last)) == 2
+    assert run.meta["closed"] is None
+
+
+def test_query_across_runs(tmp_path):
+    for i in range(2):
+        w = RunWriter(tmp_path / "runs" / f"r{i}")
+        w.add("metrics", _metric(0, 10.0 * (i + 1)))
+        w.close()
+    df = ss.query("SELECT run_id, value FROM metrics ORDER BY run_id", [tmp_path / "runs"])
+    assert df["run_id"].tolist() == ["r0", "r1"] and df["value"].tolist() == [10.0, 20.0]
+    assert ss.query("SELECT count(*) AS n FROM runs", [tmp_path / "runs"])["n"][0] == 2
+    assert ss.query("SELECT count(*) AS n FROM spectra", [tmp_path / "runs"])["n"][0] == 0
+    with pytest.raises(QueryError):
+        ss.query("SELECT nope FROM metrics", [tmp_path / "runs"])
+
+
+def test_open_missing_run(tmp_path):
+    with pytest.raises(RunNotFoundError):
+        ss.open_run(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunNotFoundError):
+        ss.open_run(tmp_path / "empty")

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from specscope.spectra import compression, cosine, js_divergence, sd_variation, singular_distribution
+
+
+def test_singular_distribution_and_variation():
+    sv = np.array([[3.0, 1.0], [2.0, 2.0], [2.0, 2.0]])
+    sd = singular_distribution(sv)
+    np.testing.assert_allclose(sd, [[0.75, 0.25], [0.5, 0.5], [0.5, 0.5]])
+    var, per = sd_variation(sv, steps=np.array([0, 10, 30]))
+    assert np.isnan(var[0]) and var[1] == pytest.approx(np.sqrt(2 * 0.25**2)) and var[2] == 0
+    assert per[1] == pytest.approx(var[1] / 10) and per[2] == 0
+
+
+def test_compression_and_cosine():
+    np.testing.assert_allclose(compression(np.array([10.0, 8.0, 5.0])), [0.0, 0.2, 0.5])
+    assert cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(1 / np.sqrt(2))
+    assert np.isnan(cosine(np.zeros(2), np.ones(2)))
+
+
+def test_js_divergence():
+    p = np.array([0.5, 0.3, 0.2])
+    assert js_divergence(p, p) == pytest.approx(0.0, abs=1e-15)
+    q = np.array([0.7, 0.3])  # zero-padded
+    assert js_divergence(p, q) == pytest.approx(js_divergence(q, p))
+    assert js_divergence(np.array([1.0, 0]), np.array([0, 1.0])) == pytest.approx(np.log(2))
+    m = 0.5 * (p + np.array([0.7, 0.3, 0.0]))
+    kl = lambda a: sum(x * np.log(x / y) for x, y in zip(a, m) if x > 0)
+    assert js_divergence(p, q) == pytest.approx(0.5 * kl(p) + 0.5 * kl([0.7, 0.3, 0.0]))
