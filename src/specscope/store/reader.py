@@ -62,7 +62,9 @@ class Run:
 
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = Path(run_dir)
-        if not self.dir.is_dir() or not is_run_dir(self.dir):
+        if not self.dir.is_dir():
+            raise RunNotFoundError(f"no such run directory: {self.dir}")
+        if not is_run_dir(self.dir):
             raise RunNotFoundError(f"not a specscope run: {self.dir}")
 
     def __repr__(self) -> str:
