@@ -52,7 +52,11 @@ def _group_svals(mats: Sequence[torch.Tensor], method: str, device: torch.device
         return s.cpu().numpy()
     m, n = x.shape[-2:]
     g = x @ x.transpose(-1, -2) if m <= n else x.transpose(-1, -2) @ x
-    lam = torch.linalg.eigvalsh(g)  # ascending
+    if g.is_cuda:
+        lam = torch.linalg.eigvalsh(g)  # ascending; batched solver on the GPU
+    else:
+        # On the CPU a loop of LAPACK calls beats the batched path (measured: 2.8 s vs 3.3 s for 48 768x768).
+        lam = torch.stack([torch.linalg.eigvalsh(gi) for gi in g])
     lam = torch.flip(lam, dims=(-1,)).clamp_min_(0.0)
     return lam.sqrt_().cpu().numpy()
 
