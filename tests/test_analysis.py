@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+import specscope as ss
+from specscope.analysis import across_time
+from specscope.report import summary, write_report
+from specscope.store import RunWriter
+
+
+def _spectra_run(path, series):
+    w = RunWriter(path)
+    for step, sv in series:
+        w.add("spectra", {"step": step, "tokens": step * 100, "probe": "weights", "layer": 0, "kind": "q", "name": "b.0.q",
+                          "quantity": "sv", "values": list(sv), "status": "ok"})
+        w.add("scalars", {"step": step, "tokens": step * 100, "name": "loss", "value": 1.0, "wall_time": 0.0})
+    w.close()
+    return ss.open_run(path)
+
+
+def test_across_time_metrics(tmp_path):
+    run = _spectra_run(tmp_path / "r", [(0, [2.0, 2.0]), (10, [3.0, 1.0]), (30, [3.0, 1.0])])
+    df = across_time(run)
+    get = lambda m: df[df["metric"] == m].sort_values("step")["value"].to_numpy()
+    var = get("sd_variation")
+    assert np.isnan(var[0]) and var[1] == pytest.approx(np.sqrt(2) * 0.25) and var[2] == 0
+    assert get("sd_variation_per_step")[1] == pytest.approx(np.sqrt(2) * 0.25 / 10)
+    # stable rank 2 -> 10/9: compression 1 - (10/9)/2
+    np.testing.assert_allclose(get("compression"), [0, 1 - 5 / 9, 1 - 5 / 9])
+    assert get("cos_sd_final")[-1] == pytest.approx(1.0)
+    assert get("cos_sd_final")[0] == pytest.approx((0.5 * 0.75 + 0.5 * 0.25) / (np.sqrt(0.5) * np.sqrt(0.625)))
+
+
+def test_describe_eigenvalue_spectrum():
+    lam = np.arange(1, 301, dtype=float) ** -1.2
+    d = ss.describe(lam, spectrum="eig")
+    assert d["alpha_tail"] == pytest.approx(1.2) and d["stable_rank"] == pytest.approx(lam.sum())
+
+
+def test_report_of_a_run_without_probe_data(tmp_path):
+    run = _spectra_run(tmp_path / "r", [(0, [2.0, 1.0])])
+    path = write_report(run.dir, tmp_path / "out" / "rep.html")
+    html = path.read_text()
+    assert "Loss" in html and "No data for this figure" in html
+    assert "no probe measurements" in summary(run)
