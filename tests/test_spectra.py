@@ -8,7 +8,7 @@ from conftest import with_singular_values
 from specscope.spectra import (alpha_rank, describe, head_tail_knee, singular_values, singular_values_many,
                                spectrum_metrics, tail_window)
 
-SCALE_FREE = {"frob_sq", "spectral_norm"}
+SCALE_FREE = {"frob_sq", "spectral_norm", "log_norm", "xmin", "alpha_weighted"}  # carry the scale
 
 
 @pytest.mark.parametrize("method", ["gram", "svd"])

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .mle import fit_power_law
 from .powerlaw import alpha_rank, head_tail_knee
 from .windows import HEAD_WINDOW, bank_windows, tail_window, window_name
 
@@ -45,10 +46,12 @@ def spectrum_metrics(
     head_window: tuple[int, int] = HEAD_WINDOW,
     tail: tuple[int, int] | None = None,
     knee: bool = True,
+    mle: bool = True,
 ) -> MetricTable:
-    """Every SPEC section 3 metric except ``alpha_mle`` for singular values ``sv`` (B, r).
+    """Every SPEC section 3 metric for singular values ``sv`` (B, r), plus ``log_norm``.
 
-    ``scale`` (model width) selects the tail window; ``tail`` overrides it. Rows with
+    ``scale`` (model width) selects the tail window; ``tail`` overrides it. ``knee`` and
+    ``mle`` switch off the two fits that cost a Python step per spectrum. Rows with
     non-finite values or rank 0 give NaN everywhere with a status.
     """
     sv = np.atleast_2d(np.asarray(sv, dtype=np.float64))
@@ -75,6 +78,8 @@ def spectrum_metrics(
         plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
     entropy = -plogp.sum(axis=1)
     put("frob_sq", total)
+    with np.errstate(divide="ignore"):
+        put("log_norm", np.log10(total))  # WeightWatcher's log_norm: log10 of the squared Frobenius norm
     put("spectral_norm", s[:, 0] if r else np.full(bsz, np.nan))
     put("stable_rank", _safe_div(total, lam1))
     put("entropy", entropy)
@@ -96,6 +101,17 @@ def spectrum_metrics(
         k, a, st = head_tail_knee(p)
         put("head_tail_knee", k, st)
         put("alpha_tail_auto", a, st)
+
+    if mle:
+        fits = [fit_power_law(lam[i]) if not dead[i] else None for i in range(bsz)]
+        st = np.array([f.status if f is not None else "" for f in fits], dtype=object)
+        get = lambda attr: np.array([getattr(f, attr) if f is not None else np.nan for f in fits], dtype=np.float64)
+        alpha = get("alpha")
+        put("alpha_mle", alpha, st)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            put("alpha_weighted", alpha * np.log10(lam1), st)
+        for attr in ("xmin", "n_tail", "ks_d", "alpha_sigma"):
+            put(attr, get(attr), st)
 
     ratios = _safe_div(s[:, :-1], s[:, 1:]) if r > 1 else np.full((bsz, 0), np.nan)
     ratios = np.where((s[:, :-1] > 0) & (s[:, 1:] == 0), np.inf, ratios) if r > 1 else ratios
