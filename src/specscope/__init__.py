@@ -17,6 +17,7 @@ _LAZY = {
     "open_run": ("specscope.store.reader", "open_run"),
     "Run": ("specscope.store.reader", "Run"),
     "describe": ("specscope.spectra", "describe"),
+    "analyze": ("specscope.offline", "analyze"),
     "query": ("specscope.store.query", "query"),
     "catalog": ("specscope.models", "catalog"),
     "write_report": ("specscope.report", "write_report"),

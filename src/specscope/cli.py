@@ -128,6 +128,45 @@ def cmd_query(a: argparse.Namespace) -> int:
     return 0
 
 
+TABLE_COLUMNS = ["name", "layer", "kind", "d_out", "d_in", "alpha_mle", "alpha_weighted", "stable_rank", "entropy_norm",
+                 "log_norm", "alpha_tail", "spectral_norm", "status"]
+SERIES_COLUMNS = ["step", "name", "layer", "kind", "alpha_mle", "stable_rank", "alpha_tail", "sd_variation", "cos_sd_final",
+                  "cos_w_final", "compression", "status"]
+
+
+def cmd_analyze(a: argparse.Namespace) -> int:
+    from .offline import analyze, analyze_into
+
+    if a.format != "table" and not a.out:
+        raise ConfigError(f"--format {a.format} needs --out FILE")
+    kinds = a.kinds.split(",") if a.kinds else None
+    if a.into:
+        df = analyze_into(a.path, a.into, method=a.method, kinds=kinds, progress=not a.no_progress)
+    else:
+        df = analyze(a.path, method=a.method, kinds=kinds, progress=not a.no_progress)
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if a.format == "csv":
+            df.to_csv(out, index=False)
+        elif a.format == "json":
+            df.to_json(out, orient="records", indent=1)
+        elif a.format == "parquet":
+            df.to_parquet(out, index=False)
+        else:
+            raise ConfigError("--out needs --format csv|json|parquet")
+        print(f"wrote {len(df)} rows to {out}")
+    if a.format == "table" or not a.out:
+        import pandas as pd
+
+        cols = [c for c in (SERIES_COLUMNS if "step" in df.columns else TABLE_COLUMNS) if c in df.columns]
+        with pd.option_context("display.width", 220, "display.max_columns", 50, "display.float_format", "{:.4g}".format):
+            print(df[cols].to_string(index=False, max_rows=a.max_rows))
+    if a.into:
+        print(f"run store: {a.into}  (specscope report {a.into})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="specscope", description="Watch the spectra of a neural network while it trains.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -142,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+")
     r.add_argument("--out", default=None, help="HTML file (one run only; default RUN/report.html)")
     r.set_defaults(func=cmd_report)
+    an = sub.add_parser("analyze", help="weight spectra of a model, checkpoint, or directory of step-numbered checkpoints")
+    an.add_argument("path", help="HF model directory, .safetensors, torch checkpoint (.pt .pth .bin .ckpt), or a directory of checkpoints")
+    an.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    an.add_argument("--out", default=None, help="output file for --format csv|json|parquet")
+    an.add_argument("--into", default=None, help="also write into this run store directory (for report / findings)")
+    an.add_argument("--method", choices=["gram", "svd"], default="gram")
+    an.add_argument("--kinds", default=None, help="comma-separated kinds to keep (q,k,v,o,mlp_in,mlp_gate,mlp_out,embed,lm_head,other)")
+    an.add_argument("--max-rows", type=int, default=60)
+    an.add_argument("--no-progress", action="store_true")
+    an.set_defaults(func=cmd_analyze)
     q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
     q.add_argument("sql")
     q.add_argument("--runs", nargs="+", default=["runs"], help="run directories or roots holding runs (default: runs)")

@@ -19,3 +19,11 @@ class CorpusError(SpecscopeError):
 
 class ConfigError(SpecscopeError):
     """An option or configuration value is invalid."""
+
+
+class CheckpointError(SpecscopeError):
+    """A checkpoint or model path is missing, unreadable, corrupted, or unsafe to load."""
+
+
+class UnsupportedDtypeError(CheckpointError):
+    """A weight matrix is stored in a dtype specscope cannot take spectra of (e.g. int8, float8)."""

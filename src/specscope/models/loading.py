@@ -1,0 +1,250 @@
+"""Reading weights from files without instantiating a model, safely and lazily.
+
+Formats: a safetensors file; an HF model directory (``config.json`` with ``*.safetensors``,
+sharded or not, or ``pytorch_model*.bin``); a torch checkpoint (``.pt .pth .bin .ckpt``,
+loaded with ``weights_only=True`` and memory-mapped: a pickle that needs code is refused);
+a directory of step-numbered checkpoints. Safetensors are read tensor by tensor through a
+memory map, so peak memory stays near the largest tensor.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import CheckpointError, UnsupportedDtypeError
+from .catalog import MatrixRef, catalog_stored, mark_conv1d
+from .families import Stored
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_STEP = re.compile(r"(\d+)")
+
+
+@dataclass
+class Checkpoint:
+    """One loadable checkpoint: its 2-D weights by module name, lazily loaded."""
+
+    path: Path
+    shapes: dict[str, tuple[int, int]]
+    loader: Callable[[str], torch.Tensor]
+    model_type: str | None = None
+    n_heads: int | None = None
+    step: int | None = None
+    _last: tuple[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def load(self, module: str) -> torch.Tensor:
+        """The stored weight of ``module``; the last one is kept, so fused splits read it once."""
+        if self._last is not None and self._last[0] == module:
+            return self._last[1]
+        self._last = None  # drop the previous tensor before loading the next
+        t = self.loader(module)
+        self._last = (module, t)
+        return t
+
+    def release(self) -> None:
+        self._last = None
+
+    def catalog(self) -> list[MatrixRef]:
+        conv = mark_conv1d(self.shapes, self.model_type)
+        stored = [Stored(m, s, (lambda m=m: self.load(m)), conv[m]) for m, s in self.shapes.items()]
+        return catalog_stored(stored, self.n_heads)
+
+
+def _module_of(key: str) -> str | None:
+    return key[: -len(".weight")] if key.endswith(".weight") else ("" if key == "weight" else None)
+
+
+def _check_dtype(key: str, dtype: str | torch.dtype, path: Path) -> None:
+    ok = dtype in FLOAT_DTYPES if isinstance(dtype, str) else dtype in FLOAT_DTYPES.values()
+    if not ok:
+        raise UnsupportedDtypeError(f"{path}: weight {key} has dtype {dtype}; supported: float16, bfloat16, float32, float64")
+
+
+def _safetensors_files(files: list[Path]) -> tuple[dict[str, tuple[int, int]], Callable[[str], torch.Tensor]]:
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, int]] = {}
+    where: dict[str, tuple[object, str]] = {}
+    for f in files:
+        try:
+            h = safe_open(str(f), framework="pt")
+            keys = list(h.keys())
+            for key in keys:
+                mod = _module_of(key)
+                if mod is None:
+                    continue
+                sl = h.get_slice(key)
+                shape = sl.get_shape()
+                if len(shape) != 2:
+                    continue
+                _check_dtype(key, sl.get_dtype(), f)
+                shapes[mod] = (int(shape[0]), int(shape[1]))
+                where[mod] = (h, key)
+        except UnsupportedDtypeError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"cannot read safetensors file {f}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+    def load(mod: str) -> torch.Tensor:
+        h, key = where[mod]
+        try:
+            return h.get_tensor(key)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read tensor {key}: {exc}") from None
+
+    return shapes, load
+
+
+def torch_load_safe(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True``: a pickle that needs code is refused, never run."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: (GLOBAL \S+)|Unsupported operand \d+|[Uu]nsupported class \S+", str(exc))
+        why = f" ({found.group(0)})" if found else ""
+        raise CheckpointError(f"refusing to load {path}: unpickling it would run code{why}; "
+                              "only plain weights are loaded (weights_only=True)") from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read torch checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise CheckpointError(f"{path} holds no state dict of tensors")
+
+
+def _torch_files(files: list[Path]) -> tuple[dict[str, tuple[int, int]], Callable[[str], torch.Tensor]]:
+    shapes: dict[str, tuple[int, int]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd = _state_dict(torch_load_safe(f), f)
+        for key, t in sd.items():
+            mod = _module_of(key)
+            if mod is None or t.ndim != 2:
+                continue
+            _check_dtype(key, t.dtype, f)
+            shapes[mod] = (int(t.shape[0]), int(t.shape[1]))
+            tensors[mod] = t
+    return shapes, tensors.__getitem__
+
+
+def _read_config(d: Path) -> dict:
+    p = d / "config.json"
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {p}: {exc}") from None
+
+
+def _heads(cfg: dict) -> int | None:
+    for key in ("num_attention_heads", "n_head", "n_heads"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    return None
+
+
+def _safetensors_config(f: Path) -> dict:
+    """The reference trainer stores its model config in the safetensors metadata."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(f), framework="pt") as h:
+            meta = h.metadata() or {}
+        return json.loads(meta.get("config", "{}"))
+    except Exception:
+        return {}
+
+
+def open_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
+    """One checkpoint from a safetensors file, a torch file, or an HF model directory."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no such file or directory: {p}")
+    cfg: dict = {}
+    if p.is_dir():
+        cfg = _read_config(p)
+        st = sorted(p.glob("*.safetensors"))
+        pt = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in TORCH_SUFFIXES and f.name != "training_args.bin"
+                    and not f.name.startswith(("optimizer", "scheduler", "rng_state")))
+        if st:
+            shapes, load = _safetensors_files(st)
+        elif pt:
+            shapes, load = _torch_files(pt)
+        else:
+            raise CheckpointError(f"no model weights (*.safetensors, pytorch_model*.bin) in {p}")
+    elif p.suffix == ".safetensors":
+        shapes, load = _safetensors_files([p])
+        cfg = _safetensors_config(p)
+    elif p.suffix in TORCH_SUFFIXES:
+        shapes, load = _torch_files([p])
+    else:
+        raise CheckpointError(f"unrecognized checkpoint format: {p} (expected .safetensors, {', '.join(TORCH_SUFFIXES)} or a model directory)")
+    if not shapes:
+        raise CheckpointError(f"no 2-D weight matrices in {p}")
+    return Checkpoint(p, shapes, load, cfg.get("model_type"), _heads(cfg), step)
+
+
+def _is_checkpoint(p: Path) -> bool:
+    if p.is_file():
+        return p.suffix == ".safetensors" or (p.suffix in TORCH_SUFFIXES and not p.name.startswith(("optimizer", "scheduler", "rng_state", "training_args")))
+    return p.is_dir() and (any(p.glob("*.safetensors")) or any(p.glob("pytorch_model*.bin")))
+
+
+def step_checkpoints(d: Path) -> list[tuple[int, Path]]:
+    """Step-numbered checkpoints inside ``d`` (``step_0001000.safetensors``, ``checkpoint-500/``, ``ckpt_20.pt``...)."""
+    if (d / "checkpoints").is_dir():  # a specscope run directory
+        d = d / "checkpoints"
+    found = []
+    for child in d.iterdir():
+        if child.name.startswith("."):
+            continue
+        nums = _STEP.findall(child.stem if child.is_file() else child.name)
+        if nums and _is_checkpoint(child):
+            found.append((int(nums[-1]), child))
+    return sorted(found)
+
+
+def resolve(path: str | Path) -> list[Checkpoint]:
+    """Every checkpoint ``path`` names: one, or a step-ordered series.
+
+    A directory with ``config.json`` is one model (an HF model directory). Otherwise, a
+    directory holding step-numbered checkpoints (files or sub-directories, or a run
+    directory's ``checkpoints/``) is a series; a directory of weight files is one model.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no such file or directory: {p}")
+    if p.is_dir() and not (p / "config.json").is_file():
+        series = step_checkpoints(p)
+        if series:
+            return [open_checkpoint(c, step) for step, c in series]
+        if not _is_checkpoint(p):
+            raise CheckpointError(f"no model or step-numbered checkpoints in {p}")
+    return [open_checkpoint(p)]

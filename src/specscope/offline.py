@@ -1,0 +1,183 @@
+"""Offline analysis of a model, a checkpoint, or a series of checkpoints (``ss.analyze``).
+
+One matrix at a time, read lazily (memory-mapped safetensors, ``weights_only`` torch files),
+its float64 Gram accumulated in column blocks: peak memory stays near the largest tensor
+(two tensors for a series: the current one and the final one, for ``cos_w_final``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .models import KINDS, MatrixRef, catalog
+from .models.loading import resolve
+from .spectra import compression, cosine, sd_variation, singular_distribution, singular_values_lowmem, spectrum_metrics
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ["step", "name", "layer", "kind", "d_out", "d_in"]
+
+
+def _cos_w(a: torch.Tensor, b: torch.Tensor, rows: int = 1024) -> float:
+    """Cosine of ``vec a`` and ``vec b`` in float64, a block of rows at a time."""
+    dot = na = nb = 0.0
+    for r0 in range(0, a.shape[0], rows):
+        x = a[r0 : r0 + rows].to(torch.float64)
+        y = b[r0 : r0 + rows].to(torch.float64)
+        dot += float((x * y).sum())
+        na += float((x * x).sum())
+        nb += float((y * y).sum())
+    return dot / np.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
+
+
+@dataclass
+class _Measured:
+    step: int | None
+    ref: MatrixRef
+    sv: np.ndarray
+    status: str
+    cos_w_final: float = float("nan")
+
+
+def _bar(total: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="matrix", disable=not progress, dynamic_ncols=True)
+
+
+def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: bool) -> tuple[list[_Measured], bool]:
+    keep = set(kinds) if kinds is not None else None
+    if isinstance(model_or_path, nn.Module):
+        refs = [r for r in catalog(model_or_path) if keep is None or r.kind in keep]
+        out = []
+        with torch.no_grad(), _bar(len(refs), progress, "analyze") as bar:
+            for r in refs:
+                spec = singular_values_lowmem(r.read(), method)
+                out.append(_Measured(None, r, spec.sv, spec.status))
+                bar.update(1)
+        return out, False
+    ckpts = resolve(model_or_path)
+    series = len(ckpts) > 1
+    cats = [{r.name: r for r in c.catalog() if keep is None or r.kind in keep} for c in ckpts]
+    final = cats[-1]
+    out = []
+    total = sum(len(c) for c in cats)
+    with torch.no_grad(), _bar(total, progress, "analyze") as bar:
+        for name, ref_final in final.items():
+            w_final = ref_final.read() if series else None
+            for ck, cat in zip(ckpts, cats):
+                ref = cat.get(name)
+                if ref is None:
+                    continue
+                w = ref.read()
+                spec = singular_values_lowmem(w, method)
+                m = _Measured(ck.step, ref, spec.sv, spec.status)
+                if series and w.shape == w_final.shape:
+                    m.cos_w_final = _cos_w(w, w_final)
+                out.append(m)
+                del w
+                bar.update(1)
+            del w_final
+            for ck in ckpts:
+                ck.release()
+        for ck, cat in zip(ckpts, cats):  # matrices only in earlier checkpoints
+            for name, ref in cat.items():
+                if name not in final:
+                    spec = singular_values_lowmem(ref.read(), method)
+                    out.append(_Measured(ck.step, ref, spec.sv, spec.status))
+                    bar.update(1)
+            ck.release()
+    return out, series
+
+
+def _frame(measured: list[_Measured], series: bool) -> pd.DataFrame:
+    rows: list[dict] = [{"step": m.step, "name": m.ref.name, "layer": m.ref.layer, "kind": m.ref.kind,
+                         "d_out": m.ref.shape[0], "d_in": m.ref.shape[1]} for m in measured]
+    statuses: list[list[str]] = [[m.status] if m.status != "ok" else [] for m in measured]
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, m in enumerate(measured):
+        by_len[len(m.sv)].append(i)
+    for idx in by_len.values():
+        table = spectrum_metrics(np.stack([measured[i].sv for i in idx]))
+        for metric, vals in table.values.items():
+            for j, i in enumerate(idx):
+                rows[i][metric] = float(vals[j])
+                st = table.status[metric][j]
+                if st != "ok" and st not in statuses[i]:
+                    statuses[i].append(st)
+    for row, st in zip(rows, statuses):
+        row["status"] = "ok" if not st else "; ".join(st)
+    df = pd.DataFrame(rows)
+    df["kind"] = pd.Categorical(df["kind"], categories=list(KINDS), ordered=True)
+    if series:
+        df["cos_w_final"] = [m.cos_w_final for m in measured]
+        df = _add_across_time(df, measured)
+        df = df.sort_values(["step", "layer", "kind", "name"], kind="stable")
+    else:
+        df = df.drop(columns=["step"]).sort_values(["layer", "kind", "name"], kind="stable")
+    df["kind"] = df["kind"].astype(str)
+    return df.reset_index(drop=True)
+
+
+def _add_across_time(df: pd.DataFrame, measured: list[_Measured]) -> pd.DataFrame:
+    for col in ("sd_variation", "sd_variation_per_step", "cos_sd_final", "compression"):
+        df[col] = np.nan
+    idx_by_name: dict[str, list[int]] = defaultdict(list)
+    for i, m in enumerate(measured):
+        idx_by_name[m.ref.name].append(i)
+    for idx in idx_by_name.values():
+        idx = sorted(idx, key=lambda i: measured[i].step)
+        if len({len(measured[i].sv) for i in idx}) != 1:
+            continue
+        sv = np.stack([measured[i].sv for i in idx])
+        steps = np.array([measured[i].step for i in idx], dtype=float)
+        var, per = sd_variation(sv, steps)
+        sd = singular_distribution(sv)
+        df.loc[idx, "sd_variation"] = var
+        df.loc[idx, "sd_variation_per_step"] = per
+        df.loc[idx, "cos_sd_final"] = cosine(sd, sd[-1][None, :])
+        df.loc[idx, "compression"] = compression(df.loc[idx, "stable_rank"].to_numpy(dtype=float))
+    return df
+
+
+def analyze(model_or_path, method: str = "gram", kinds: Iterable[str] | None = None, progress: bool = True) -> pd.DataFrame:
+    """SPEC section 3 metrics of every cataloged matrix of a model or checkpoint.
+
+    ``model_or_path``: an ``nn.Module``, an HF model directory, a safetensors file, a torch
+    checkpoint (``weights_only=True``), or a directory of step-numbered checkpoints (then one
+    row per checkpoint x matrix, with ``step`` and the SPEC section 4 metrics
+    ``sd_variation``, ``cos_sd_final``, ``cos_w_final``, ``compression``).
+    """
+    measured, series = _measure(model_or_path, method, kinds, progress)
+    return _frame(measured, series)
+
+
+def analyze_into(model_or_path, run_dir: str | os.PathLike, method: str = "gram", kinds: Iterable[str] | None = None,
+                 progress: bool = True) -> pd.DataFrame:
+    """:func:`analyze`, and write metrics and full spectra into a run store (probe ``weights``),
+    so ``report`` and the analyses work on it."""
+    from .store.writer import RunWriter
+
+    measured, series = _measure(model_or_path, method, kinds, progress)
+    df = _frame(measured, series)
+    source = str(model_or_path) if not isinstance(model_or_path, nn.Module) else type(model_or_path).__name__
+    w = RunWriter(run_dir, config={"source": source, "analyzer": "specscope.analyze", "method": method})
+    metric_cols = [c for c in df.columns if c not in ID_COLUMNS + ["status"]]
+    for row in df.to_dict("records"):
+        step = int(row.get("step") or 0)
+        base = {"step": step, "tokens": None, "probe": "weights", "layer": row["layer"], "kind": row["kind"], "name": row["name"]}
+        w.add_many("metrics", [{**base, "metric": c, "value": float(row[c]), "status": row["status"]} for c in metric_cols])
+    for m in measured:
+        w.add("spectra", {"step": int(m.step or 0), "tokens": None, "probe": "weights", "layer": m.ref.layer, "kind": m.ref.kind,
+                          "name": m.ref.name, "quantity": "sv", "values": m.sv.tolist(), "status": m.status})
+    w.close()
+    return df

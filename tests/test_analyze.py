@@ -1,0 +1,141 @@
+"""Offline analysis: every input format, series, the run store, and bad inputs."""
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file, save_model
+
+import specscope as ss
+from specscope.train import GPT, GPTConfig
+
+CFG = GPTConfig(vocab_size=64, seq_len=16, n_layer=2, n_head=2, d_model=32)
+
+
+def cli(*args, cwd=None):
+    p = subprocess.run([sys.executable, "-m", "specscope", *args], capture_output=True, text=True, cwd=cwd)
+    return p.returncode, p.stdout, p.stderr
+
+
+def one_line_error(code, stderr, needle):
+    lines = stderr.strip().splitlines()
+    assert code == 2, stderr
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in stderr, stderr
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GPT(CFG)
+
+
+def test_module_file_and_torch_checkpoint_agree(model, tmp_path):
+    live = ss.analyze(model, progress=False)
+    assert len(live) == 2 * 6 + 2  # blocks + tok_emb + pos_emb (lm_head tied)
+    save_model(model, str(tmp_path / "m.safetensors"))
+    torch.save({"model": model.state_dict(), "step": 5}, tmp_path / "m.pt")
+    from_st = ss.analyze(tmp_path / "m.safetensors", progress=False)
+    from_pt = ss.analyze(tmp_path / "m.pt", progress=False)
+    blocks = lambda df: df[df["layer"] >= 0].set_index("name").sort_index()
+    for df in (from_st, from_pt):
+        np.testing.assert_allclose(blocks(df)["alpha_mle"], blocks(live)["alpha_mle"], rtol=1e-12)
+        np.testing.assert_allclose(blocks(df)["stable_rank"], blocks(live)["stable_rank"], rtol=1e-12)
+    d = ss.describe(model.blocks[1].attn.v.weight)
+    row = live[(live["layer"] == 1) & (live["kind"] == "v")].iloc[0]
+    assert row["alpha_mle"] == pytest.approx(d["alpha_mle"]) and row["d_out"] == 32
+
+
+def test_hf_directory_and_bin(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=60, n_positions=16)
+    m = transformers.GPT2LMHeadModel(cfg)
+    m.save_pretrained(tmp_path / "hf")
+    df = ss.analyze(tmp_path / "hf", progress=False)
+    live = ss.analyze(m, progress=False)
+    q = lambda d: d[(d["layer"] == 1) & (d["kind"] == "q")]["stable_rank"].iloc[0]
+    assert q(df) == pytest.approx(q(live), rel=1e-12)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text(json.dumps(cfg.to_dict()))
+    torch.save(m.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    assert q(ss.analyze(tmp_path / "bin", progress=False)) == pytest.approx(q(live), rel=1e-12)
+
+
+def test_series_of_checkpoints_with_across_time_metrics(model, tmp_path):
+    d = tmp_path / "ckpts"
+    d.mkdir()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in (0, 10, 20):
+        save_model(model, str(d / f"step_{step:07d}.safetensors"))
+        for _ in range(3):
+            x = torch.randint(0, 64, (4, 16))
+            _, loss = model(x, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    df = ss.analyze(d, progress=False)
+    assert sorted(df["step"].unique()) == [0, 10, 20]
+    q = df[(df["layer"] == 0) & (df["kind"] == "q")].sort_values("step")
+    assert np.isnan(q["sd_variation"].iloc[0]) and (q["sd_variation"].iloc[1:] > 0).all()
+    assert q["cos_w_final"].iloc[-1] == pytest.approx(1.0) and q["cos_w_final"].iloc[0] < 1.0
+    assert q["compression"].iloc[0] == 0.0 and q["cos_sd_final"].iloc[-1] == pytest.approx(1.0)
+    # into a run store, then report on it
+    code, out, err = cli("analyze", str(d), "--into", str(tmp_path / "run"), "--no-progress")
+    assert code == 0, err
+    run = ss.open_run(tmp_path / "run")
+    assert sorted(run.metrics(metric="alpha_mle")["step"].unique()) == [0, 10, 20]
+    assert ss.write_report(run.dir).exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_output_formats(model, tmp_path, fmt):
+    save_model(model, str(tmp_path / "m.safetensors"))
+    out = tmp_path / f"out.{fmt}"
+    code, stdout, err = cli("analyze", str(tmp_path / "m.safetensors"), "--format", fmt, "--out", str(out), "--no-progress")
+    assert code == 0, err
+    import pandas as pd
+    df = {"csv": pd.read_csv, "json": pd.read_json, "parquet": pd.read_parquet}[fmt](out)
+    assert len(df) == 14 and "alpha_mle" in df.columns  # 12 block matrices, pos_emb, lm_head (tied)
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_bad_inputs_one_line_exit_2(tmp_path, model):
+    code, _, err = cli("analyze", str(tmp_path / "missing"))
+    one_line_error(code, err, "no such file")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hello")
+    code, _, err = cli("analyze", str(tmp_path / "empty"))
+    one_line_error(code, err, "no model")
+    good = tmp_path / "good.safetensors"
+    save_model(model, str(good))
+    data = good.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    code, _, err = cli("analyze", str(tmp_path / "trunc.safetensors"))
+    one_line_error(code, err, "cannot read safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    code, _, err = cli("analyze", str(tmp_path / "garbage.safetensors"))
+    one_line_error(code, err, "cannot read safetensors")
+    save_file({"layer.weight": torch.randint(-5, 5, (8, 8), dtype=torch.int8)}, str(tmp_path / "int8.safetensors"))
+    code, _, err = cli("analyze", str(tmp_path / "int8.safetensors"))
+    one_line_error(code, err, "dtype")
+    marker = tmp_path / "PWNED"
+    torch.save({"w": Evil(str(marker))}, tmp_path / "evil.pt")
+    with open(tmp_path / "evil.pkl.bin", "wb") as f:  # plain (non-zip) pickle too
+        pickle.dump({"w": Evil(str(marker))}, f)
+    for name in ("evil.pt", "evil.pkl.bin"):
+        code, _, err = cli("analyze", str(tmp_path / name))
+        one_line_error(code, err, "refusing to load")
+    assert not marker.exists()
+    (tmp_path / "x.onnx").write_bytes(b"0")
+    code, _, err = cli("analyze", str(tmp_path / "x.onnx"))
+    one_line_error(code, err, "unrecognized checkpoint format")
