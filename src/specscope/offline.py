@@ -20,7 +20,8 @@ from torch import nn
 
 from .models import KINDS, MatrixRef, catalog
 from .models.loading import resolve
-from .spectra import compression, cosine, sd_variation, singular_distribution, singular_values_lowmem, spectrum_metrics
+from .spectra import (compression, cosine, sd_variation, singular_distribution, singular_values_lowmem,
+                      singular_values_many, spectrum_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,9 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
     keep = set(kinds) if kinds is not None else None
     if isinstance(model_or_path, nn.Module):
         refs = [r for r in catalog(model_or_path) if keep is None or r.kind in keep]
-        out = []
-        with torch.no_grad(), _bar(len(refs), progress, "analyze") as bar:
-            for r in refs:
-                spec = singular_values_lowmem(r.read(), method)
-                out.append(_Measured(None, r, spec.sv, spec.status))
-                bar.update(1)
-        return out, False
+        with torch.no_grad():  # in memory already: all matrices at once, side by side on the cores
+            spectra = singular_values_many([(r.name, r.read()) for r in refs], method=method)
+        return [_Measured(None, r, spectra[r.name].sv, spectra[r.name].status) for r in refs], False
     ckpts = resolve(model_or_path)
     series = len(ckpts) > 1
     cats = [{r.name: r for r in c.catalog() if keep is None or r.kind in keep} for c in ckpts]

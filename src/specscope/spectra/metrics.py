@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .compute import parallel_map
 from .mle import fit_power_law
 from .powerlaw import alpha_rank, head_tail_knee
 from .windows import HEAD_WINDOW, bank_windows, tail_window, window_name
@@ -103,7 +104,7 @@ def spectrum_metrics(
         put("alpha_tail_auto", a, st)
 
     if mle:
-        fits = [fit_power_law(lam[i]) if not dead[i] else None for i in range(bsz)]
+        fits = parallel_map(lambda i: fit_power_law(lam[i]) if not dead[i] else None, list(range(bsz)))
         st = np.array([f.status if f is not None else "" for f in fits], dtype=object)
         get = lambda attr: np.array([getattr(f, attr) if f is not None else np.nan for f in fits], dtype=np.float64)
         alpha = get("alpha")
