@@ -22,6 +22,7 @@ from .models import KINDS, MatrixRef, catalog
 from .models.loading import resolve
 from .spectra import (compression, cosine, sd_variation, singular_distribution, singular_values_lowmem,
                       singular_values_many, spectrum_metrics)
+from .spectra.compute import singular_values_streamed
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ def _cos_w(a: torch.Tensor, b: torch.Tensor, rows: int = 1024) -> float:
         na += float((x * x).sum())
         nb += float((y * y).sum())
     return dot / np.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
+
+
+def _streamable(ref: MatrixRef, method: str) -> bool:
+    """Row blocks give the short-side Gram when the stored matrix is tall or square."""
+    return method == "gram" and ref.blocks is not None and ref.blocks_shape[1] <= ref.blocks_shape[0]
 
 
 @dataclass
@@ -75,6 +81,11 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
                 ref = cat.get(name)
                 if ref is None:
                     continue
+                if not series and _streamable(ref, method):
+                    spec = singular_values_streamed(ref.blocks(), ref.blocks_shape)
+                    out.append(_Measured(ck.step, ref, spec.sv, spec.status))
+                    bar.update(1)
+                    continue
                 w = ref.read()
                 spec = singular_values_lowmem(w, method)
                 m = _Measured(ck.step, ref, spec.sv, spec.status)
@@ -82,6 +93,7 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
                     m.cos_w_final = _cos_w(w, w_final)
                 out.append(m)
                 del w
+                ck.release()
                 bar.update(1)
             del w_final
             for ck in ckpts:

@@ -6,7 +6,7 @@ Works on a live ``nn.Module`` (:func:`catalog`) or on stored tensors read lazily
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ class MatrixRef:
     read: Callable[[], torch.Tensor]
     shape: tuple[int, int]
     source: str = ""  # the stored weight it comes from (module name)
+    # when read from a file: row blocks of a matrix with the same singular values, and its shape
+    blocks: Callable[[], Iterator[torch.Tensor]] | None = None
+    blocks_shape: tuple[int, int] | None = None
 
 
 def catalog_stored(stored: Iterable[Stored], n_heads: int | None = None) -> list[MatrixRef]:
@@ -31,7 +34,7 @@ def catalog_stored(stored: Iterable[Stored], n_heads: int | None = None) -> list
     refs = []
     for st in stored:
         for p in split(st, n_heads):
-            refs.append(MatrixRef(p.name, p.layer, p.kind, p.read, p.shape, p.module))
+            refs.append(MatrixRef(p.name, p.layer, p.kind, p.read, p.shape, p.module, p.blocks, p.blocks_shape))
     return refs
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -66,6 +66,7 @@ class Stored:
     shape: tuple[int, int]
     load: Callable[[], torch.Tensor]
     transposed: bool = False
+    row_blocks: Callable[[], Iterator[torch.Tensor]] | None = None  # stored rows, block by block
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class Part:
     kind: str
     shape: tuple[int, int]  # d_out x d_in
     read: Callable[[], torch.Tensor]
+    # row blocks of a matrix with the same singular values (the stored one), and its shape
+    blocks: Callable[[], Iterator[torch.Tensor]] | None = None
+    blocks_shape: tuple[int, int] | None = None
 
 
 def gpt2_conv1d(module: str, model_type: str | None, shape: tuple[int, int], qkv_conv1d: bool | None) -> bool:
@@ -115,4 +119,4 @@ def split(st: Stored, n_heads: int | None = None) -> list[Part]:
 
         return [Part(st.module, f"{st.module}[{k}]", int(m.group("layer")), k, (d3 // 3, d), neox(i))
                 for i, k in enumerate(("q", "k", "v"))]
-    return [Part(st.module, st.module, layer, kind, out_shape, base)]
+    return [Part(st.module, st.module, layer, kind, out_shape, base, st.row_blocks, st.shape if st.row_blocks else None)]

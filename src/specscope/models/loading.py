@@ -22,6 +22,7 @@ import torch
 from ..errors import CheckpointError, UnsupportedDtypeError
 from .catalog import MatrixRef, catalog_stored, mark_conv1d
 from .families import Stored
+from .safetensors_io import TensorInfo, read_header, read_rows, row_blocks
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Checkpoint:
     model_type: str | None = None
     n_heads: int | None = None
     step: int | None = None
+    infos: dict[str, TensorInfo] = field(default_factory=dict, repr=False)  # safetensors: stream row blocks
     _last: tuple[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def load(self, module: str) -> torch.Tensor:
@@ -56,7 +58,9 @@ class Checkpoint:
 
     def catalog(self) -> list[MatrixRef]:
         conv = mark_conv1d(self.shapes, self.model_type)
-        stored = [Stored(m, s, (lambda m=m: self.load(m)), conv[m]) for m, s in self.shapes.items()]
+        stored = [Stored(m, s, (lambda m=m: self.load(m)), conv[m],
+                         (lambda m=m: row_blocks(self.infos[m])) if m in self.infos else None)
+                  for m, s in self.shapes.items()]
         return catalog_stored(stored, self.n_heads)
 
 
@@ -70,39 +74,24 @@ def _check_dtype(key: str, dtype: str | torch.dtype, path: Path) -> None:
         raise UnsupportedDtypeError(f"{path}: weight {key} has dtype {dtype}; supported: float16, bfloat16, float32, float64")
 
 
-def _safetensors_files(files: list[Path]) -> tuple[dict[str, tuple[int, int]], Callable[[str], torch.Tensor]]:
-    from safetensors import safe_open
-
+def _safetensors_files(files: list[Path]) -> tuple[dict[str, tuple[int, int]], Callable[[str], torch.Tensor], dict[str, TensorInfo]]:
     shapes: dict[str, tuple[int, int]] = {}
-    where: dict[str, tuple[object, str]] = {}
+    where: dict[str, TensorInfo] = {}
     for f in files:
-        try:
-            h = safe_open(str(f), framework="pt")
-            keys = list(h.keys())
-            for key in keys:
-                mod = _module_of(key)
-                if mod is None:
-                    continue
-                sl = h.get_slice(key)
-                shape = sl.get_shape()
-                if len(shape) != 2:
-                    continue
-                _check_dtype(key, sl.get_dtype(), f)
-                shapes[mod] = (int(shape[0]), int(shape[1]))
-                where[mod] = (h, key)
-        except UnsupportedDtypeError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(f"cannot read safetensors file {f}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        infos, _ = read_header(f)
+        for key, info in infos.items():
+            mod = _module_of(key)
+            if mod is None or len(info.shape) != 2:
+                continue
+            _check_dtype(key, info.dtype, f)
+            shapes[mod] = (int(info.shape[0]), int(info.shape[1]))
+            where[mod] = info
 
     def load(mod: str) -> torch.Tensor:
-        h, key = where[mod]
-        try:
-            return h.get_tensor(key)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read tensor {key}: {exc}") from None
+        info = where[mod]
+        return read_rows(info, 0, info.shape[0])
 
-    return shapes, load
+    return shapes, load, where
 
 
 def torch_load_safe(path: Path) -> object:
@@ -150,7 +139,7 @@ def _torch_files(files: list[Path]) -> tuple[dict[str, tuple[int, int]], Callabl
             _check_dtype(key, t.dtype, f)
             shapes[mod] = (int(t.shape[0]), int(t.shape[1]))
             tensors[mod] = t
-    return shapes, tensors.__getitem__
+    return shapes, tensors.__getitem__, {}
 
 
 def _read_config(d: Path) -> dict:
@@ -172,13 +161,9 @@ def _heads(cfg: dict) -> int | None:
 
 def _safetensors_config(f: Path) -> dict:
     """The reference trainer stores its model config in the safetensors metadata."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(f), framework="pt") as h:
-            meta = h.metadata() or {}
-        return json.loads(meta.get("config", "{}"))
-    except Exception:
+        return json.loads(read_header(f)[1].get("config", "{}"))
+    except (CheckpointError, ValueError):
         return {}
 
 
@@ -194,21 +179,21 @@ def open_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
         pt = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in TORCH_SUFFIXES and f.name != "training_args.bin"
                     and not f.name.startswith(("optimizer", "scheduler", "rng_state")))
         if st:
-            shapes, load = _safetensors_files(st)
+            shapes, load, infos = _safetensors_files(st)
         elif pt:
-            shapes, load = _torch_files(pt)
+            shapes, load, infos = _torch_files(pt)
         else:
             raise CheckpointError(f"no model weights (*.safetensors, pytorch_model*.bin) in {p}")
     elif p.suffix == ".safetensors":
-        shapes, load = _safetensors_files([p])
+        shapes, load, infos = _safetensors_files([p])
         cfg = _safetensors_config(p)
     elif p.suffix in TORCH_SUFFIXES:
-        shapes, load = _torch_files([p])
+        shapes, load, infos = _torch_files([p])
     else:
         raise CheckpointError(f"unrecognized checkpoint format: {p} (expected .safetensors, {', '.join(TORCH_SUFFIXES)} or a model directory)")
     if not shapes:
         raise CheckpointError(f"no 2-D weight matrices in {p}")
-    return Checkpoint(p, shapes, load, cfg.get("model_type"), _heads(cfg), step)
+    return Checkpoint(p, shapes, load, cfg.get("model_type"), _heads(cfg), step, infos=infos)
 
 
 def _is_checkpoint(p: Path) -> bool:

@@ -13,7 +13,7 @@ import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -199,7 +199,7 @@ def singular_values_lowmem(w: torch.Tensor, method: str = "gram", chunk_elems: i
         if x.is_cuda:
             g = torch.zeros(r, r, dtype=torch.float64, device=x.device)
         else:
-            g = np.zeros((r, r))
+            g = np.zeros((r, r), order="F")
         cols = max(1, chunk_elems // r)
         for c0 in range(0, x.shape[1], cols):
             blk = x[:, c0 : c0 + cols].to(torch.float64)
@@ -208,13 +208,51 @@ def singular_values_lowmem(w: torch.Tensor, method: str = "gram", chunk_elems: i
             if x.is_cuda:
                 g.addmm_(blk, blk.T)
             else:
-                b = blk.numpy()
-                g += b @ b.T  # BLAS syrk
+                gram_accumulate(g, blk.numpy().T)  # g += blk blk^T
             del blk
         if x.is_cuda:
             g = g.cpu().numpy()
-        lam = np.linalg.eigvalsh(g)[::-1]
+        lam = _eigvalsh_inplace(g)[::-1]
         return Spectrum(np.sqrt(np.clip(lam, 0.0, None)), "ok", shape)
     except Exception as exc:  # LAPACK failure etc.: record, never raise
         log.warning("spectrum failed for shape %s: %s", shape, exc)
         return Spectrum(np.full(r, np.nan), f"solver failed: {exc}", shape)
+
+
+def gram_accumulate(g: np.ndarray, b: np.ndarray) -> None:
+    """``g += b^T b`` in place (BLAS syrk, lower triangle; ``g`` Fortran-ordered): no n x n temporary."""
+    from scipy.linalg.blas import dsyrk
+
+    dsyrk(1.0, np.asarray(b.T, dtype=np.float64, order="F"), beta=1.0, c=g, trans=0, lower=1, overwrite_c=1)
+
+
+def _eigvalsh_inplace(g: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric float64 matrix, overwriting it (no second copy)."""
+    from scipy.linalg import eigh
+
+    return eigh(g, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
+
+
+def singular_values_streamed(blocks: Iterator[torch.Tensor], shape: tuple[int, int]) -> Spectrum:
+    """Spectrum of a tall-or-square matrix given as consecutive blocks of rows.
+
+    Accumulates the float64 Gram ``sum_b B^T B`` (``d_in x d_in``, the short side when
+    ``d_in <= d_out``), so only one block of the matrix is in memory at a time, and takes
+    its eigenvalues in place.
+    """
+    m, n = shape
+    if min(shape) == 0:
+        return Spectrum(np.full(0, np.nan), "empty matrix", shape)
+    try:
+        g = np.zeros((n, n), order="F")
+        for blk in blocks:
+            b = blk.to(torch.float64).numpy()
+            gram_accumulate(g, b)
+            del b, blk
+        if not np.isfinite(np.diagonal(g)).all():
+            return Spectrum(np.full(min(shape), np.nan), "non-finite entries", shape)
+        lam = _eigvalsh_inplace(g)[::-1][: min(shape)]
+        return Spectrum(np.sqrt(np.clip(lam, 0.0, None)), "ok", shape)
+    except Exception as exc:
+        log.warning("spectrum failed for shape %s: %s", shape, exc)
+        return Spectrum(np.full(min(shape), np.nan), f"solver failed: {exc}", shape)
