@@ -30,6 +30,8 @@ test-slow: venv
 bench: venv
 	$(PY) benchmarks/weights.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/vs_weightwatcher.py
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
