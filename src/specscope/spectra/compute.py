@@ -1,10 +1,12 @@
 """Singular values of many matrices at once (SPEC section 2).
 
-Matrices are grouped by shape and stacked, so one batched float64 Gram product and one
-batched ``eigvalsh`` serve a whole group. The Gram is formed on the short side
-(``r = min(d_out, d_in)``), so a 768x3072 matrix costs one 768x768 eigenproblem.
-``method="svd"`` takes exact singular values instead (slower; use it when the
-smallest singular values matter: the Gram squares the condition number).
+Every spectrum comes from the float64 Gram on the short side (``r = min(d_out, d_in)``),
+so a 768x3072 matrix costs one 768x768 eigenproblem. On the CPU each matrix is one BLAS
+``syrk`` and one LAPACK ``eigvalsh``, matrices side by side on the cores; on a GPU matrices
+are grouped by shape and stacked, one batched product and one batched ``eigvalsh`` per group.
+``method="svd"`` takes exact singular values instead (slower; use it when the smallest
+singular values matter: the Gram squares the condition number). For one large matrix,
+:func:`singular_values_lowmem` and :func:`singular_values_streamed` bound the extra memory.
 """
 from __future__ import annotations
 
@@ -116,8 +118,8 @@ def singular_values_many(
     """Spectra of many matrices, grouped by shape.
 
     Non-finite or empty matrices give an all-NaN spectrum with a status, never an
-    exception. ``max_batch_elems`` bounds how many float64 elements one stacked group
-    may hold (memory), splitting large groups into chunks.
+    exception. On a GPU, ``max_batch_elems`` bounds how many float64 elements one stacked
+    group may hold, splitting large groups into chunks.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 EVALS_THRESH = 1e-5
 
@@ -49,17 +50,19 @@ def fit_power_law(evals: np.ndarray, thresh: float = EVALS_THRESH, max_elems: in
     ds = np.ones(k)
     ok = alphas > 1  # NaN (ties at the top) compares False
     rows = int(np.clip(max_elems // n_all, 1, 256))
+    # torch for the elementwise work: its vectorized float64 expm1 is ~2x numpy's here
+    lx = torch.from_numpy(logx)
+    a_all = torch.from_numpy(np.where(ok, alphas, 2.0))  # rows with alpha <= 1 keep D = 1
+    n_t = torch.from_numpy(n)
     for start in range(0, k, rows):
         stop = min(k, start + rows)
-        i = np.arange(start, stop)
-        a = np.where(ok[i], alphas[i], 2.0)[:, None]  # rows with alpha <= 1 keep D = 1
-        # columns from `start` on: the tails of every candidate in this chunk (upper triangle only)
-        rel = np.arange(start, n_all)[None, :] - i[:, None]  # position inside the tail; < 0: below xmin
-        with np.errstate(over="ignore", invalid="ignore"):
-            dev = np.abs(-np.expm1((1.0 - a) * (logx[None, start:] - logx[i][:, None])) - rel / n[i][:, None])
-        dev[rel < 0] = -np.inf
-        d = dev.max(axis=1)
-        ds[i] = np.where(ok[i], d, 1.0)
+        a = a_all[start:stop, None]
+        # columns from `start` on: the tails of every candidate in this block (upper triangle only)
+        rel = (torch.arange(start, n_all, dtype=torch.float64)[None, :]
+               - torch.arange(start, stop, dtype=torch.float64)[:, None])  # position in the tail; < 0: below xmin
+        dev = (torch.expm1((1.0 - a) * (lx[None, start:] - lx[start:stop, None])).neg_() - rel / n_t[start:stop, None]).abs_()
+        dev.masked_fill_(rel < 0, -float("inf"))
+        ds[start:stop] = np.where(ok[start:stop], dev.amax(dim=1).numpy(), 1.0)
     best = int(np.argmin(ds))
     alpha = float(alphas[best])
     if not np.isfinite(alpha):
