@@ -23,11 +23,11 @@ from ..probes import Probe, Weights
 
 
 def _scalar(v) -> float | None:
+    """A logged value as a float; None for anything that is not one number."""
     try:
-        f = float(v.detach().item() if hasattr(v, "detach") and v.numel() == 1 else v)
-    except (TypeError, ValueError, RuntimeError, AttributeError):
+        return float(v.detach().item() if hasattr(v, "detach") else v)
+    except (TypeError, ValueError, RuntimeError):
         return None
-    return f
 
 
 class SpectralCallback(Callback):
