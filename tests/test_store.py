@@ -4,7 +4,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest

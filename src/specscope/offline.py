@@ -10,7 +10,6 @@ import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -20,8 +19,7 @@ from torch import nn
 
 from .models import KINDS, MatrixRef, catalog
 from .models.loading import resolve
-from .spectra import (compression, cosine, sd_variation, singular_distribution, singular_values_lowmem,
-                      singular_values_many, spectrum_metrics)
+from .spectra import series_metrics, singular_values_lowmem, singular_values_many, spectrum_metrics
 from .spectra.compute import singular_values_streamed
 
 log = logging.getLogger(__name__)
@@ -137,8 +135,11 @@ def _frame(measured: list[_Measured], series: bool) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+ACROSS_TIME = ("sd_variation", "sd_variation_per_step", "cos_sd_final", "compression")
+
+
 def _add_across_time(df: pd.DataFrame, measured: list[_Measured]) -> pd.DataFrame:
-    for col in ("sd_variation", "sd_variation_per_step", "cos_sd_final", "compression"):
+    for col in ACROSS_TIME:
         df[col] = np.nan
     idx_by_name: dict[str, list[int]] = defaultdict(list)
     for i, m in enumerate(measured):
@@ -147,14 +148,9 @@ def _add_across_time(df: pd.DataFrame, measured: list[_Measured]) -> pd.DataFram
         idx = sorted(idx, key=lambda i: measured[i].step)
         if len({len(measured[i].sv) for i in idx}) != 1:
             continue
-        sv = np.stack([measured[i].sv for i in idx])
-        steps = np.array([measured[i].step for i in idx], dtype=float)
-        var, per = sd_variation(sv, steps)
-        sd = singular_distribution(sv)
-        df.loc[idx, "sd_variation"] = var
-        df.loc[idx, "sd_variation_per_step"] = per
-        df.loc[idx, "cos_sd_final"] = cosine(sd, sd[-1][None, :])
-        df.loc[idx, "compression"] = compression(df.loc[idx, "stable_rank"].to_numpy(dtype=float))
+        metrics = series_metrics(np.stack([measured[i].sv for i in idx]), np.array([measured[i].step for i in idx], dtype=float))
+        for col, vals in metrics.items():
+            df.loc[idx, col] = vals
     return df
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..spectra import compression, cosine, sd_variation, singular_distribution
+from ..spectra import series_metrics
 from ..store.reader import Run
 
 KEYS = ["probe", "layer", "kind", "name"]
@@ -22,17 +22,9 @@ def across_time(run: Run, probe: str = "weights") -> pd.DataFrame:
         lengths = {len(v) for v in g["values"]}
         if len(lengths) != 1:
             continue
-        sv = np.stack(g["values"].to_numpy())
-        steps = g["step"].to_numpy()
-        var, per = sd_variation(sv, steps)
-        sd = singular_distribution(sv)
-        cos_final = cosine(sd, sd[-1][None, :])
-        lam = sv * sv
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sr = lam.sum(axis=1) / lam[:, 0]
-        comp = compression(sr)
+        metrics = series_metrics(np.stack(g["values"].to_numpy()), g["step"].to_numpy())
         base = g[["step", "tokens"]].reset_index(drop=True)
-        for metric, vals in (("sd_variation", var), ("sd_variation_per_step", per), ("cos_sd_final", cos_final), ("compression", comp)):
+        for metric, vals in metrics.items():
             df = base.copy()
             for k, v in zip(KEYS, key):
                 df[k] = v

@@ -10,13 +10,14 @@ import torch
 from .compute import Spectrum, singular_values, singular_values_lowmem, singular_values_many
 from .metrics import MetricTable, spectrum_metrics
 from .powerlaw import alpha_rank, head_tail_knee, rank_fit
-from .temporal import compression, cosine, eigen_distribution, js_divergence, sd_variation, singular_distribution
+from .temporal import (compression, cosine, eigen_distribution, js_divergence, sd_variation, series_metrics,
+                       singular_distribution)
 from .windows import tail_window
 
 __all__ = [
     "Spectrum", "singular_values", "singular_values_lowmem", "singular_values_many", "MetricTable", "spectrum_metrics",
     "alpha_rank", "head_tail_knee", "rank_fit", "compression", "cosine", "eigen_distribution", "js_divergence",
-    "sd_variation", "singular_distribution", "tail_window", "describe",
+    "sd_variation", "series_metrics", "singular_distribution", "tail_window", "describe",
 ]
 
 

@@ -67,3 +67,19 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
         return float((a[mask] * np.log(a[mask] / m[mask])).sum())
 
     return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def series_metrics(sv_series: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """SPEC section 4 metrics of one matrix's spectra over time, rows in step order.
+
+    Returns ``sd_variation``, ``sd_variation_per_step``, ``cos_sd_final`` (against the last
+    row) and ``compression`` (stable rank against the first row), each one value per row.
+    """
+    sv = np.atleast_2d(np.asarray(sv_series, dtype=np.float64))
+    var, per = sd_variation(sv, steps)
+    sd = singular_distribution(sv)
+    lam = sv * sv
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stable_rank = lam.sum(axis=1) / lam[:, 0]
+    return {"sd_variation": var, "sd_variation_per_step": per, "cos_sd_final": cosine(sd, sd[-1][None, :]),
+            "compression": compression(stable_rank)}
