@@ -18,6 +18,7 @@ _LAZY = {
     "Run": ("specscope.store.reader", "Run"),
     "describe": ("specscope.spectra", "describe"),
     "analyze": ("specscope.offline", "analyze"),
+    "measure": ("specscope.measure", None),
     "query": ("specscope.store.query", "query"),
     "catalog": ("specscope.models", "catalog"),
     "write_report": ("specscope.report", "write_report"),

@@ -27,6 +27,7 @@ class MatrixRef:
     # when read from a file: row blocks of a matrix with the same singular values, and its shape
     blocks: Callable[[], Iterator[torch.Tensor]] | None = None
     blocks_shape: tuple[int, int] | None = None
+    out_index: torch.Tensor | None = None  # which outputs of module `source` this matrix produces (None: all)
 
 
 def catalog_stored(stored: Iterable[Stored], n_heads: int | None = None) -> list[MatrixRef]:
@@ -34,7 +35,7 @@ def catalog_stored(stored: Iterable[Stored], n_heads: int | None = None) -> list
     refs = []
     for st in stored:
         for p in split(st, n_heads):
-            refs.append(MatrixRef(p.name, p.layer, p.kind, p.read, p.shape, p.module, p.blocks, p.blocks_shape))
+            refs.append(MatrixRef(p.name, p.layer, p.kind, p.read, p.shape, p.module, p.blocks, p.blocks_shape, p.out_index))
     return refs
 
 

@@ -80,6 +80,7 @@ class Part:
     # row blocks of a matrix with the same singular values (the stored one), and its shape
     blocks: Callable[[], Iterator[torch.Tensor]] | None = None
     blocks_shape: tuple[int, int] | None = None
+    out_index: torch.Tensor | None = None  # which outputs of the stored layer this part produces (None: all)
 
 
 def gpt2_conv1d(module: str, model_type: str | None, shape: tuple[int, int], qkv_conv1d: bool | None) -> bool:
@@ -104,8 +105,8 @@ def split(st: Stored, n_heads: int | None = None) -> list[Part]:
     if _FUSED_QKV.search(st.module) and out_shape[0] == 3 * out_shape[1]:
         d = out_shape[1]
         layer = int(_FUSED_QKV.search(st.module).group("layer"))
-        return [Part(st.module, f"{st.module}[{k}]", layer, k, (d, d), (lambda i=i: base()[i * d:(i + 1) * d]))
-                for i, k in enumerate(("q", "k", "v"))]
+        return [Part(st.module, f"{st.module}[{k}]", layer, k, (d, d), (lambda i=i: base()[i * d:(i + 1) * d]),
+                     out_index=torch.arange(i * d, (i + 1) * d)) for i, k in enumerate(("q", "k", "v"))]
     m = _NEOX_QKV.search(st.module)
     if m and out_shape[0] % 3 == 0:
         d3, d = out_shape
@@ -117,6 +118,7 @@ def split(st: Stored, n_heads: int | None = None) -> list[Part]:
         def neox(i: int) -> Callable[[], torch.Tensor]:
             return lambda: base().reshape(n_heads, 3, hd, d)[:, i].reshape(n_heads * hd, d)
 
-        return [Part(st.module, f"{st.module}[{k}]", int(m.group("layer")), k, (d3 // 3, d), neox(i))
-                for i, k in enumerate(("q", "k", "v"))]
+        order = torch.arange(d3).reshape(n_heads, 3, hd)
+        return [Part(st.module, f"{st.module}[{k}]", int(m.group("layer")), k, (d3 // 3, d), neox(i),
+                     out_index=order[:, i].reshape(-1)) for i, k in enumerate(("q", "k", "v"))]
     return [Part(st.module, st.module, layer, kind, out_shape, base, st.row_blocks, st.shape if st.row_blocks else None)]
