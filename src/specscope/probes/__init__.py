@@ -1,5 +1,6 @@
 """What to read from a live model. ``ss.probes.Weights(every=25)``."""
 from .base import Measurement, Probe, ProbeContext
+from .lens import Activations, Gradients, make_pool
 from .weights import Weights
 
-__all__ = ["Measurement", "Probe", "ProbeContext", "Weights"]
+__all__ = ["Activations", "Gradients", "Measurement", "Probe", "ProbeContext", "Weights", "make_pool"]
