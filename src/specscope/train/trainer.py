@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ConfigError
 from ..monitor import Monitor
-from ..probes import Probe, Weights
+from ..probes import Activations, Gradients, Probe, Weights, make_pool
 from .corpus import Corpus, load_corpus, sample_batch
 from .model import GPT, GPTConfig
 
@@ -37,6 +37,9 @@ class TrainConfig:
     eval_batches: int = 8
     ckpt_every: int = 0  # 0: only the final checkpoint
     probe_every: int = 25
+    lens_every: int = 100  # activation and per-sample gradient spectra (0: off)
+    pool_size: int = 64  # probe-pool sequences (from the corpus' probe split, seeded)
+    grad_samples: int = 32  # sequences of the pool used for the gradient spectrum
     seed: int = 0
     device: str = "cpu"
     corpus: str = "stdlib"
@@ -102,6 +105,15 @@ def save_checkpoint(model: GPT, run_dir: Path, step: int) -> Path:
     return path
 
 
+def default_probes(cfg: TrainConfig, corpus: Corpus, seq_len: int) -> list[Probe]:
+    """Weights every ``probe_every`` steps; activation and gradient spectra of the deepest block every ``lens_every``."""
+    probes: list[Probe] = [Weights(every=cfg.probe_every)]
+    if cfg.lens_every > 0:
+        pool = make_pool(corpus.probe, n=cfg.pool_size, seq_len=seq_len, seed=0)
+        probes += [Activations(pool, every=cfg.lens_every), Gradients(pool, samples=cfg.grad_samples, every=cfg.lens_every)]
+    return probes
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -132,7 +144,7 @@ def train(
         model_cfg = GPTConfig(**{**model_cfg.to_dict(), "vocab_size": corpus.vocab_size})
     model = GPT(model_cfg).to(device)
     opt = make_optimizer(model, cfg)
-    probes = list(probes) if probes is not None else [Weights(every=cfg.probe_every)]
+    probes = list(probes) if probes is not None else default_probes(cfg, corpus, model_cfg.seq_len)
     config = {"model": model_cfg.to_dict(), "train": asdict(cfg), "corpus": corpus.summary(),
               "n_params": model.num_params(), "trainer": "specscope.train"}
     data_gen = np.random.default_rng(cfg.seed + 1)
