@@ -32,6 +32,8 @@ bench: venv
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/vs_weightwatcher.py
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/gradient_spectrum.py
+	$(PY) benchmarks/covariance.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -79,3 +79,39 @@ def test_measurement_leaves_grads_and_modes_alone():
     model.train()
     ss.measure.gradient_spectrum(model, torch.randint(0, 64, (4, 16)))
     assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_lens_probes_in_the_monitor(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, seq_len=16, n_layer=2, n_head=2, d_model=32))
+    pool = ss.probes.make_pool(np.arange(5000) % 64, n=12, seq_len=16, seed=3)
+    assert torch.equal(pool, ss.probes.make_pool(np.arange(5000) % 64, n=12, seq_len=16, seed=3))  # fixed, seeded
+    probes = [ss.probes.Activations(pool, every=2), ss.probes.Gradients(pool, matrix="v", samples=8, every=2)]
+    with ss.Monitor(model, tmp_path / "r", probes=probes) as mon:
+        for step in range(3):
+            mon.step(step, loss=1.0)
+    run = ss.open_run(tmp_path / "r")
+    spec = run.spectra()
+    act = spec[(spec["probe"] == "activations") & (spec["step"] == 2)].iloc[0]
+    np.testing.assert_allclose(act["values"], ss.measure.activation_spectrum(model, pool), rtol=1e-10, atol=1e-14)
+    grad = spec[(spec["probe"] == "gradients") & (spec["step"] == 2)].iloc[0]
+    assert grad["kind"] == "v" and grad["layer"] == 1 and len(grad["values"]) == 8
+    np.testing.assert_allclose(grad["values"], ss.measure.gradient_spectrum(model, pool[:8], matrix="v"), rtol=1e-8)
+    m = run.metrics()
+    for probe in ("activations", "gradients"):
+        got = set(m[m["probe"] == probe]["metric"])
+        assert {"rankme", "alpha_head", "alpha_tail", "alpha_tail_auto", "head_tail_knee"} <= got
+
+
+@pytest.mark.parametrize("family", ["GPTNeoX", "Llama"])
+def test_one_shot_measurements_on_neox_and_llama(family):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    kw = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=50, intermediate_size=48,
+              max_position_embeddings=16)
+    model = getattr(transformers, f"{family}ForCausalLM")(getattr(transformers, f"{family}Config")(**kw)).double()
+    seqs = torch.randint(0, 50, (10, 16))
+    _check_gradients(model, seqs, "q", 1e-6)  # NeoX: q interleaved inside query_key_value
+    _check_gradients(model, seqs, "o", 1e-6)
+    eig = ss.measure.activation_spectrum(model, seqs)
+    assert len(eig) == 32 and (eig >= 0).all() and eig[0] > 0

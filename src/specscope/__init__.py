@@ -25,6 +25,7 @@ _LAZY = {
     "SpecscopeError": ("specscope.errors", "SpecscopeError"),
     "probes": ("specscope.probes", None),
     "spectra": ("specscope.spectra", None),
+    "streams": ("specscope.streams", None),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -146,14 +146,18 @@ def gradient_gram(model: nn.Module, sequences: torch.Tensor, matrix: str = "o", 
     acc = PerSampleGradGram(chunk=chunk)
     seen: dict[str, torch.Tensor] = {}
 
+    def pre(_mod, inp):
+        torch.set_grad_enabled(True)  # build the graph only from the probed layer on
+
     def fwd(_mod, inp, out):
         seen["x"], seen["y"] = inp[0], out
 
-    handle = module.register_forward_hook(fwd)
+    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(fwd)]
     try:
-        with torch.enable_grad(), _eval(model):
+        with torch.no_grad(), _eval(model):
             for x in _batches(sequences, batch, _device(model)):
                 loss = sequence_losses(model, x).sum()  # d(sum_m L_m)/dy at sequence m's positions = dL_m/dy
+                torch.set_grad_enabled(False)
                 (delta,) = torch.autograd.grad(loss, seen["y"])
                 if ref.out_index is not None:
                     delta = delta[..., ref.out_index.to(delta.device)]
@@ -161,7 +165,8 @@ def gradient_gram(model: nn.Module, sequences: torch.Tensor, matrix: str = "o", 
                 acc.update(inp, delta)  # g_m = sum_t delta_t x_t^T, as d_out x d_in
                 seen.clear()
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return acc.compute(), ref
 
 
@@ -173,14 +178,18 @@ def gradient_spectrum(model: nn.Module, sequences: torch.Tensor, matrix: str = "
 
 
 def gradient_spectrum_reference(model: nn.Module, sequences: torch.Tensor, matrix: str = "o", layer: int = -1) -> np.ndarray:
-    """The loop the probe must equal: one backward pass per sequence, gradients flattened, stacked, ``svdvals`` in float64."""
+    """The loop the probe must equal: one full backward pass per sequence (every parameter's gradient, as a
+    training step computes them; ``.grad`` fields are left alone), the probed gradient flattened, stacked,
+    ``svdvals`` in float64."""
     ref = find_matrix(model, matrix, layer)
     module = model.get_submodule(ref.source)
     weight = module.weight
+    params = [p for p in model.parameters() if p.requires_grad]
+    at = next(i for i, p in enumerate(params) if p is weight)
     rows = []
     with torch.enable_grad(), _eval(model):
         for x in _batches(sequences, 1, _device(model)):
-            (g,) = torch.autograd.grad(sequence_losses(model, x).sum(), weight)
+            g = torch.autograd.grad(sequence_losses(model, x).sum(), params, allow_unused=True)[at]
             if type(module).__name__ == "Conv1D":
                 g = g.T
             if ref.out_index is not None:

@@ -133,3 +133,59 @@ def sd_variation(across: pd.DataFrame) -> Figure | None:
         ax.set_ylabel("‖sd_t − sd_t'‖₂")
         ax.legend(fontsize=6, ncol=2)
     return fig
+
+
+def _chosen_steps(steps: np.ndarray, k: int = 4) -> list[int]:
+    steps = np.unique(steps)
+    if len(steps) <= k:
+        return steps.tolist()
+    return sorted({int(steps[i]) for i in np.linspace(0, len(steps) - 1, k).round().astype(int)})
+
+
+def lens_spectra(spectra: pd.DataFrame) -> Figure | None:
+    """Activation and per-sample gradient spectra at chosen steps, with the tail power-law fit dashed."""
+    df = spectra[spectra["probe"].isin(["activations", "gradients"])]
+    if df.empty:
+        return None
+    panels = list(df.groupby(["probe", "layer", "kind"], sort=True))
+    fig, axes = _grid(len(panels), width=4.4, height=3.2, ncols=2)
+    for ax, ((probe, layer, kind), g) in zip(axes, panels):
+        steps = _chosen_steps(g["step"].to_numpy())
+        cmap = ["#440154", "#31688e", "#35b779", "#fde725"]
+        for color, step in zip(cmap[-len(steps):] if len(steps) < 4 else cmap, steps):
+            vals = g[g["step"] == step]["values"].iloc[0]
+            lam = vals if g[g["step"] == step]["quantity"].iloc[0] == "eig" else vals * vals
+            if not np.isfinite(lam).all() or lam.sum() <= 0:
+                continue
+            p = lam / lam.sum()
+            j = np.arange(1, len(p) + 1)
+            ok = p > 0
+            ax.loglog(j[ok], p[ok], color=color, lw=1.2, label=f"step {step}")
+            win = tail_window(len(p))
+            if win is not None:
+                alpha, c, _ = rank_fit(p[None, :], win)
+                if np.isfinite(alpha[0]):
+                    jj = np.arange(win[0], win[1] + 1)
+                    ax.loglog(jj, np.exp(c[0]) * jj ** (-alpha[0]), "--", color=color, lw=1.8)
+        what = "activation covariance" if probe == "activations" else f"per-sample gradients of {kind}"
+        ax.set_title(f"{what} · block {layer}")
+        ax.set_xlabel("rank j")
+        ax.set_ylabel("p_j = λ_j / Σλ")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def lens_trajectories(metrics: pd.DataFrame) -> Figure | None:
+    """``rankme`` and ``alpha_tail`` of the activation and gradient spectra over training."""
+    df = metrics[metrics["probe"].isin(["activations", "gradients"]) & metrics["metric"].isin(["rankme", "alpha_tail"])]
+    if df.empty:
+        return None
+    fig, axes = _grid(2, width=4.4, height=3.0, ncols=2)
+    for ax, metric in zip(axes, ["rankme", "alpha_tail"]):
+        for i, ((probe, layer, kind), g) in enumerate(df[df["metric"] == metric].groupby(["probe", "layer", "kind"])):
+            g = g.sort_values("step")
+            ax.plot(g["step"], g["value"], "o-", ms=3, color=f"C{i}", label=f"{probe} · block {layer}" + ("" if probe == "activations" else f" · {kind}"))
+        ax.set_title(metric)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    return fig

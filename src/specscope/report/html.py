@@ -40,8 +40,9 @@ def _section(title: str, fig: Figure | None, note: str = "") -> str:
 
 def render(run: Run) -> str:
     meta = run.meta
-    metrics = run.metrics(probe="weights")
-    spectra = run.spectra(probe="weights")
+    all_metrics, all_spectra = run.metrics(), run.spectra()
+    metrics = all_metrics[all_metrics["probe"] == "weights"]
+    spectra = all_spectra[all_spectra["probe"] == "weights"]
     scalars = run.scalars()
     across = across_time(run)
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>specscope · {html.escape(run.run_id)}</title>"
@@ -61,6 +62,12 @@ def render(run: Run) -> str:
                           "Solid: eigen distribution p_j of each layer's matrix. Dashed: the least-squares power law over the tail window."))
     parts.append(_section("Singular-distribution variation over time (SoSD)", figures.sd_variation(across),
                           "‖sd_t − sd_t'‖₂ between consecutive measurements; it falls and stays low once the spectrum stabilizes."))
+    lens = all_spectra[all_spectra["probe"].isin(["activations", "gradients"])]
+    if not lens.empty:
+        parts.append(_section("Activation and per-sample gradient spectra (Spectral Lens)", figures.lens_spectra(lens),
+                              "Trace-normalized spectra over the fixed probe pool at chosen steps; dashed: the power law over the tail window."))
+        parts.append(_section("RankMe and α_tail over training", figures.lens_trajectories(all_metrics),
+                              "RankMe = exp(spectral entropy); α_tail of the activation spectrum is the early signal for token efficiency."))
     table = kind_table(metrics)
     if not table.empty:
         parts.append("<h2>Per kind, mean over layers (first → last)</h2>" + table.to_html(index=False, border=0))
