@@ -113,7 +113,8 @@ def activation_covariances(model: nn.Module, sequences: torch.Tensor, layers=(-1
     return covs
 
 
-def _desc_eig(sym: torch.Tensor) -> np.ndarray:
+def desc_eigvalsh(sym: torch.Tensor) -> np.ndarray:
+    """Eigenvalues of a symmetric matrix, descending, clipped at 0."""
     lam = np.linalg.eigvalsh(sym.detach().cpu().numpy())[::-1]
     return np.clip(lam, 0.0, None)
 
@@ -122,7 +123,7 @@ def activation_spectrum(model: nn.Module, sequences: torch.Tensor, layer: int = 
                         batch: int = 16) -> np.ndarray:
     """Covariance eigenvalues (descending) of block ``layer``'s output over ``sequences`` (N, T)."""
     covs = activation_covariances(model, sequences, (layer,), normalize, batch)
-    return _desc_eig(next(iter(covs.values())).compute())
+    return desc_eigvalsh(next(iter(covs.values())).compute())
 
 
 def find_matrix(model: nn.Module, matrix: str = "o", layer: int = -1) -> MatrixRef:
@@ -174,7 +175,7 @@ def gradient_spectrum(model: nn.Module, sequences: torch.Tensor, matrix: str = "
                       chunk: int = 16) -> np.ndarray:
     """Singular values (descending) of the per-sample gradient matrix ``G`` (M x P), ``sqrt(eigvalsh(G G^T))``."""
     gram, _ = gradient_gram(model, sequences, matrix, layer, batch, chunk)
-    return np.sqrt(_desc_eig(gram))
+    return np.sqrt(desc_eigvalsh(gram))
 
 
 def gradient_spectrum_reference(model: nn.Module, sequences: torch.Tensor, matrix: str = "o", layer: int = -1) -> np.ndarray:

@@ -54,7 +54,7 @@ class Activations(Probe):
         covs = measure.activation_covariances(ctx.model, self.pool, self.layers, self.normalize, self.batch)
         out = Measurement()
         for layer, cov in sorted(covs.items()):
-            lam = np.clip(np.linalg.eigvalsh(cov.compute().cpu().numpy())[::-1], 0.0, None)
+            lam = measure.desc_eigvalsh(cov.compute())
             _emit(out, layer, "activation", f"block{layer}", "eig", lam)
         return out
 
@@ -76,7 +76,6 @@ class Gradients(Probe):
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         gram, ref = measure.gradient_gram(ctx.model, self.pool, self.matrix, self.layer, self.batch, self.chunk)
-        lam = np.clip(np.linalg.eigvalsh(gram.cpu().numpy())[::-1], 0.0, None)
         out = Measurement()
-        _emit(out, ref.layer, ref.kind, ref.name, "sv", np.sqrt(lam))
+        _emit(out, ref.layer, ref.kind, ref.name, "sv", np.sqrt(measure.desc_eigvalsh(gram)))
         return out
