@@ -53,4 +53,12 @@ def summary(run: Run) -> str:
     if not table.empty:
         lines.append("  weight spectra per kind, mean over layers (first → last measurement):")
         lines.extend("    " + ln for ln in table.to_string(index=False).splitlines())
+    lens = metrics[metrics["probe"].isin(["activations", "gradients"]) & metrics["metric"].isin(["rankme", "alpha_tail"])]
+    for (probe, layer, kind), g in lens.groupby(["probe", "layer", "kind"]):
+        first, last = g["step"].min(), g["step"].max()
+        vals = {m: (g[(g["metric"] == m) & (g["step"] == first)]["value"].mean(), g[(g["metric"] == m) & (g["step"] == last)]["value"].mean())
+                for m in ("rankme", "alpha_tail")}
+        what = f"{probe} of block {layer}" + ("" if probe == "activations" else f" ({kind})")
+        lines.append(f"  {what}: rankme {vals['rankme'][0]:.3g} → {vals['rankme'][1]:.3g}, "
+                     f"alpha_tail {vals['alpha_tail'][0]:.3g} → {vals['alpha_tail'][1]:.3g} (steps {first} → {last})")
     return "\n".join(lines)
