@@ -110,6 +110,13 @@ class Monitor:
             raise RuntimeError("monitor is closed")
         self.last_step = int(step)
         self.log(step, tokens, loss=loss, **scalars)
+        for p in self.probes:
+            if p.observes_every_step:
+                try:
+                    with preserved(self.model):
+                        p.observe(ProbeContext(self.model, self.catalog, int(step), tokens))
+                except Exception as exc:  # never break the user's training
+                    log.warning("probe %s failed to observe step %s: %s", p.name, step, exc)
         due = [p for p in self.probes if p.due(int(step))]
         if due:
             self.measure(step, tokens, due)

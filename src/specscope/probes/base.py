@@ -38,6 +38,7 @@ class Probe:
     """
 
     name = "probe"
+    observes_every_step = False  # True: `observe` runs at every monitor step, `measure` on the schedule
 
     def __init__(self, every: int = 25, at: Iterable[int] = (), name: str | None = None):
         if every < 0:
@@ -52,6 +53,9 @@ class Probe:
 
     def setup(self, model: nn.Module) -> None:
         """Called once when the monitor starts."""
+
+    def observe(self, ctx: ProbeContext) -> None:
+        """Called at every step for probes with ``observes_every_step`` (e.g. to record each update)."""
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         raise NotImplementedError

@@ -1,5 +1,6 @@
 """Mergeable accumulators: streaming covariance, per-sample gradient Gram."""
 from .covariance import StreamingCovariance
 from .grad_gram import PerSampleGradGram
+from .trajectory import CountSketch, TrajectoryWindow
 
-__all__ = ["PerSampleGradGram", "StreamingCovariance"]
+__all__ = ["CountSketch", "PerSampleGradGram", "StreamingCovariance", "TrajectoryWindow"]

@@ -1,0 +1,101 @@
+"""The trajectory probe (SPEC 1.4, 5.5): spectra of the rolling window of parameter updates."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ..models import BLOCK_KINDS, MatrixRef
+from ..spectra import spectrum_metrics
+from ..streams import CountSketch, TrajectoryWindow
+from .base import Measurement, Probe, ProbeContext
+
+TRAJECTORY_METRICS = ("kstar", "gap_ratio", "gap12", "ratio[1]", "ratio[2]", "ratio[3]", "ratio[4]", "k95", "stable_rank")
+
+
+class _Track:
+    """One trajectory: a set of matrices, their previous state (or its sketch), and the window."""
+
+    def __init__(self, name: str, layer: int, kind: str, refs: list[MatrixRef], window: int, mode: str, k: int, seed: int,
+                 store_dtype: torch.dtype):
+        self.name, self.layer, self.kind, self.refs = name, layer, kind, refs
+        dim = sum(r.shape[0] * r.shape[1] for r in refs)
+        self.sketch = CountSketch(dim, k, seed) if mode == "sketch" else None
+        self.window = TrajectoryWindow(window, store_dtype=torch.float64 if self.sketch else store_dtype)
+        self.prev: torch.Tensor | None = None
+
+    def state(self) -> torch.Tensor:
+        flat = torch.cat([r.read().detach().reshape(-1).to("cpu", torch.float32) for r in self.refs])
+        return self.sketch(flat) if self.sketch is not None else flat
+
+    def observe(self) -> None:
+        cur = self.state()
+        if self.prev is not None:
+            self.window.update(cur.to(torch.float64) - self.prev.to(torch.float64))
+        self.prev = cur
+
+
+class Trajectory(Probe):
+    """Singular values of the last ``window`` updates ``dtheta_t = theta_{t+1} - theta_t``.
+
+    A global trajectory over every block matrix (``kinds``), plus one per matrix listed in
+    ``matrices`` as ``(layer, kind)``. ``mode="exact"`` keeps the updates (``store_dtype``, on the
+    CPU); ``mode="sketch"`` keeps ``k``-dim CountSketches (memory O(window * k) for any model).
+    Updates are observed at every monitor step; metrics and spectra are written every ``every``.
+    """
+
+    name = "trajectory"
+    observes_every_step = True
+
+    def __init__(self, window: int = 16, every: int = 25, at: Iterable[int] = (), mode: str = "exact", k: int = 4096,
+                 kinds: Iterable[str] = BLOCK_KINDS, matrices: Iterable[tuple[int, str]] = (), global_track: bool = True,
+                 seed: int = 0, store_dtype: torch.dtype = torch.float32, name: str | None = None):
+        super().__init__(every, at, name)
+        if mode not in ("exact", "sketch"):
+            raise ValueError("mode must be 'exact' or 'sketch'")
+        self.window, self.mode, self.k, self.seed, self.store_dtype = window, mode, k, seed, store_dtype
+        self.kinds = frozenset(kinds)
+        self.matrices = list(matrices)
+        self.global_track = global_track
+        self.tracks: list[_Track] = []
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "window": self.window, "mode": self.mode, "k": self.k,
+                "matrices": [list(m) for m in self.matrices]}
+
+    def _build(self, catalog: list[MatrixRef]) -> None:
+        args = (self.window, self.mode, self.k, self.seed, self.store_dtype)
+        if self.global_track:
+            refs = [r for r in catalog if r.layer >= 0 and r.kind in self.kinds]
+            if refs:
+                self.tracks.append(_Track("global", -1, "trajectory", refs, *args))
+        for layer, kind in self.matrices:
+            refs = [r for r in catalog if r.layer == layer and r.kind == kind]
+            if not refs:
+                raise ValueError(f"no matrix of kind {kind!r} in block {layer}")
+            self.tracks.append(_Track(refs[0].name, layer, kind, refs[:1], *args))
+
+    def observe(self, ctx: ProbeContext) -> None:
+        if not self.tracks:
+            self._build(ctx.catalog)
+        for t in self.tracks:
+            t.observe()
+
+    def measure(self, ctx: ProbeContext) -> Measurement:
+        out = Measurement()
+        for t in self.tracks:
+            if len(t.window) < 2:
+                out.add_metric(t.layer, t.kind, t.name, "kstar", float("nan"), f"{len(t.window)} updates in the window")
+                continue
+            sv = t.window.singular_values()
+            out.spectra.append({"layer": t.layer, "kind": t.kind, "name": t.name, "quantity": "sv", "values": sv.tolist(),
+                                "status": "ok"})
+            table = spectrum_metrics(sv[None, :], knee=False, mle=False)
+            for metric in TRAJECTORY_METRICS:
+                if metric in table.values:
+                    out.add_metric(t.layer, t.kind, t.name, metric, float(table.values[metric][0]), str(table.status[metric][0]))
+            out.add_metric(t.layer, t.kind, t.name, "window_updates", float(len(t.window)))
+            for j, v in enumerate(t.window.stability(), start=1):
+                out.add_metric(t.layer, t.kind, t.name, f"stability[{j}]", float(v), "ok" if np.isfinite(v) else "window too short")
+        return out

@@ -1,0 +1,72 @@
+"""Trajectory spectra: the rolling window of parameter updates, exact and sketched."""
+import numpy as np
+import torch
+
+import specscope as ss
+from specscope.streams import CountSketch, TrajectoryWindow
+from specscope.train import GPT, GPTConfig
+
+
+def test_incremental_gram_and_spectrum_equal_brute_force():
+    g = torch.Generator().manual_seed(0)
+    w = TrajectoryWindow(16, store_dtype=torch.float64)
+    for _ in range(1000):
+        w.update(torch.randn(500, generator=g, dtype=torch.float64) * torch.rand(1, generator=g, dtype=torch.float64))
+    ref = w.recompute()
+    assert torch.allclose(w.gram, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    sv = torch.linalg.svdvals(torch.stack(w.rows)).numpy()
+    np.testing.assert_allclose(w.singular_values(), sv, rtol=1e-9, atol=1e-9 * sv[0])
+    stab = w.stability()
+    assert ((stab >= 0) & (stab <= 1 + 1e-12)).all()
+
+
+def test_stability_of_a_fixed_direction_is_one():
+    u = torch.randn(200, dtype=torch.float64)
+    w = TrajectoryWindow(8, store_dtype=torch.float64)
+    for t in range(8):
+        w.update((1 + t) * u + 1e-6 * torch.randn(200, dtype=torch.float64))
+    assert abs(w.stability(1)[0] - 1.0) < 1e-6
+
+
+def test_sketch_finds_a_planted_gap():
+    P, W, k = 1_000_000, 16, 4096
+    g = torch.Generator().manual_seed(1)
+    dirs = torch.linalg.qr(torch.randn(P, 3, generator=g, dtype=torch.float64))[0].T  # 3 orthonormal directions
+    scales = torch.tensor([10.0, 7.0, 5.0], dtype=torch.float64)
+    exact, sk = TrajectoryWindow(W, store_dtype=torch.float64), TrajectoryWindow(W, store_dtype=torch.float64)
+    sketch = CountSketch(P, k, seed=0)
+    for _ in range(W):
+        coef = torch.randn(3, generator=g, dtype=torch.float64) * scales
+        d = coef @ dirs + 0.3 * torch.randn(P, generator=g, dtype=torch.float64) / np.sqrt(P)
+        exact.update(d)
+        sk.update(sketch(d))
+    se, ss_ = exact.singular_values(), sk.singular_values()
+    top = lambda s: int(np.argmax(s[:8] / s[1:9])) + 1
+    assert top(se) == 3 and top(ss_) == 3  # kstar: the gap after the third direction
+    np.testing.assert_allclose(ss_[:3], se[:3], rtol=0.05)
+
+
+def test_trajectory_probe_in_training(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, seq_len=8, n_layer=2, n_head=2, d_model=16))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    probes = [ss.probes.Trajectory(window=4, every=5, matrices=[(0, "q")]),
+              ss.probes.Trajectory(window=4, every=5, mode="sketch", k=256, name="trajectory_sketch")]
+    snaps = []
+    with ss.Monitor(model, tmp_path / "r", probes=probes) as mon:
+        for step in range(11):
+            x = torch.randint(0, 32, (4, 8))
+            _, loss = model(x, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            snaps.append(model.blocks[0].attn.q.weight.detach().clone().double().reshape(-1))
+            mon.step(step, loss=loss.item())
+    run = ss.open_run(tmp_path / "r")
+    spec = run.spectra(probe="trajectory", step=10)
+    q = spec[spec["kind"] == "q"].iloc[0]
+    updates = torch.stack([snaps[i + 1] - snaps[i] for i in range(6, 10)])  # the last 4 updates
+    np.testing.assert_allclose(q["values"], torch.linalg.svdvals(updates).numpy(), rtol=1e-5)
+    m = run.metrics()
+    assert {"kstar", "gap_ratio", "k95", "stability[1]"} <= set(m[m["probe"] == "trajectory"]["metric"])
+    assert m[(m["probe"] == "trajectory_sketch") & (m["metric"] == "gap_ratio")]["value"].notna().all()
