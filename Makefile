@@ -34,6 +34,7 @@ bench: venv
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/gradient_spectrum.py
 	$(PY) benchmarks/covariance.py
+	$(PY) benchmarks/trajectory.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
