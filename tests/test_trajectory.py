@@ -70,3 +70,8 @@ def test_trajectory_probe_in_training(tmp_path):
     m = run.metrics()
     assert {"kstar", "gap_ratio", "k95", "stability[1]"} <= set(m[m["probe"] == "trajectory"]["metric"])
     assert m[(m["probe"] == "trajectory_sketch") & (m["metric"] == "gap_ratio")]["value"].notna().all()
+    from specscope.analysis.edge import edge_analysis
+
+    table, events, verdict = edge_analysis(run)
+    assert table["step"].tolist() == [5, 10] and set(table["phase"]) <= {"rise", "plateau", "decline", "collapse"}
+    assert verdict["peak_step"] in (5, 10) and verdict["best_lag"] is None  # no validation loss logged here
