@@ -50,3 +50,15 @@ def test_a_small_model_learns_modular_addition_train_set():
         loss.backward()
         opt.step()
     assert accuracy(model, d.train_x, d.train_y) > 0.9
+
+
+def test_grokking_experiment_quick(tmp_path, capsys):
+    from specscope.cli import main
+
+    assert main(["experiment", "grokking", "--quick", "--out", str(tmp_path / "g"), "--no-progress"]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "g" / "grokking.csv")
+    assert sorted(table["weight_decay"]) == [0.0, 1.0] and (tmp_path / "g" / "grokking.png").exists()
+    assert table["gap12_wq_final"].notna().all() and table["traj_gap_final"].notna().all()
+    assert "runs grokked" in capsys.readouterr().out

@@ -167,6 +167,31 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from .train.grokking import GrokConfig, run_grokking
+
+    if a.name != "grokking":
+        raise ConfigError(f"unknown experiment {a.name!r}; available: grokking")
+    cfg = GrokConfig.quick() if a.quick else GrokConfig()
+    if a.steps:
+        cfg.steps = a.steps
+    if a.seeds:
+        cfg.seeds = tuple(range(a.seeds))
+    if a.p:
+        cfg.p = a.p
+    res = run_grokking(cfg, a.out or _fresh("runs/grokking"), progress=not a.no_progress)
+    import pandas as pd
+
+    cols = ["weight_decay", "seed", "grok_step", "final_train_acc", "final_test_acc", "gap12_wq_before", "gap12_wq_at",
+            "gap12_wq_final", "traj_gap_before", "traj_gap_at", "traj_gap_final", "h_peak_final"]
+    with pd.option_context("display.width", 220, "display.float_format", "{:.3g}".format):
+        print(res.table[cols].to_string(index=False))
+    for wd, g in res.table.groupby("weight_decay"):
+        print(f"weight decay {wd:g}: {g['grok_step'].notna().sum()}/{len(g)} runs grokked (test accuracy >= 0.95)")
+    print(f"table: {res.out_dir / 'grokking.csv'}  figure: {res.figure}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="specscope", description="Watch the spectra of a neural network while it trains.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -191,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-rows", type=int, default=60)
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(func=cmd_analyze)
+    ex = sub.add_parser("experiment", help="built-in experiments: grokking (modular addition, weight decay on / off)")
+    ex.add_argument("name", choices=["grokking"])
+    ex.add_argument("--quick", action="store_true", help="a tiny configuration (for tests)")
+    ex.add_argument("--steps", type=int, default=None)
+    ex.add_argument("--seeds", type=int, default=None, help="number of seeds per weight-decay setting")
+    ex.add_argument("--p", type=int, default=None, help="modulus")
+    ex.add_argument("--out", default=None)
+    ex.add_argument("--no-progress", action="store_true")
+    ex.set_defaults(func=cmd_experiment)
     q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
     q.add_argument("sql")
     q.add_argument("--runs", nargs="+", default=["runs"], help="run directories or roots holding runs (default: runs)")
