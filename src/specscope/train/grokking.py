@@ -80,7 +80,7 @@ def run_one(cfg: GrokConfig, weight_decay: float, seed: int, run_dir: Path) -> d
                            "h_peak": _h_peak(model, all_x, all_phase, cfg.p)}
                 if grok_step is None and scalars["test_acc"] >= GROK_ACC:
                     grok_step = step
-            mon.step(step, loss=float(loss), tokens=step * len(data.train_x), **scalars)
+            mon.step(step, loss=loss.item(), tokens=step * len(data.train_x), **scalars)
     return summarize(run_dir, grok_step, weight_decay, seed)
 
 
