@@ -12,7 +12,6 @@ fields are never touched, and the model's train/eval modes are restored.
 """
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Iterator
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import MatrixRef, catalog
+from .models.modes import kept_modes
 from .streams import PerSampleGradGram, StreamingCovariance
 
 _BLOCK_LIST = re.compile(r"(?:^|\.)(?:blocks|h|layers|layer)$")
@@ -53,17 +53,6 @@ def sequence_losses(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     logits = _logits(model(x))[:, :-1]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1), reduction="none")
     return ce.view(x.shape[0], -1).mean(dim=1)
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _batches(sequences: torch.Tensor, batch: int, device) -> Iterator[torch.Tensor]:
@@ -104,7 +93,7 @@ def activation_covariances(model: nn.Module, sequences: torch.Tensor, layers=(-1
     for i in idx:
         handles.append(blocks[i].register_forward_hook(hook(i)))
     try:
-        with torch.no_grad(), _eval(model):
+        with torch.no_grad(), kept_modes(model, eval=True):
             for x in _batches(sequences, batch, _device(model)):
                 model(x)
     finally:
@@ -155,7 +144,7 @@ def gradient_gram(model: nn.Module, sequences: torch.Tensor, matrix: str = "o", 
 
     handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(fwd)]
     try:
-        with torch.no_grad(), _eval(model):
+        with torch.no_grad(), kept_modes(model, eval=True):
             for x in _batches(sequences, batch, _device(model)):
                 loss = sequence_losses(model, x).sum()  # d(sum_m L_m)/dy at sequence m's positions = dL_m/dy
                 torch.set_grad_enabled(False)
@@ -188,7 +177,7 @@ def gradient_spectrum_reference(model: nn.Module, sequences: torch.Tensor, matri
     params = [p for p in model.parameters() if p.requires_grad]
     at = next(i for i, p in enumerate(params) if p is weight)
     rows = []
-    with torch.enable_grad(), _eval(model):
+    with torch.enable_grad(), kept_modes(model, eval=True):
         for x in _batches(sequences, 1, _device(model)):
             g = torch.autograd.grad(sequence_losses(model, x).sum(), params, allow_unused=True)[at]
             if type(module).__name__ == "Conv1D":

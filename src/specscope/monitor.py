@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .models import MatrixRef, catalog as build_catalog
+from .models.modes import kept_modes
 from .probes.base import Measurement, Probe, ProbeContext
 from .store.writer import RunWriter
 
@@ -26,15 +27,12 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
     """No grad; module modes and CPU/CUDA RNG states are restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), kept_modes(model):
             yield
     finally:
-        for m, mode in modes:
-            m.training = mode
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)

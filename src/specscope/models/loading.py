@@ -176,8 +176,7 @@ def open_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
     if p.is_dir():
         cfg = _read_config(p)
         st = sorted(p.glob("*.safetensors"))
-        pt = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in TORCH_SUFFIXES and f.name != "training_args.bin"
-                    and not f.name.startswith(("optimizer", "scheduler", "rng_state")))
+        pt = sorted(f for f in p.iterdir() if f.is_file() and _is_torch_weights(f))
         if st:
             shapes, load, infos = _safetensors_files(st)
         elif pt:
@@ -196,9 +195,14 @@ def open_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
     return Checkpoint(p, shapes, load, cfg.get("model_type"), _heads(cfg), step, infos=infos)
 
 
+def _is_torch_weights(f: Path) -> bool:
+    """A torch file of model weights (not the optimizer / scheduler / RNG / arguments files trainers save beside them)."""
+    return f.suffix in TORCH_SUFFIXES and not f.name.startswith(("optimizer", "scheduler", "rng_state", "training_args"))
+
+
 def _is_checkpoint(p: Path) -> bool:
     if p.is_file():
-        return p.suffix == ".safetensors" or (p.suffix in TORCH_SUFFIXES and not p.name.startswith(("optimizer", "scheduler", "rng_state", "training_args")))
+        return p.suffix == ".safetensors" or _is_torch_weights(p)
     return p.is_dir() and (any(p.glob("*.safetensors")) or any(p.glob("pytorch_model*.bin")))
 
 

@@ -83,6 +83,22 @@ def heatmaps(metrics: pd.DataFrame, metric: str) -> Figure | None:
     return fig
 
 
+def _plot_distribution(ax, lam: np.ndarray, color: str, label: str, scale: int | None = None) -> None:
+    """``p_j = lam_j / sum lam`` on log-log axes, with the tail-window power-law fit dashed."""
+    if not np.isfinite(lam).all() or lam.sum() <= 0:
+        return
+    p = lam / lam.sum()
+    j = np.arange(1, len(p) + 1)
+    ok = p > 0
+    ax.loglog(j[ok], p[ok], color=color, lw=1.1, label=label)
+    win = tail_window(len(p), scale)
+    if win is not None:
+        alpha, c, _ = rank_fit(p[None, :], win)
+        if np.isfinite(alpha[0]):
+            jj = np.arange(win[0], win[1] + 1)
+            ax.loglog(jj, np.exp(c[0]) * jj ** (-alpha[0]), "--", color=color, lw=1.7)
+
+
 def final_spectra(spectra: pd.DataFrame, scale: int | None = None) -> Figure | None:
     """Final eigen distributions p_j (log-log), one panel per kind, with the tail power-law fit dashed."""
     if spectra.empty:
@@ -94,21 +110,8 @@ def final_spectra(spectra: pd.DataFrame, scale: int | None = None) -> Figure | N
         sub = last[last["kind"] == kind].sort_values("layer")
         cmap = [f"C{i % 10}" for i in range(len(sub))]
         for color, (_, row) in zip(cmap, sub.iterrows()):
-            sv = row["values"]
-            if not np.isfinite(sv).all() or sv.sum() <= 0:
-                continue
-            lam = sv * sv
-            p = lam / lam.sum()
-            j = np.arange(1, len(p) + 1)
-            ok = p > 0
             lbl = f"L{row['layer']}" if row["layer"] >= 0 else row["name"]
-            ax.loglog(j[ok], p[ok], color=color, lw=1.0, label=lbl)
-            win = tail_window(len(p), scale)
-            if win is not None:
-                alpha, c, _ = rank_fit(p[None, :], win)
-                if np.isfinite(alpha[0]):
-                    jj = np.arange(win[0], win[1] + 1)
-                    ax.loglog(jj, np.exp(c[0]) * jj ** (-alpha[0]), "--", color=color, lw=1.6)
+            _plot_distribution(ax, row["values"] ** 2, color, lbl, scale)
         ax.set_title(f"{kind} · step {int(last['step'].iloc[0])}")
         ax.set_xlabel("rank j")
         ax.set_ylabel("p_j = λ_j / Σλ")
@@ -153,20 +156,9 @@ def lens_spectra(spectra: pd.DataFrame) -> Figure | None:
         steps = _chosen_steps(g["step"].to_numpy())
         cmap = ["#440154", "#31688e", "#35b779", "#fde725"]
         for color, step in zip(cmap[-len(steps):] if len(steps) < 4 else cmap, steps):
-            vals = g[g["step"] == step]["values"].iloc[0]
-            lam = vals if g[g["step"] == step]["quantity"].iloc[0] == "eig" else vals * vals
-            if not np.isfinite(lam).all() or lam.sum() <= 0:
-                continue
-            p = lam / lam.sum()
-            j = np.arange(1, len(p) + 1)
-            ok = p > 0
-            ax.loglog(j[ok], p[ok], color=color, lw=1.2, label=f"step {step}")
-            win = tail_window(len(p))
-            if win is not None:
-                alpha, c, _ = rank_fit(p[None, :], win)
-                if np.isfinite(alpha[0]):
-                    jj = np.arange(win[0], win[1] + 1)
-                    ax.loglog(jj, np.exp(c[0]) * jj ** (-alpha[0]), "--", color=color, lw=1.8)
+            row = g[g["step"] == step].iloc[0]
+            lam = row["values"] if row["quantity"] == "eig" else row["values"] ** 2
+            _plot_distribution(ax, lam, color, f"step {step}")
         what = "activation covariance" if probe == "activations" else f"per-sample gradients of {kind}"
         ax.set_title(f"{what} · block {layer}")
         ax.set_xlabel("rank j")
