@@ -62,3 +62,20 @@ def test_grokking_experiment_quick(tmp_path, capsys):
     assert sorted(table["weight_decay"]) == [0.0, 1.0] and (tmp_path / "g" / "grokking.png").exists()
     assert table["gap12_wq_final"].notna().all() and table["traj_gap_final"].notna().all()
     assert "runs grokked" in capsys.readouterr().out
+    assert table["h_s_final"].between(0, 1 + 1e-12).all() and (table["h_s_final"] >= table["h_peak_final"]).all()
+    assert main(["report", str(tmp_path / "g" / "wd1-seed0")]) == 0
+    page = (tmp_path / "g" / "wd1-seed0" / "report.html").read_text()
+    for section in ("Grokking watch", "Trajectory gap ratio and phases", "Singular values of the update window",
+                    "Stability of the top update directions"):
+        assert section in page
+
+
+def test_grokking_experiment_on_dyck1(tmp_path):
+    import pandas as pd
+
+    from specscope.cli import main
+
+    assert main(["experiment", "grokking", "--quick", "--task", "dyck1", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    table = pd.read_csv(tmp_path / "d" / "grokking.csv")
+    assert set(table["task"]) == {"dyck1"} and table["final_test_acc"].between(0, 1).all()
+    assert table["h_s_final"].isna().all()  # no latent phase in Dyck-1

@@ -1,5 +1,6 @@
 """Trajectory spectra: the rolling window of parameter updates, exact and sketched."""
 import numpy as np
+import pytest
 import torch
 
 import specscope as ss
@@ -75,3 +76,50 @@ def test_trajectory_probe_in_training(tmp_path):
     table, events, verdict = edge_analysis(run)
     assert table["step"].tolist() == [5, 10] and set(table["phase"]) <= {"rise", "plateau", "decline", "collapse"}
     assert verdict["peak_step"] in (5, 10) and verdict["best_lag"] is None  # no validation loss logged here
+
+
+def test_offline_trajectory_over_checkpoints_equals_brute_force(tmp_path):
+    from safetensors.torch import save_model
+
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=32, seq_len=8, n_layer=2, n_head=2, d_model=16))
+    snaps = []
+    with torch.no_grad():
+        for step in range(0, 70, 10):
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+            save_model(model, str(tmp_path / f"step_{step:07d}.safetensors"))
+            snaps.append(model.blocks[1].attn.q.weight.detach().clone().double().reshape(-1))
+    df = ss.trajectory(tmp_path, window=4, matrices=[(1, "q")], run_dir=tmp_path / "store", progress=False)
+    q = df[df["kind"] == "q"].set_index("step")
+    assert q.loc[0, "window_updates"] != q.loc[0, "window_updates"]  # NaN: no update yet at the first checkpoint
+    assert q.loc[60, "window_updates"] == 4
+    run = ss.open_run(tmp_path / "store")
+    spec = run.spectra(probe="trajectory", step=60)
+    got = spec[spec["kind"] == "q"].iloc[0]["values"]
+    updates = torch.stack([snaps[i + 1] - snaps[i] for i in range(2, 6)])
+    np.testing.assert_allclose(got, torch.linalg.svdvals(updates).numpy(), rtol=1e-9)
+    assert set(df["name"]) == {"global", "blocks.1.attn.q"} and len(df) == 2 * 7
+    with pytest.raises(ss.SpecscopeError, match="at least 3"):
+        ss.trajectory(tmp_path / "step_0000000.safetensors", progress=False)
+
+
+def test_cli_trajectory_over_checkpoints(tmp_path, capsys):
+    from safetensors.torch import save_model
+
+    from specscope.cli import main
+
+    model = GPT(GPTConfig(vocab_size=32, seq_len=8, n_layer=2, n_head=2, d_model=16))
+    with torch.no_grad():
+        for step in range(0, 50, 10):
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+            save_model(model, str(tmp_path / f"step_{step:07d}.safetensors"))
+    assert main(["analyze", str(tmp_path), "--trajectory", "3", "--sketch", "512", "--matrix", "0:q", "--no-progress",
+                 "--into", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "gap_ratio" in out and "blocks.0.attn.q" in out
+    assert main(["analyze", str(tmp_path), "--trajectory", "3", "--matrix", "9:q", "--no-progress"]) == 2
+    assert "no matrix of kind 'q' in block 9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["analyze", str(tmp_path), "--trajectory", "3", "--matrix", "q"])

@@ -3,7 +3,7 @@
 Public surface (imported lazily, so ``import specscope`` does no work)::
 
     import specscope as ss
-    ss.Monitor, ss.probes.Weights, ss.open_run, ss.describe, ss.query
+    ss.Monitor, ss.probes.Weights, ss.open_run, ss.describe, ss.query, ss.analyze, ss.trajectory
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ _LAZY = {
     "Run": ("specscope.store.reader", "Run"),
     "describe": ("specscope.spectra", "describe"),
     "analyze": ("specscope.offline", "analyze"),
+    "trajectory": ("specscope.offline", "trajectory"),
     "measure": ("specscope.measure", None),
     "query": ("specscope.store.query", "query"),
     "catalog": ("specscope.models", "catalog"),

@@ -134,13 +134,26 @@ SERIES_COLUMNS = ["step", "name", "layer", "kind", "alpha_mle", "stable_rank", "
                   "cos_w_final", "compression", "status"]
 
 
+TRAJECTORY_COLUMNS = ["step", "name", "window_updates", "kstar", "gap_ratio", "gap12", "k95", "stability[1]", "stability[2]"]
+
+
+def _matrix_arg(text: str) -> tuple[int, str]:
+    layer, _, kind = text.partition(":")
+    if not kind or not layer.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected LAYER:KIND (e.g. 0:q), got {text!r}")
+    return int(layer), kind
+
+
 def cmd_analyze(a: argparse.Namespace) -> int:
-    from .offline import analyze, analyze_into
+    from .offline import analyze, analyze_into, trajectory
 
     if a.format != "table" and not a.out:
         raise ConfigError(f"--format {a.format} needs --out FILE")
     kinds = a.kinds.split(",") if a.kinds else None
-    if a.into:
+    if a.trajectory:
+        df = trajectory(a.path, window=a.trajectory, mode="sketch" if a.sketch else "exact", k=a.sketch or 4096, kinds=kinds,
+                        matrices=a.matrix, run_dir=a.into, progress=not a.no_progress)
+    elif a.into:
         df = analyze_into(a.path, a.into, method=a.method, kinds=kinds, progress=not a.no_progress)
     else:
         df = analyze(a.path, method=a.method, kinds=kinds, progress=not a.no_progress)
@@ -159,7 +172,8 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     if a.format == "table" or not a.out:
         import pandas as pd
 
-        cols = [c for c in (SERIES_COLUMNS if "step" in df.columns else TABLE_COLUMNS) if c in df.columns]
+        shown = TRAJECTORY_COLUMNS if a.trajectory else SERIES_COLUMNS if "step" in df.columns else TABLE_COLUMNS
+        cols = [c for c in shown if c in df.columns]
         with pd.option_context("display.width", 220, "display.max_columns", 50, "display.float_format", "{:.4g}".format):
             print(df[cols].to_string(index=False, max_rows=a.max_rows))
     if a.into:
@@ -179,11 +193,12 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         cfg.seeds = tuple(range(a.seeds))
     if a.p:
         cfg.p = a.p
+    cfg.task = a.task
     res = run_grokking(cfg, a.out or _fresh("runs/grokking"), progress=not a.no_progress)
     import pandas as pd
 
-    cols = ["weight_decay", "seed", "grok_step", "final_train_acc", "final_test_acc", "gap12_wq_before", "gap12_wq_at",
-            "gap12_wq_final", "traj_gap_before", "traj_gap_at", "traj_gap_final", "h_peak_final"]
+    cols = ["task", "weight_decay", "seed", "grok_step", "final_train_acc", "final_test_acc", "gap12_wq_before", "gap12_wq_at",
+            "gap12_wq_final", "traj_gap_before", "traj_gap_at", "traj_gap_final", "h_peak_final", "h_s_final"]
     with pd.option_context("display.width", 220, "display.float_format", "{:.3g}".format):
         print(res.table[cols].to_string(index=False))
     for wd, g in res.table.groupby("weight_decay"):
@@ -213,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--into", default=None, help="also write into this run store directory (for report / findings)")
     an.add_argument("--method", choices=["gram", "svd"], default="gram")
     an.add_argument("--kinds", default=None, help="comma-separated kinds to keep (q,k,v,o,mlp_in,mlp_gate,mlp_out,embed,lm_head,other)")
+    an.add_argument("--trajectory", type=int, default=0, metavar="W",
+                    help="with a directory of checkpoints: spectra of the last W checkpoint-to-checkpoint updates instead")
+    an.add_argument("--sketch", type=int, default=0, metavar="K", help="--trajectory: CountSketch the updates to K dims")
+    an.add_argument("--matrix", type=_matrix_arg, action="append", default=[], metavar="LAYER:KIND",
+                    help="--trajectory: also a trajectory of this one matrix (repeatable), e.g. 0:q")
     an.add_argument("--max-rows", type=int, default=60)
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(func=cmd_analyze)
@@ -222,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--steps", type=int, default=None)
     ex.add_argument("--seeds", type=int, default=None, help="number of seeds per weight-decay setting")
     ex.add_argument("--p", type=int, default=None, help="modulus")
+    ex.add_argument("--task", choices=["add", "dyck1"], default="add", help="grokking: modular addition or Dyck-1")
     ex.add_argument("--out", default=None)
     ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(func=cmd_experiment)

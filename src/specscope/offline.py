@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .errors import CheckpointError, ConfigError
 from .models import KINDS, MatrixRef, catalog
 from .models.loading import resolve
 from .spectra import series_metrics, singular_values_lowmem, singular_values_many, spectrum_metrics
@@ -53,10 +54,10 @@ class _Measured:
     cos_w_final: float = float("nan")
 
 
-def _bar(total: int, progress: bool, desc: str):
+def _bar(total: int, progress: bool, desc: str, unit: str = "matrix"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="matrix", disable=not progress, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
 
 
 def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: bool) -> tuple[list[_Measured], bool]:
@@ -186,3 +187,63 @@ def analyze_into(model_or_path, run_dir: str | os.PathLike, method: str = "gram"
                           "name": m.ref.name, "quantity": "sv", "values": m.sv.tolist(), "status": m.status})
     w.close()
     return df
+
+
+def trajectory(path: str | os.PathLike, window: int = 8, mode: str = "exact", k: int = 4096,
+               kinds: Iterable[str] | None = None, matrices: Iterable[tuple[int, str]] = (), global_track: bool = True,
+               run_dir: str | os.PathLike | None = None, seed: int = 0, store_dtype: torch.dtype = torch.float64,
+               progress: bool = True) -> pd.DataFrame:
+    """Trajectory spectra (SPEC 1.4) over a directory of step-numbered checkpoints.
+
+    The updates are the deltas between consecutive checkpoints; the window slides over them
+    exactly as :class:`specscope.probes.Trajectory` slides over training steps (exact updates are kept in
+    ``store_dtype``, float64 by default: ``W`` x the hidden parameters x 8 bytes). Returns one row
+    per (checkpoint step, track) with the window metrics (``kstar``, ``gap_ratio``, ``ratio[j]``,
+    ``k95``, ``stability[j]``...); with ``run_dir``, also writes metrics and window singular
+    values into a run store under probe ``trajectory`` (so ``report`` and the edge analysis work on it).
+    """
+    from .models import BLOCK_KINDS
+    from .probes.base import Measurement
+    from .probes.trajectory import build_tracks
+
+    ckpts = resolve(path)
+    if len(ckpts) < 3:
+        raise CheckpointError(f"{path}: a trajectory needs at least 3 step-numbered checkpoints, found {len(ckpts)}")
+    try:
+        tracks = build_tracks(ckpts[0].catalog(), window, mode, k, seed, store_dtype, kinds or BLOCK_KINDS, matrices,
+                              global_track)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    writer = None
+    if run_dir is not None:
+        from .store.writer import RunWriter
+
+        writer = RunWriter(run_dir, config={"source": str(path), "analyzer": "specscope.trajectory", "window": window,
+                                            "mode": mode, "k": k})
+    rows = []
+    try:
+        with torch.no_grad(), _bar(len(ckpts), progress, "trajectory", "checkpoint") as bar:
+            for ck in ckpts:
+                by_name = {r.name: r for r in ck.catalog()}
+                out = Measurement()
+                for t in tracks:
+                    missing = [r.name for r in t.refs if r.name not in by_name]
+                    if missing:
+                        raise CheckpointError(f"{ck.path}: matrix {missing[0]} is missing (a series must share one architecture)")
+                    t.observe([by_name[r.name] for r in t.refs])
+                    ck.release()
+                    t.measure_into(out)
+                for m in out.metrics:
+                    rows.append({"step": ck.step, **m})
+                if writer is not None:
+                    base = {"step": int(ck.step or 0), "tokens": None, "probe": "trajectory"}
+                    writer.add_many("metrics", [{**base, **m} for m in out.metrics])
+                    writer.add_many("spectra", [{**base, **s} for s in out.spectra])
+                    writer.flush()
+                bar.update(1)
+    finally:
+        if writer is not None:
+            writer.close()
+    long = pd.DataFrame(rows)
+    wide = long.drop_duplicates(["step", "name", "metric"]).set_index(["step", "name", "layer", "kind", "metric"])["value"]
+    return wide.unstack("metric").reset_index().rename_axis(columns=None)

@@ -25,15 +25,54 @@ class _Track:
         self.window = TrajectoryWindow(window, store_dtype=torch.float64 if self.sketch else store_dtype)
         self.prev: torch.Tensor | None = None
 
-    def state(self) -> torch.Tensor:
-        flat = torch.cat([r.read().detach().reshape(-1).to("cpu", torch.float32) for r in self.refs])
+    def state(self, refs: list[MatrixRef]) -> torch.Tensor:
+        flat = torch.cat([r.read().detach().reshape(-1).to("cpu", torch.float32) for r in refs])
         return self.sketch(flat) if self.sketch is not None else flat
 
-    def observe(self) -> None:
-        cur = self.state()
+    def observe(self, refs: list[MatrixRef] | None = None) -> None:
+        """Record the update since the last call; ``refs``: the same matrices read elsewhere (another checkpoint)."""
+        cur = self.state(self.refs if refs is None else refs)
         if self.prev is not None:
             self.window.update(cur.to(torch.float64) - self.prev.to(torch.float64))
         self.prev = cur
+
+    def measure_into(self, out: Measurement) -> None:
+        """Window metrics and singular values (SPEC 1.4) into ``out``."""
+        if len(self.window) < 2:
+            out.add_metric(self.layer, self.kind, self.name, "kstar", float("nan"), f"{len(self.window)} updates in the window")
+            return
+        sv = self.window.singular_values()
+        out.spectra.append({"layer": self.layer, "kind": self.kind, "name": self.name, "quantity": "sv", "values": sv.tolist(),
+                            "status": "ok"})
+        table = spectrum_metrics(sv[None, :], knee=False, mle=False)
+        for metric in TRAJECTORY_METRICS:
+            if metric in table.values:
+                out.add_metric(self.layer, self.kind, self.name, metric, float(table.values[metric][0]),
+                               str(table.status[metric][0]))
+        out.add_metric(self.layer, self.kind, self.name, "window_updates", float(len(self.window)))
+        for j, v in enumerate(self.window.stability(), start=1):
+            out.add_metric(self.layer, self.kind, self.name, f"stability[{j}]", float(v),
+                           "ok" if np.isfinite(v) else "window too short")
+
+
+def build_tracks(catalog: list[MatrixRef], window: int, mode: str, k: int, seed: int, store_dtype: torch.dtype,
+                 kinds: Iterable[str], matrices: Iterable[tuple[int, str]], global_track: bool) -> list[_Track]:
+    """A global track over every block matrix of ``kinds``, plus one per ``(layer, kind)`` in ``matrices``."""
+    if mode not in ("exact", "sketch"):
+        raise ValueError("mode must be 'exact' or 'sketch'")
+    args = (window, mode, k, seed, store_dtype)
+    kinds = frozenset(kinds)
+    tracks = []
+    if global_track:
+        refs = [r for r in catalog if r.layer >= 0 and r.kind in kinds]
+        if refs:
+            tracks.append(_Track("global", -1, "trajectory", refs, *args))
+    for layer, kind in matrices:
+        refs = [r for r in catalog if r.layer == layer and r.kind == kind]
+        if not refs:
+            raise ValueError(f"no matrix of kind {kind!r} in block {layer}")
+        tracks.append(_Track(refs[0].name, layer, kind, refs[:1], *args))
+    return tracks
 
 
 class Trajectory(Probe):
@@ -64,38 +103,15 @@ class Trajectory(Probe):
         return {**super().describe(), "window": self.window, "mode": self.mode, "k": self.k,
                 "matrices": [list(m) for m in self.matrices]}
 
-    def _build(self, catalog: list[MatrixRef]) -> None:
-        args = (self.window, self.mode, self.k, self.seed, self.store_dtype)
-        if self.global_track:
-            refs = [r for r in catalog if r.layer >= 0 and r.kind in self.kinds]
-            if refs:
-                self.tracks.append(_Track("global", -1, "trajectory", refs, *args))
-        for layer, kind in self.matrices:
-            refs = [r for r in catalog if r.layer == layer and r.kind == kind]
-            if not refs:
-                raise ValueError(f"no matrix of kind {kind!r} in block {layer}")
-            self.tracks.append(_Track(refs[0].name, layer, kind, refs[:1], *args))
-
     def observe(self, ctx: ProbeContext) -> None:
         if not self.tracks:
-            self._build(ctx.catalog)
+            self.tracks = build_tracks(ctx.catalog, self.window, self.mode, self.k, self.seed, self.store_dtype,
+                                       self.kinds, self.matrices, self.global_track)
         for t in self.tracks:
             t.observe()
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         out = Measurement()
         for t in self.tracks:
-            if len(t.window) < 2:
-                out.add_metric(t.layer, t.kind, t.name, "kstar", float("nan"), f"{len(t.window)} updates in the window")
-                continue
-            sv = t.window.singular_values()
-            out.spectra.append({"layer": t.layer, "kind": t.kind, "name": t.name, "quantity": "sv", "values": sv.tolist(),
-                                "status": "ok"})
-            table = spectrum_metrics(sv[None, :], knee=False, mle=False)
-            for metric in TRAJECTORY_METRICS:
-                if metric in table.values:
-                    out.add_metric(t.layer, t.kind, t.name, metric, float(table.values[metric][0]), str(table.status[metric][0]))
-            out.add_metric(t.layer, t.kind, t.name, "window_updates", float(len(t.window)))
-            for j, v in enumerate(t.window.stability(), start=1):
-                out.add_metric(t.layer, t.kind, t.name, f"stability[{j}]", float(v), "ok" if np.isfinite(v) else "window too short")
+            t.measure_into(out)
         return out

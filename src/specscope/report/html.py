@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 from ..analysis import across_time
 from ..store.reader import Run, open_run
-from . import figures
+from ..analysis.edge import edge_analysis
+from . import edge_figures, figures
 from .terminal import kind_table
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,36 @@ def render(run: Run) -> str:
                               "Trace-normalized spectra over the fixed probe pool at chosen steps; dashed: the power law over the tail window."))
         parts.append(_section("RankMe and α_tail over training", figures.lens_trajectories(all_metrics),
                               "RankMe = exp(spectral entropy); α_tail of the activation spectrum is the early signal for token efficiency."))
+    parts.extend(_trajectory_sections(run, all_metrics, all_spectra, scalars))
     table = kind_table(metrics)
     if not table.empty:
         parts.append("<h2>Per kind, mean over layers (first → last)</h2>" + table.to_html(index=False, border=0))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _trajectory_sections(run: Run, metrics, spectra, scalars) -> list[str]:
+    parts = []
+    grok = edge_figures.grokking(scalars, metrics)
+    if grok is not None:
+        parts.append(_section("Grokking watch", grok, "Dotted line: the first evaluation with test accuracy ≥ 0.95. "
+                              "H_S: share of the Fourier energy in the 5 strongest frequencies; H_peak: in the strongest one."))
+    if not metrics["probe"].str.startswith("trajectory").any():
+        return parts
+    table, events, verdict = edge_analysis(run)
+    if not table.empty:
+        parts.append(_section("Trajectory gap ratio and phases (spectral edge)", edge_figures.gap_timeline(table, events),
+                              html.escape(f"Global trajectory window. Verdict: {verdict['verdict']}; phases {verdict['phases']}; "
+                                          f"peak gap ratio {verdict['peak_gap_ratio']:.3g} at step {verdict['peak_step']}"
+                                          + (f"; best lag to validation loss {verdict['best_lag']} measurements "
+                                             f"(r = {verdict['best_corr']:.2f})" if verdict["best_lag"] is not None else ""))))
+        if not events.empty:
+            parts.append("<h2>Gap events</h2>" + events.to_html(index=False, border=0, float_format="{:.3g}".format))
+    parts.append(_section("Singular values of the update window over time", edge_figures.window_spectra(spectra),
+                          "σ_j of the last W parameter updates (global: all block matrices; one panel per tracked matrix)."))
+    parts.append(_section("Stability of the top update directions", edge_figures.stability(metrics),
+                          "|⟨u_j^A, u_j^B⟩| between the top directions of the two half-windows; 1 = the direction persists."))
+    return parts
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

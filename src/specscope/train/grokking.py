@@ -1,11 +1,13 @@
-"""The grokking experiment (Spectral Edge, SPEC 5.5 / 5.8): modular addition with weight decay on and off.
+"""The grokking experiment (Spectral Edge, SPEC 5.5 / 5.8): modular addition (or Dyck-1) with weight decay on and off.
 
 Each run trains a small reference-family transformer full-batch on a fraction of all pairs
-``(a, b)`` of ``a + b mod p``, under a :class:`~specscope.Monitor` with the weight probe on
-``W_Q`` and a trajectory probe on ``W_Q`` of block 0, logging train / test accuracy and the
-Fourier concentration ``H_peak`` of the final hidden state along ``a``. Per run it reports
-the grok step (first evaluation with test accuracy >= 0.95, or none) and the spectral
-signals before, at and after it.
+``(a, b)`` of ``a + b mod p`` (task ``add``) or on Dyck-1 strings (task ``dyck1``), under a
+:class:`~specscope.Monitor` with the weight probe on ``W_Q`` and a trajectory probe on
+``W_Q`` of block 0, logging train / test accuracy and, for modular addition, the Fourier
+concentrations of the final hidden state along ``a``: ``H_peak`` and ``H_S`` with ``S`` the
+``TOP_FREQS`` strongest frequencies at that evaluation (grokked modular addition runs on a
+handful of key frequencies). Per run it reports the grok step (first evaluation with test
+accuracy >= 0.95, or none) and the spectral signals before, at and after it.
 """
 from __future__ import annotations
 
@@ -21,15 +23,18 @@ from ..monitor import Monitor
 from ..probes import Trajectory, Weights
 from ..store.reader import open_run
 from .model import GPT, GPTConfig
-from .toy import accuracy, fourier_energy, modular_arithmetic, peak_concentration
+from .toy import ToyData, accuracy, band_concentration, dyck1, fourier_energy, modular_arithmetic, peak_concentration
 
 log = logging.getLogger(__name__)
 GROK_ACC = 0.95
+TOP_FREQS = 5
+TASKS = ("add", "dyck1")
 
 
 @dataclass
 class GrokConfig:
     # sized for a 2-core CPU: about 3 minutes a run, 6 runs (p = 97, width 128 takes ~1.3 s a step there)
+    task: str = "add"
     p: int = 59
     train_frac: float = 0.4
     steps: int = 3000
@@ -41,27 +46,39 @@ class GrokConfig:
     n_head: int = 4
     eval_every: int = 50
     window: int = 16
+    dyck_samples: int = 2000
+    dyck_length: int = 16
 
     @classmethod
     def quick(cls) -> "GrokConfig":
         return cls(p=11, train_frac=0.5, steps=60, weight_decays=(1.0, 0.0), seeds=(0,), n_layer=1, d_model=32, n_head=2,
-                   eval_every=20, window=4)
+                   eval_every=20, window=4, dyck_samples=400, dyck_length=8)
 
 
-def _h_peak(model: GPT, x: torch.Tensor, phase: np.ndarray, p: int) -> float:
+def fourier_scalars(model: GPT, x: torch.Tensor, phase: np.ndarray, p: int) -> dict[str, float]:
+    """``h_peak`` and ``h_s`` (``S`` = the ``TOP_FREQS`` strongest nonzero frequencies) of the final hidden state."""
     with torch.no_grad():
         h = model.hidden_states(x)[-1][:, -1].double().numpy()
-    return peak_concentration(fourier_energy(h, phase, p)[1:])
+    m = fourier_energy(h, phase, p)[1:]
+    return {"h_peak": peak_concentration(m), "h_s": band_concentration(m, np.argsort(m)[::-1][:TOP_FREQS])}
+
+
+def task_data(cfg: GrokConfig, seed: int) -> ToyData:
+    if cfg.task == "add":
+        return modular_arithmetic(cfg.p, "+", cfg.train_frac, seed=seed)
+    if cfg.task == "dyck1":
+        return dyck1(cfg.dyck_samples, cfg.dyck_length, seed=seed, train_frac=cfg.train_frac)
+    raise ValueError(f"task must be one of {TASKS}")
 
 
 def run_one(cfg: GrokConfig, weight_decay: float, seed: int, run_dir: Path) -> dict:
-    data = modular_arithmetic(cfg.p, "+", cfg.train_frac, seed=seed)
+    data = task_data(cfg, seed)
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=data.vocab_size, seq_len=4, n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
-                          tied=False))
+    model = GPT(GPTConfig(vocab_size=data.vocab_size, seq_len=data.train_x.shape[1], n_layer=cfg.n_layer, n_head=cfg.n_head,
+                          d_model=cfg.d_model, tied=False))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=weight_decay)
     all_x = torch.cat([data.train_x, data.test_x])
-    all_phase = np.concatenate([data.phase_train, data.phase_test])
+    all_phase = None if data.phase_train is None else np.concatenate([data.phase_train, data.phase_test])
     probes = [Weights(every=cfg.eval_every, kinds=["q"], knee=False),
               Trajectory(window=cfg.window, every=cfg.eval_every, matrices=[(0, "q")], global_track=True)]
     config = {"experiment": "grokking", **asdict(cfg), "weight_decay": weight_decay, "seed": seed}
@@ -76,12 +93,13 @@ def run_one(cfg: GrokConfig, weight_decay: float, seed: int, run_dir: Path) -> d
             scalars = {}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 scalars = {"train_acc": accuracy(model, data.train_x, data.train_y),
-                           "test_acc": accuracy(model, data.test_x, data.test_y),
-                           "h_peak": _h_peak(model, all_x, all_phase, cfg.p)}
+                           "test_acc": accuracy(model, data.test_x, data.test_y)}
+                if all_phase is not None:
+                    scalars.update(fourier_scalars(model, all_x, all_phase, cfg.p))
                 if grok_step is None and scalars["test_acc"] >= GROK_ACC:
                     grok_step = step
             mon.step(step, loss=loss.item(), tokens=step * len(data.train_x), **scalars)
-    return summarize(run_dir, grok_step, weight_decay, seed)
+    return {"task": cfg.task, **summarize(run_dir, grok_step, weight_decay, seed)}
 
 
 def _around(series: pd.Series, step: int | None) -> tuple[float, float, float]:
@@ -107,7 +125,8 @@ def summarize(run_dir: Path, grok_step: int | None, weight_decay: float, seed: i
             "final_test_acc": float(last["test_acc"]) if last is not None else np.nan,
             "gap12_wq_before": g_b, "gap12_wq_at": g_a, "gap12_wq_final": g_f,
             "traj_gap_before": t_b, "traj_gap_at": t_a, "traj_gap_final": t_f,
-            "h_peak_final": float(last["h_peak"]) if last is not None else np.nan, "run_dir": str(run_dir)}
+            **{f"{k}_final": float(last[k]) if last is not None and k in last else np.nan for k in ("h_peak", "h_s")},
+            "run_dir": str(run_dir)}
 
 
 @dataclass
@@ -138,8 +157,8 @@ def run_grokking(cfg: GrokConfig, out_dir: str | Path, progress: bool = True) ->
 def _figure(table: pd.DataFrame):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 3.4), layout="constrained")
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(17, 3.4), layout="constrained")
+    axes = fig.subplots(1, 4)
     for _, row in table.iterrows():
         run = open_run(row["run_dir"])
         sc = run.scalars().dropna(subset=["test_acc"])
@@ -152,7 +171,14 @@ def _figure(table: pd.DataFrame):
         axes[1].plot(g["step"], g["value"], style, color=color, lw=1)
         t = m[(m["probe"] == "trajectory") & (m["layer"] == 0) & (m["kind"] == "q") & (m["metric"] == "gap_ratio")]
         axes[2].plot(t["step"], t["value"], style, color=color, lw=1)
-    for ax, title in zip(axes, ["test accuracy", "gap12 of W_Q (block 0)", "trajectory gap ratio of W_Q (block 0)"]):
+        if "h_s" in sc:
+            axes[3].plot(sc["step"], sc["h_s"], style, color=color, lw=1)
+        if pd.notna(row["grok_step"]):
+            for ax in axes:
+                ax.axvline(row["grok_step"], color=color, lw=0.6, alpha=0.5)
+    titles = ["test accuracy", "gap12 of W_Q (block 0)", "trajectory gap ratio of W_Q (block 0)",
+              f"H_S (top {TOP_FREQS} frequencies)"]
+    for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("step")
     axes[0].axhline(GROK_ACC, color="0.6", lw=0.8)
