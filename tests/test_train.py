@@ -10,7 +10,7 @@ import specscope as ss
 from specscope.errors import CorpusError
 from specscope.train import GPT, GPTConfig, TrainConfig, load_corpus, train
 from specscope.train.corpus import split_of
-from specscope.train.trainer import lr_at
+from specscope.train.optim import lr_at
 
 
 @pytest.fixture

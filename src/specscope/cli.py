@@ -26,14 +26,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--untied", action="store_true", help="separate lm_head (default: tied to the embedding)")
     g.add_argument("--norm", choices=["rms", "layer"], default="rms")
     g.add_argument("--activation", choices=["gelu", "relu2"], default="gelu")
+    g.add_argument("--qk-norm", action="store_true", help="RMS-normalize queries and keys per head")
+    g.add_argument("--softcap", type=float, default=0.0, help="logit soft-cap (0: off)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch", type=int, default=16, help="micro-batch (sequences)")
     t.add_argument("--accum", type=int, default=1, help="gradient accumulation steps (effective batch = batch x accum)")
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--warmup", type=int, default=50)
-    t.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    t.add_argument("--schedule", choices=["constant", "cosine", "wsd", "step"], default="cosine",
+                   help="wsd: warm-up, stable, linear decay over the last 20%%; step: x0.1 at 50%% and 75%%")
     t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--decay-on", default="hidden,embed,head", help="parameter groups with weight decay: hidden,embed,head,scalar")
+    t.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw", help="muon: Muon on hidden matrices, AdamW on the rest")
+    t.add_argument("--muon-lr", type=float, default=0.02)
+    t.add_argument("--spectral-warmup", default=None, metavar="CHECKPOINT",
+                   help="initialize block matrices with this reference's singular values (random singular vectors)")
     t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--ckpt-every", type=int, default=0)
     t.add_argument("--probe-every", type=int, default=25)
@@ -52,11 +60,12 @@ def _configs(a: argparse.Namespace):
 
     try:
         model = GPTConfig(seq_len=a.seq_len, n_layer=a.layers, n_head=a.heads, d_model=a.width, positions=a.positions,
-                          tied=not a.untied, norm=a.norm, activation=a.activation)
+                          tied=not a.untied, norm=a.norm, activation=a.activation, qk_norm=a.qk_norm, softcap=a.softcap)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     train = TrainConfig(steps=a.steps, micro_batch=a.batch, grad_accum=a.accum, lr=a.lr, warmup=a.warmup,
-                        schedule=a.schedule, weight_decay=a.weight_decay, eval_every=a.eval_every,
+                        schedule=a.schedule, weight_decay=a.weight_decay, optimizer=a.optimizer, muon_lr=a.muon_lr,
+                        decay_on=tuple(x for x in a.decay_on.split(",") if x), spectral_warmup=a.spectral_warmup, eval_every=a.eval_every,
                         ckpt_every=a.ckpt_every, probe_every=a.probe_every, seed=a.seed, device=a.device,
                         corpus=a.corpus, tokenizer=a.tokenizer, bpe_vocab=a.bpe_vocab,
                         max_corpus_bytes=int(a.max_corpus_mb * 2**20) if a.max_corpus_mb else None)

@@ -1,7 +1,7 @@
 """The reference GPT: a nanoGPT-style decoder in one readable file.
 
 Each architecture switch is one visible line: learned or rotary positions, tied or untied
-head, RMSNorm (or LayerNorm), GELU or ReLU^2 MLP. Module names follow the matrix catalog's
+head, RMSNorm (or LayerNorm), GELU or ReLU^2 MLP, QK-norm, logit soft-cap. Module names follow the matrix catalog's
 rules (``blocks.{i}.attn.q``, ``blocks.{i}.mlp.fc``, ...).
 """
 from __future__ import annotations
@@ -28,6 +28,8 @@ class GPTConfig:
     activation: str = "gelu"  # "gelu" | "relu2"
     bias: bool = False
     dropout: float = 0.0
+    qk_norm: bool = False  # RMS-normalize each head's queries and keys before attention
+    softcap: float = 0.0  # > 0: logits = softcap * tanh(logits / softcap)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -38,6 +40,8 @@ class GPTConfig:
             raise ValueError("norm must be 'rms' or 'layer'")
         if self.activation not in ("gelu", "relu2"):
             raise ValueError("activation must be 'gelu' or 'relu2'")
+        if self.softcap < 0:
+            raise ValueError("softcap must be >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +84,7 @@ class Attention(nn.Module):
         self.v = nn.Linear(d, d, bias=cfg.bias)
         self.o = nn.Linear(d, d, bias=cfg.bias)
         self.dropout = cfg.dropout
+        self.qk_norm = cfg.qk_norm
         self.rope = cfg.positions == "rope"
         if self.rope:
             cos, sin = rope_tables(cfg.seq_len, d // cfg.n_head)
@@ -90,6 +95,8 @@ class Attention(nn.Module):
         b, t, d = x.shape
         h = self.n_head
         q, k, v = (proj(x).view(b, t, h, d // h).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (d // h,)), F.rms_norm(k, (d // h,))
         if self.rope:
             q, k = apply_rope(q, self.rope_cos, self.rope_sin), apply_rope(k, self.rope_cos, self.rope_sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
@@ -171,6 +178,8 @@ class GPT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         logits = self.lm_head(self.ln_f(x))
+        if self.cfg.softcap > 0:
+            logits = self.cfg.softcap * torch.tanh(logits / self.cfg.softcap)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from ..monitor import Monitor
 from ..probes import Activations, Gradients, Probe, Weights, make_pool
 from .corpus import Corpus, load_corpus, sample_batch
 from .model import GPT, GPTConfig
+from .optim import DECAY_GROUPS, SCHEDULES, lr_at, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,16 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 50
-    schedule: str = "cosine"  # "cosine" | "constant"
+    schedule: str = "cosine"  # "constant" | "cosine" | "wsd" | "step"
+    decay_frac: float = 0.2  # wsd: the last fraction of steps decays linearly
+    step_milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of the run where lr *= step_gamma
+    step_gamma: float = 0.1
     weight_decay: float = 0.1
+    decay_on: tuple[str, ...] = ("hidden", "embed", "head")  # parameter groups with weight decay (optim.DECAY_GROUPS)
+    optimizer: str = "adamw"  # "adamw" | "muon" (Muon on hidden matrices, AdamW on the rest)
+    muon_lr: float = 0.02
+    spectral_warmup: str | None = None  # reference checkpoint: initialize block matrices with its spectra (SPEC 5.4)
+    spectral_warmup_scale: float = 1.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     eval_every: int = 100
@@ -48,8 +56,12 @@ class TrainConfig:
     max_corpus_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if not set(self.decay_on) <= set(DECAY_GROUPS):
+            raise ConfigError(f"decay_on takes {DECAY_GROUPS}, got {list(self.decay_on)}")
         for name in ("steps", "micro_batch", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
@@ -57,25 +69,6 @@ class TrainConfig:
     @property
     def effective_batch(self) -> int:
         return self.micro_batch * self.grad_accum
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then constant or cosine decay to ``min_lr_ratio * lr``."""
-    if cfg.warmup > 0 and step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    if cfg.schedule == "constant":
-        return cfg.lr
-    span = max(1, cfg.steps - cfg.warmup)
-    frac = min(1.0, (step - cfg.warmup) / span)
-    lo = cfg.lr * cfg.min_lr_ratio
-    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * frac))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
 @torch.no_grad()
@@ -142,7 +135,12 @@ def train(
     corpus = corpus or load_corpus(cfg.corpus, cfg.tokenizer, cfg.bpe_vocab, cfg.max_corpus_bytes)
     if model_cfg.vocab_size != corpus.vocab_size:
         model_cfg = GPTConfig(**{**model_cfg.to_dict(), "vocab_size": corpus.vocab_size})
-    model = GPT(model_cfg).to(device)
+    model = GPT(model_cfg)
+    if cfg.spectral_warmup:
+        from .warmup import spectral_warmup
+
+        spectral_warmup(model, cfg.spectral_warmup, cfg.spectral_warmup_scale, seed=cfg.seed)
+    model = model.to(device)
     opt = make_optimizer(model, cfg)
     probes = list(probes) if probes is not None else default_probes(cfg, corpus, model_cfg.seq_len)
     config = {"model": model_cfg.to_dict(), "train": asdict(cfg), "corpus": corpus.summary(),
@@ -169,7 +167,7 @@ def train(
             t0 = time.perf_counter()
             lr = lr_at(step - 1, cfg)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             total = 0.0
             for _ in range(cfg.grad_accum):
                 x, y = sample_batch(corpus.train, cfg.micro_batch, seq, data_gen)
@@ -183,7 +181,8 @@ def train(
             train_seconds += dt
             tokens += tokens_per_step
             loss_val = total
-            scalars = {"lr": lr, "tokens_per_s": tokens_per_step / dt if dt > 0 else float("nan")}
+            scalars = {"lr": lr, "lr_hidden": lr * (cfg.muon_lr / cfg.lr if cfg.optimizer == "muon" else 1.0),
+                       "tokens_per_s": tokens_per_step / dt if dt > 0 else float("nan")}
             if grad_norm is not None:
                 scalars["grad_norm"] = grad_norm
             if step % cfg.eval_every == 0 or step == cfg.steps:

@@ -1,0 +1,92 @@
+"""Trainer switches: schedules, Muon, weight-decay groups, QK-norm, soft-cap, spectral warm-up."""
+import numpy as np
+import pytest
+import torch
+
+from specscope.errors import ConfigError
+from specscope.train import GPT, GPTConfig, TrainConfig
+from specscope.train.optim import Muon, Optimizers, lr_at, make_optimizer, newton_schulz, parameter_groups
+from specscope.train.warmup import resample_spectrum, spectral_warmup
+
+
+def test_wsd_and_step_schedules():
+    wsd = TrainConfig(steps=100, lr=1.0, warmup=10, schedule="wsd", decay_frac=0.2, min_lr_ratio=0.0)
+    assert lr_at(5, wsd) == pytest.approx(0.6) and lr_at(50, wsd) == 1.0 and lr_at(79, wsd) == 1.0
+    assert lr_at(89, wsd) == pytest.approx(0.5) and lr_at(99, wsd) == pytest.approx(0.0)
+    step = TrainConfig(steps=100, lr=1.0, warmup=0, schedule="step", step_milestones=(0.5, 0.75), step_gamma=0.1)
+    assert [lr_at(s, step) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(ConfigError):
+        TrainConfig(schedule="linear")
+
+
+def test_newton_schulz_gives_near_equal_singular_values():
+    g = torch.Generator().manual_seed(0)
+    # Gaussian gradients with rows scaled over a decade; rectangular, so no singular value sits near 0
+    # (5 quintic steps lift singular values above ~1e-3 of the largest; a near-null direction stays small)
+    for shape in [(64, 96), (48, 128), (128, 48)]:
+        grad = torch.randn(*shape, generator=g) * torch.logspace(0, 1, shape[0])[:, None]
+        s = torch.linalg.svdvals(newton_schulz(grad))
+        assert s.min() > 0.6 and s.max() < 1.25  # near the polar factor's all-ones spectrum
+        s_g = torch.linalg.svdvals(grad)
+        assert s_g.max() / s_g.min() > 5  # the gradient itself is far from equal
+
+
+def test_muon_update_is_scaled_polar_factor():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.zeros(96, 32))
+    opt = Muon([w], lr=1.0, momentum=0.95, nesterov=True)
+    grad = torch.randn(96, 32)
+    w.grad = grad.clone()
+    opt.step()
+    # first step: buf = g, Nesterov direction g + 0.95 g; update = -NS(1.95 g) * sqrt(96 / 32)
+    expected = -newton_schulz(1.95 * grad) * np.sqrt(3)
+    torch.testing.assert_close(w.detach(), expected)
+    s = torch.linalg.svdvals(w.detach()) / np.sqrt(3)
+    assert s.min() > 0.6 and s.max() < 1.25
+
+
+def test_optimizer_groups_and_decay_on():
+    model = GPT(GPTConfig(vocab_size=32, seq_len=8, n_layer=2, n_head=2, d_model=16, tied=False))
+    groups = parameter_groups(model)
+    assert len(groups["hidden"]) == 2 * 6 and len(groups["embed"]) == 2 and len(groups["head"]) == 1
+    cfg = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1, decay_on=("hidden",))
+    opt = make_optimizer(model, cfg)
+    assert isinstance(opt, Optimizers) and isinstance(opt.opts[0], Muon)
+    assert opt.opts[0].param_groups[0]["lr_scale"] == pytest.approx(20.0)
+    decays = {g["weight_decay"] for g in opt.opts[1].param_groups}
+    assert decays == {0.0}  # embed, head, scalars: no decay
+    x = torch.randint(0, 32, (2, 8))
+    _, loss = model(x, x)
+    loss.backward()
+    before = model.blocks[0].attn.q.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.blocks[0].attn.q.weight)
+
+
+def test_qk_norm_and_softcap():
+    cfg = GPTConfig(vocab_size=32, seq_len=8, n_layer=1, n_head=2, d_model=16, qk_norm=True, softcap=2.0)
+    m = GPT(cfg)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(1000)
+        logits, _ = m(torch.randint(0, 32, (2, 8)))
+    assert logits.abs().max() <= 2.0
+    with pytest.raises(ValueError):
+        GPTConfig(softcap=-1.0)
+
+
+def test_spectral_warmup_copies_reference_spectra(tmp_path):
+    from safetensors.torch import save_model
+
+    ref = GPT(GPTConfig(vocab_size=32, seq_len=8, n_layer=2, n_head=2, d_model=16))
+    with torch.no_grad():
+        ref.blocks[1].mlp.fc.weight.copy_(torch.randn(64, 16) * torch.logspace(0, -2, 16))
+    save_model(ref, str(tmp_path / "ref.safetensors"))
+    model = GPT(GPTConfig(vocab_size=32, seq_len=8, n_layer=2, n_head=2, d_model=16))
+    assert spectral_warmup(model, tmp_path / "ref.safetensors", scale=0.5, seed=1) == 2 * 6
+    for a, b in [(model.blocks[1].mlp.fc.weight, ref.blocks[1].mlp.fc.weight), (model.blocks[0].attn.q.weight,
+                                                                                   ref.blocks[0].attn.q.weight)]:
+        torch.testing.assert_close(torch.linalg.svdvals(a.detach().double()), 0.5 * torch.linalg.svdvals(b.detach().double()))
+        assert not torch.allclose(a, 0.5 * b)  # new singular vectors
+    s = np.array([8.0, 4.0, 2.0, 1.0])
+    np.testing.assert_allclose(resample_spectrum(s, 4), s)
+    assert len(resample_spectrum(s, 8)) == 8 and resample_spectrum(s, 8)[0] == pytest.approx(8.0)
