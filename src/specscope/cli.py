@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -190,11 +191,17 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_experiment(a: argparse.Namespace) -> int:
+def _print_table(df, cols=None) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 90,
+                           "display.float_format", "{:.3g}".format):
+        print((df[[c for c in cols if c in df.columns]] if cols else df).to_string(index=False))
+
+
+def _grokking(a: argparse.Namespace) -> int:
     from .train.grokking import GrokConfig, run_grokking
 
-    if a.name != "grokking":
-        raise ConfigError(f"unknown experiment {a.name!r}; available: grokking")
     cfg = GrokConfig.quick() if a.quick else GrokConfig()
     if a.steps:
         cfg.steps = a.steps
@@ -204,16 +211,108 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         cfg.p = a.p
     cfg.task = a.task
     res = run_grokking(cfg, a.out or _fresh("runs/grokking"), progress=not a.no_progress)
-    import pandas as pd
-
-    cols = ["task", "weight_decay", "seed", "grok_step", "final_train_acc", "final_test_acc", "gap12_wq_before", "gap12_wq_at",
-            "gap12_wq_final", "traj_gap_before", "traj_gap_at", "traj_gap_final", "h_peak_final", "h_s_final"]
-    with pd.option_context("display.width", 220, "display.float_format", "{:.3g}".format):
-        print(res.table[cols].to_string(index=False))
+    _print_table(res.table, ["task", "weight_decay", "seed", "grok_step", "final_train_acc", "final_test_acc", "gap12_wq_before",
+                             "gap12_wq_at", "gap12_wq_final", "traj_gap_before", "traj_gap_at", "traj_gap_final",
+                             "h_peak_final", "h_s_final"])
     for wd, g in res.table.groupby("weight_decay"):
         print(f"weight decay {wd:g}: {g['grok_step'].notna().sum()}/{len(g)} runs grokked (test accuracy >= 0.95)")
     print(f"table: {res.out_dir / 'grokking.csv'}  figure: {res.figure}")
     return 0
+
+
+def _phenomena(a: argparse.Namespace) -> int:
+    from .train import experiments as ex
+
+    if a.name == "sosd":
+        cfg = ex.SosdExperiment.quick() if a.quick else ex.SosdExperiment()
+        cfg = ex.with_overrides(cfg, steps=a.steps)
+        res = ex.run_sosd(cfg, a.out or _fresh("runs/sosd"), progress=not a.no_progress)
+        _print_table(res.table, ["variant", "loss_knee", "median_onset", "distance_frac", "floor_per_step", "sd_drop_at_mid",
+                                 "final_val_loss"])
+    else:
+        cfg = ex.LifecycleExperiment.quick() if a.quick else ex.LifecycleExperiment()
+        cfg = ex.with_overrides(cfg, steps=a.steps)
+        res = ex.run_lifecycle(cfg, a.out or _fresh("runs/lifecycle"), progress=not a.no_progress)
+        _print_table(res.table, ["depth", "wave_direction", "velocity", "gradient_reversal_step", "alpha_peak_layer", "inverted_u",
+                                 "qk_vo_asymmetry", "delta_alpha", "rho_importance_alpha", "dppl_spectral", "dppl_last_n",
+                                 "dppl_random", "last_n_over_spectral", "final_val_loss"])
+        print(res.extra["scaling"].get("verdict", ""))
+    print()
+    _print_table(res.claims)
+    print(f"table: {res.out_dir}  figure: {res.figure}")
+    return 0
+
+
+def cmd_experiment(a: argparse.Namespace) -> int:
+    if a.name == "grokking":
+        return _grokking(a)
+    return _phenomena(a)
+
+
+def cmd_findings(a: argparse.Namespace) -> int:
+    from .analysis.findings import findings, to_json, to_text
+    from .store import open_run
+
+    for r in a.runs:
+        items = findings(open_run(r), metric=a.metric)
+        print(to_json(items) if a.json else to_text(items, a.max_rows))
+    return 0
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    import torch
+
+    from .prune import pruning_study, summarize_comparison
+    from .train.load import load_model
+
+    model, family = load_model(a.path)
+    seqs = _prune_sequences(a, model, family)
+    ks = [int(k) for k in a.k.split(",")] if a.k else None
+    torch.manual_seed(0)
+    importance, comparison, verdict = pruning_study(model, seqs, ks=ks, metric=a.metric, random_seeds=a.random_seeds,
+                                                    keep_first=not a.allow_first)
+    if a.json:
+        from .analysis.findings import _plain
+
+        print(json.dumps({"importance": json.loads(importance.to_json(orient="records")),
+                          "comparison": json.loads(summarize_comparison(comparison).to_json(orient="records")),
+                          "verdict": _plain(verdict)}, indent=1))
+        return 0
+    _print_table(importance)
+    print()
+    _print_table(summarize_comparison(comparison))
+    print(verdict["verdict"])
+    return 0
+
+
+def _prune_sequences(a: argparse.Namespace, model, family: str):
+    """Held-out sequences: the stdlib probe split, tokenized for the model (its own tokenizer for HF directories)."""
+    import numpy as np
+    import torch
+
+    from .probes import make_pool
+    from .train.corpus import load_corpus
+
+    n_ctx = getattr(getattr(model, "cfg", None), "seq_len", None) or getattr(model.config, "n_positions", None) or \
+        getattr(model.config, "max_position_embeddings", 1024)
+    seq_len = min(a.seq_len, n_ctx)
+    if family == "reference":
+        corpus = load_corpus("stdlib", max_bytes=int(a.max_corpus_mb * 2**20))
+        return make_pool(corpus.probe, n=a.sequences, seq_len=seq_len, seed=1)
+    from .train.corpus import read_documents, stdlib_root
+
+    docs = read_documents(stdlib_root(), stdlib=True, max_bytes=int(a.max_corpus_mb * 2**20))["probe"]
+    text = b"".join(docs).decode("utf-8")
+    vocab = model.config.vocab_size
+    ids: list[int] = []
+    if any((Path(a.path) / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        from transformers import AutoTokenizer
+
+        ids = AutoTokenizer.from_pretrained(a.path, local_files_only=True)(text)["input_ids"]
+    if len(ids) <= seq_len or max(ids) >= vocab:  # no usable tokenizer: bytes folded into the vocabulary
+        logging.getLogger(__name__).warning("no usable tokenizer in %s: byte tokens modulo the vocabulary", a.path)
+        ids = (np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64) % vocab).tolist()
+    return make_pool(np.asarray(ids), n=a.sequences, seq_len=seq_len, seed=1).to(torch.long)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-rows", type=int, default=60)
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(func=cmd_analyze)
-    ex = sub.add_parser("experiment", help="built-in experiments: grokking (modular addition, weight decay on / off)")
-    ex.add_argument("name", choices=["grokking"])
+    ex = sub.add_parser("experiment", help="built-in experiments: grokking, sosd (schedules / weight decay / Muon), "
+                                           "lifecycle (depths 4 / 8 / 12 and pruning)")
+    ex.add_argument("name", choices=["grokking", "sosd", "lifecycle"])
     ex.add_argument("--quick", action="store_true", help="a tiny configuration (for tests)")
     ex.add_argument("--steps", type=int, default=None)
     ex.add_argument("--seeds", type=int, default=None, help="number of seeds per weight-decay setting")
@@ -255,6 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default=None)
     ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(func=cmd_experiment)
+    f = sub.add_parser("findings", help="the SPEC section 5 analyses a run's data allows: tables and verdicts")
+    f.add_argument("runs", nargs="+")
+    f.add_argument("--json", action="store_true")
+    f.add_argument("--metric", default="alpha_tail", help="alpha of the depth profile (alpha_tail, alpha_mle, ...)")
+    f.add_argument("--max-rows", type=int, default=20)
+    f.set_defaults(func=cmd_findings)
+    pr = sub.add_parser("prune", help="layer importance and pruning: spectral rule vs Last-N vs random (delta perplexity)")
+    pr.add_argument("path", help="a run directory or safetensors checkpoint of the reference GPT, or an HF model directory")
+    pr.add_argument("--k", default=None, help="comma-separated numbers of blocks to remove (default 1..L/2)")
+    pr.add_argument("--metric", default="alpha_tail")
+    pr.add_argument("--sequences", type=int, default=64, help="held-out sequences (stdlib probe split)")
+    pr.add_argument("--seq-len", type=int, default=128)
+    pr.add_argument("--random-seeds", type=int, default=5)
+    pr.add_argument("--allow-first", action="store_true", help="let the spectral rule remove block 0")
+    pr.add_argument("--max-corpus-mb", type=float, default=8.0)
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prune)
     q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
     q.add_argument("sql")
     q.add_argument("--runs", nargs="+", default=["runs"], help="run directories or roots holding runs (default: runs)")

@@ -22,22 +22,11 @@ from .models import KINDS, MatrixRef, catalog
 from .models.loading import resolve
 from .spectra import series_metrics, singular_values_lowmem, singular_values_many, spectrum_metrics
 from .spectra.compute import singular_values_streamed
+from .spectra.temporal import flat_cosine
 
 log = logging.getLogger(__name__)
 
 ID_COLUMNS = ["step", "name", "layer", "kind", "d_out", "d_in"]
-
-
-def _cos_w(a: torch.Tensor, b: torch.Tensor, rows: int = 1024) -> float:
-    """Cosine of ``vec a`` and ``vec b`` in float64, a block of rows at a time."""
-    dot = na = nb = 0.0
-    for r0 in range(0, a.shape[0], rows):
-        x = a[r0 : r0 + rows].to(torch.float64)
-        y = b[r0 : r0 + rows].to(torch.float64)
-        dot += float((x * y).sum())
-        na += float((x * x).sum())
-        nb += float((y * y).sum())
-    return dot / np.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
 
 
 def _streamable(ref: MatrixRef, method: str) -> bool:
@@ -89,7 +78,7 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
                 spec = singular_values_lowmem(w, method)
                 m = _Measured(ck.step, ref, spec.sv, spec.status)
                 if series and w.shape == w_final.shape:
-                    m.cos_w_final = _cos_w(w, w_final)
+                    m.cos_w_final = flat_cosine(w, w_final)
                 out.append(m)
                 del w
                 ck.release()

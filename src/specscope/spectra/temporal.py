@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def singular_distribution(sv: np.ndarray) -> np.ndarray:
@@ -48,6 +49,18 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, (a * b).sum(axis=-1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def flat_cosine(a, b, rows: int = 1024) -> float:
+    """Cosine of ``vec a`` and ``vec b`` (tensors of one shape) in float64, a block of rows at a time."""
+    dot = na = nb = 0.0
+    for r0 in range(0, a.shape[0], rows):
+        x = a[r0 : r0 + rows].to(torch.float64)
+        y = b[r0 : r0 + rows].to(torch.float64)
+        dot += float((x * y).sum())
+        na += float((x * x).sum())
+        nb += float((y * y).sum())
+    return dot / np.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:

@@ -1,0 +1,172 @@
+"""Stability of the singular distribution (SPEC 5.1): SoSD onset per matrix, the loss knee, their
+distance, the SD-variation floor, ``cos_sd_final`` / ``cos_w_final`` curves and the stability bound.
+
+Rules (documented, configurable through :class:`SosdRule`):
+
+- **Onset** of a matrix: the first measured step after the peak of its ``sd_variation`` from
+  which ``sd_variation`` stays below ``theta * peak`` for the rest of the run (None if never).
+- **Loss knee**: the training loss smoothed by a centered moving average over ``smooth_frac``
+  of the run; its decrease rate ``-dL/dstep`` is taken between points ``smooth_frac`` of the run
+  apart; the knee is the first step after the rate's maximum where it falls below
+  ``knee_frac`` of that maximum.
+- **Floor**: median ``sd_variation_per_step`` over the last ``floor_frac`` of the measurements.
+- **Stability bound** ``lr / ||W||_F`` at each measurement, with the learning rate applied to the
+  hidden matrices (scalar ``lr_hidden``, else ``lr``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..store.reader import Run
+from .timeseries import across_time
+
+ID = ["layer", "kind", "name"]
+
+
+@dataclass
+class SosdRule:
+    theta: float = 0.05
+    knee_frac: float = 0.1
+    smooth_frac: float = 0.05
+    floor_frac: float = 0.2
+
+
+def onset_step(steps: np.ndarray, sdv: np.ndarray, theta: float = 0.05) -> int | None:
+    """First step after the peak of ``sdv`` from which it stays below ``theta * peak``."""
+    ok = np.isfinite(sdv)
+    steps, sdv = np.asarray(steps)[ok], np.asarray(sdv)[ok]
+    if len(sdv) < 2:
+        return None
+    peak_i = int(np.argmax(sdv))
+    below = sdv < theta * sdv[peak_i]
+    # the last index from which every later value is below: scan from the end
+    i = len(sdv)
+    while i > peak_i + 1 and below[i - 1]:
+        i -= 1
+    return int(steps[i]) if i < len(sdv) else None
+
+
+def _moving_average(y: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1:
+        return y
+    pad = np.pad(y, (width // 2, width - 1 - width // 2), mode="edge")
+    return np.convolve(pad, np.ones(width) / width, mode="valid")
+
+
+def loss_knee(steps: np.ndarray, loss: np.ndarray, knee_frac: float = 0.1, smooth_frac: float = 0.05) -> int | None:
+    """The step where the smoothed loss-decrease rate falls below ``knee_frac`` of its maximum (after it)."""
+    ok = np.isfinite(loss)
+    steps, loss = np.asarray(steps, float)[ok], np.asarray(loss, float)[ok]
+    if len(loss) < 5:
+        return None
+    width = max(1, int(round(smooth_frac * len(loss))))
+    sm = _moving_average(loss, width)
+    lag = max(1, width)
+    rate = (sm[:-lag] - sm[lag:]) / (steps[lag:] - steps[:-lag])
+    mid = (steps[:-lag] + steps[lag:]) / 2
+    top = int(np.argmax(rate))
+    if rate[top] <= 0:
+        return None
+    after = np.nonzero(rate[top:] < knee_frac * rate[top])[0]
+    return int(round(mid[top + after[0]])) if len(after) else None
+
+
+def _norms(run: Run) -> pd.DataFrame:
+    m = run.metrics(probe="weights", metric="frob_sq")
+    m = m[m["layer"] >= 0][["step", *ID, "value"]].rename(columns={"value": "frob_sq"})
+    return m
+
+
+def _lr(run: Run) -> pd.Series | None:
+    sc = run.scalars()
+    col = "lr_hidden" if "lr_hidden" in sc else "lr" if "lr" in sc else None
+    return None if col is None else sc[["step", col]].dropna().set_index("step")[col]
+
+
+def stability_bound(run: Run) -> pd.DataFrame:
+    """``lr / ||W||_F`` per block matrix and measurement (NaN without a logged learning rate)."""
+    norms = _norms(run)
+    lr = _lr(run)
+    if lr is None or norms.empty:
+        return norms.assign(bound=np.nan)
+    at = np.interp(norms["step"], lr.index.to_numpy(float), lr.to_numpy(float))
+    return norms.assign(lr=at, bound=at / np.sqrt(norms["frob_sq"].to_numpy()))
+
+
+def sosd(run: Run, rule: SosdRule = SosdRule()) -> tuple[pd.DataFrame, dict]:
+    """Per block matrix: onset step, peak, floor, bound at onset; verdict: loss knee, onsets per kind, distance."""
+    across = across_time(run)
+    if across.empty:
+        return pd.DataFrame(), {"verdict": "no weight spectra in this run"}
+    across = across[across["layer"] >= 0]
+    wide = across.pivot_table(index=["step", *ID], columns="metric", values="value").reset_index()
+    bound = stability_bound(run)
+    rows = []
+    for key, g in wide.groupby(ID, sort=True):
+        g = g.sort_values("step")
+        steps, sdv = g["step"].to_numpy(), g["sd_variation"].to_numpy()
+        onset = onset_step(steps, sdv, rule.theta)
+        n_floor = max(1, int(round(rule.floor_frac * len(g))))
+        b = bound[(bound["layer"] == key[0]) & (bound["name"] == key[2])].set_index("step")["bound"]
+        rows.append({**dict(zip(ID, key)), "onset_step": onset,
+                     "peak_step": int(steps[np.nanargmax(sdv)]) if np.isfinite(sdv).any() else None,
+                     "peak_sd_variation": float(np.nanmax(sdv)) if np.isfinite(sdv).any() else np.nan,
+                     "floor_per_step": float(np.nanmedian(g["sd_variation_per_step"].to_numpy()[-n_floor:])),
+                     "bound_at_onset": float(b.get(onset, np.nan)) if onset is not None else np.nan,
+                     "bound_final": float(b.iloc[-1]) if len(b) else np.nan})
+    table = pd.DataFrame(rows)
+    sc = run.scalars()
+    knee = loss_knee(sc["step"].to_numpy(), sc["loss"].to_numpy(), rule.knee_frac, rule.smooth_frac) if "loss" in sc else None
+    last = int(wide["step"].max())
+    onsets = table["onset_step"].dropna()
+    med = float(onsets.median()) if len(onsets) else None
+    dist = abs(med - knee) / last if med is not None and knee is not None and last > 0 else None
+    per_kind = table.groupby("kind")["onset_step"].median().dropna().to_dict()
+    verdict = {"loss_knee": knee, "median_onset": med, "onset_by_kind": {k: float(v) for k, v in per_kind.items()},
+               "distance_frac": dist, "matrices_with_onset": int(len(onsets)), "matrices": int(len(table)),
+               "floor_per_step": float(table["floor_per_step"].median()), "last_step": last,
+               "verdict": ("no SoSD onset found" if med is None else "no loss knee found" if knee is None else
+                           f"onset {'aligned with' if dist <= 0.1 else 'away from'} the loss knee ({dist:.0%} of the run apart)")}
+    return table, verdict
+
+
+def sosd_curves(run: Run) -> pd.DataFrame:
+    """``cos_sd_final`` per block matrix and step, with ``cos_w_final`` where the run kept checkpoints."""
+    across = across_time(run)
+    if across.empty:
+        return pd.DataFrame(columns=["step", *ID, "cos_sd_final", "cos_w_final"])
+    cs = across[(across["metric"] == "cos_sd_final") & (across["layer"] >= 0)][["step", *ID, "value"]]
+    cs = cs.rename(columns={"value": "cos_sd_final"})
+    cw = checkpoint_cosines(run)
+    if cw.empty:
+        return cs.assign(cos_w_final=np.nan)
+    return cs.merge(cw, on=["step", "layer", "kind", "name"], how="left")
+
+
+def checkpoint_cosines(run: Run) -> pd.DataFrame:
+    """``cos<vec W_t, vec W_T>`` per block matrix over the run's saved checkpoints (empty without any)."""
+    from ..errors import CheckpointError
+    from ..models.loading import resolve
+    from ..spectra.temporal import flat_cosine
+
+    d = run.dir / "checkpoints"
+    try:
+        ckpts = resolve(d) if d.is_dir() else []
+    except CheckpointError:
+        ckpts = []
+    if len(ckpts) < 2:
+        return pd.DataFrame(columns=["step", *ID, "cos_w_final"])
+    final = {r.name: r for r in ckpts[-1].catalog() if r.layer >= 0}
+    rows = []
+    for ck in ckpts:
+        for r in ck.catalog():
+            f = final.get(r.name)
+            if f is None or r.layer < 0:
+                continue
+            rows.append({"step": ck.step, "layer": r.layer, "kind": r.kind, "name": r.name,
+                         "cos_w_final": flat_cosine(r.read().detach(), f.read().detach())})
+        ck.release()
+    return pd.DataFrame(rows)

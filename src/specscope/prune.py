@@ -1,0 +1,120 @@
+"""Layer importance and spectral pruning on a live model (SPEC 5.4; ``specscope prune``).
+
+Skipping a block makes it the identity (its output is its input hidden states), through a
+forward hook, so it works unchanged on the reference GPT and on HF GPT-2 / NeoX / LLaMA-family
+blocks, whatever they return. The rules and the verdicts live in :mod:`specscope.analysis.pruning`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Iterable, Iterator
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .analysis.pruning import block_alpha, importance_verdict, pruning_verdict, rule_choice
+from .measure import _batches, _device, find_blocks, sequence_losses
+from .models.modes import kept_modes
+
+log = logging.getLogger(__name__)
+
+
+def _identity_hook(_mod, args, kwargs, out):
+    h = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
+    if isinstance(out, tuple):
+        return (h,) + tuple(out[1:])
+    return h
+
+
+@contextlib.contextmanager
+def skipped(model: nn.Module, layers: Iterable[int]) -> Iterator[None]:
+    """Blocks ``layers`` act as the identity inside the block."""
+    blocks = find_blocks(model)
+    handles = [blocks[i].register_forward_hook(_identity_hook, with_kwargs=True) for i in sorted(set(layers))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def heldout_loss(model: nn.Module, sequences: torch.Tensor, batch: int = 8) -> float:
+    """Mean next-token loss over ``sequences`` (N, T), the model in eval mode."""
+    total, n = 0.0, 0
+    with kept_modes(model, eval=True):
+        for x in _batches(sequences, batch, _device(model)):
+            losses = sequence_losses(model, x)
+            total += float(losses.sum())
+            n += len(losses)
+    return total / max(1, n)
+
+
+def block_importance(model: nn.Module, sequences: torch.Tensor, batch: int = 8) -> pd.DataFrame:
+    """Per block: held-out loss with that block skipped, and the increase over the full model."""
+    base = heldout_loss(model, sequences, batch)
+    rows = []
+    for i in range(len(find_blocks(model))):
+        with skipped(model, [i]):
+            loss = heldout_loss(model, sequences, batch)
+        rows.append({"layer": i, "loss": loss, "delta_loss": loss - base})
+    return pd.DataFrame(rows).assign(base_loss=base)
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+def compare_rules(model: nn.Module, sequences: torch.Tensor, alpha: pd.Series, ks: Iterable[int], metric: str = "alpha_tail",
+                  random_seeds: int = 5, batch: int = 8, keep_first: bool = True) -> pd.DataFrame:
+    """Delta-perplexity of removing k blocks by the spectral rule, Last-N, and random choice (several seeds)."""
+    n = len(find_blocks(model))
+    base = heldout_loss(model, sequences, batch)
+    rows = []
+    for k in ks:
+        if not 0 < k < n:
+            continue
+        plans = [("spectral", 0), ("last_n", 0)] + [("random", s) for s in range(random_seeds)]
+        for rule, seed in plans:
+            layers = rule_choice(rule, n, k, alpha, metric, seed, keep_first)
+            if len(layers) < k:
+                continue
+            with skipped(model, layers):
+                loss = heldout_loss(model, sequences, batch)
+            rows.append({"k": k, "rule": rule, "seed": seed, "layers": layers, "loss": loss,
+                         "delta_ppl": _ppl(loss) - _ppl(base)})
+    return pd.DataFrame(rows)
+
+
+def pruning_study(model: nn.Module, sequences: torch.Tensor, ks: Iterable[int] | None = None, metric: str = "alpha_tail",
+                  random_seeds: int = 5, batch: int = 8, keep_first: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Block importance with each block's alpha, the rule comparison, and the verdict (rho, Last-N / spectral)."""
+    from .offline import analyze
+
+    weights = analyze(model, progress=False)
+    alpha = block_alpha(weights, metric)
+    importance = block_importance(model, sequences, batch).merge(alpha.rename(metric).reset_index(), on="layer", how="left")
+    n = len(importance)
+    ks = list(ks) if ks is not None else list(range(1, max(2, n // 2) + 1))
+    comparison = compare_rules(model, sequences, alpha, ks, metric, random_seeds, batch, keep_first)
+    verdict = {**importance_verdict(importance, metric), **pruning_verdict(comparison), "metric": metric,
+               "most_important_layer": int(importance.loc[importance["delta_loss"].idxmax(), "layer"])}
+    verdict["verdict"] = (f"Spearman rho(importance, {metric}) = "
+                          + ("n/a" if verdict["rho"] is None else f"{verdict['rho']:.2f}") + "; " + verdict.get("verdict", ""))
+    return importance, comparison, verdict
+
+
+def summarize_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Mean delta-perplexity per (k, rule), with the layers removed (random: the spread over seeds)."""
+    if comparison.empty:
+        return comparison
+    g = comparison.groupby(["k", "rule"])
+    out = g["delta_ppl"].agg(["mean", "std", "count"]).reset_index().rename(columns={"mean": "delta_ppl"})
+    first = g["layers"].first().reset_index()
+    out = out.merge(first, on=["k", "rule"])
+    out.loc[out["rule"] == "random", "layers"] = "(random)"
+    out["std"] = out["std"].fillna(0.0)
+    return out[["k", "rule", "layers", "delta_ppl", "std", "count"]]

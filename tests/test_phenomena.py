@@ -1,0 +1,196 @@
+"""SoSD, lifecycle, pruning and findings, each on a synthetic run store with a planted answer."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import specscope as ss
+from specscope.analysis.findings import findings, to_json, to_text
+from specscope.analysis.lifecycle import compression_waves, depth_profiles, depth_scaling
+from specscope.analysis.pruning import pruning_verdict, rule_choice, spectral_order
+from specscope.analysis.sosd import loss_knee, onset_step, sosd
+from specscope.store.writer import RunWriter
+
+R = 16
+
+
+def _spectrum_with_stable_rank(sr: float) -> np.ndarray:
+    """s_1 = 1 and s_j = b (j >= 2): stable rank 1 + (R - 1) b^2."""
+    return np.array([1.0] + [np.sqrt((sr - 1) / (R - 1))] * (R - 1))
+
+
+def _write(path, spectra_rows, metric_rows=(), scalars=()):
+    w = RunWriter(path, config={"synthetic": True})
+    for step, layer, kind, sv in spectra_rows:
+        w.add("spectra", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": kind,
+                          "name": f"blocks.{layer}.{kind}", "quantity": "sv", "values": list(sv), "status": "ok"})
+        w.add("metrics", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": kind,
+                          "name": f"blocks.{layer}.{kind}", "metric": "stable_rank", "value": float((sv ** 2).sum() / sv[0] ** 2),
+                          "status": "ok"})
+        w.add("metrics", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": kind,
+                          "name": f"blocks.{layer}.{kind}", "metric": "frob_sq", "value": float((sv ** 2).sum()), "status": "ok"})
+    for step, layer, kind, metric, value in metric_rows:
+        w.add("metrics", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": kind,
+                          "name": f"blocks.{layer}.{kind}", "metric": metric, "value": value, "status": "ok"})
+    for step, name, value in scalars:
+        w.add("scalars", {"step": step, "tokens": None, "name": name, "value": value, "wall_time": 0.0})
+    w.close()
+    return ss.open_run(path)
+
+
+def test_onset_and_knee_rules():
+    steps = np.arange(0, 500, 10)
+    sdv = np.where(steps < 200, 1.0 / (1 + steps / 50), 1e-4)
+    sdv[0] = np.nan
+    assert onset_step(steps, sdv, 0.05) == 200
+    sdv[-1] = 0.9  # a late spike: no step from which it stays low
+    assert onset_step(steps, sdv, 0.05) is None
+    t = np.arange(0, 2000)
+    tau = 400 / np.log(10)
+    knee = loss_knee(t, 2 + 3 * np.exp(-t / tau), knee_frac=0.1, smooth_frac=0.02)
+    assert abs(knee - 400) <= 50  # 2.5% of the run: the smoothing window shifts the measured maximum rate
+
+
+def test_sosd_recovers_a_planted_onset(tmp_path):
+    rng = np.random.default_rng(0)
+    steps = list(range(0, 1001, 25))
+    shapes = {}
+    rows = []
+    for layer in range(2):
+        for kind in ("q", "v"):
+            a, b = rng.uniform(0.2, 1, R), rng.uniform(0.2, 1, R)
+            for i, s in enumerate(steps):
+                if s <= 400:  # alternating shapes: large variation, shrinking with time
+                    amp = 1.0 / (1 + s / 200)
+                    sv = np.sort(a + amp * (b if i % 2 else -b * 0.1) + 2)[::-1]
+                    shapes[(layer, kind)] = sv
+                else:  # frozen after step 400 (tiny jitter)
+                    sv = shapes[(layer, kind)] * (1 + 1e-7 * rng.standard_normal(R))
+                rows.append((s, layer, kind, sv))
+    tau = 425 / np.log(10)
+    t = np.arange(1, 1001)
+    scal = [(int(x), "loss", float(2 + 3 * np.exp(-x / tau))) for x in t] + [(int(x), "lr_hidden", 1e-3) for x in t]
+    run = _write(tmp_path / "r", rows, scalars=scal)
+    table, verdict = sosd(run)
+    assert set(table["onset_step"]) == {425}
+    # within the smoothing width (5% of the run): the rule measures the rate's maximum after smoothing
+    assert abs(verdict["loss_knee"] - 425) <= 50 and verdict["distance_frac"] <= 0.05
+    assert "aligned" in verdict["verdict"]
+    assert (table["bound_at_onset"] > 0).all()  # lr / ||W||_F
+
+
+def _wave_rows(n_layers=8, v=0.02, t0=50.0, width=15.0):
+    rows = []
+    for s in range(0, 601, 10):
+        for layer in range(n_layers):
+            cmax = 0.3 + 0.05 * layer
+            c = cmax / (1 + np.exp(-(s - t0 - layer / v) / width))
+            c0 = cmax / (1 + np.exp(-(0 - t0 - layer / v) / width))
+            sr = 8 * (1 - c) / (1 - c0)  # so that compression(t0 = 0) is exactly the planted c relative to step 0
+            rows.append((s, layer, "q", _spectrum_with_stable_rank(sr)))
+    return rows
+
+
+def test_compression_wave_with_known_velocity(tmp_path):
+    run = _write(tmp_path / "w", _wave_rows())
+    table, verdict = compression_waves(run)
+    assert verdict["direction"] == "early -> late"
+    assert verdict["velocity_layers_per_step"] == pytest.approx(0.02, rel=0.3)
+    assert verdict["gradient_peak"] < 0 and verdict["reversal_step"] is not None  # early layers first, then late ones pass them
+    late = table[table["step"] == 600]["gradient"].iloc[0]
+    assert late > 0
+
+
+def test_depth_profile_inverted_u_and_asymmetry(tmp_path):
+    rows = []
+    for layer in range(8):
+        for kind in ("q", "k"):
+            rows.append((100, layer, kind, "alpha_tail", 3 - 0.1 * (layer - 3.6) ** 2))
+        for kind in ("v", "o"):
+            rows.append((100, layer, kind, "alpha_tail", 2 + 0.01 * (layer % 2)))
+    run = _write(tmp_path / "d", [], rows)
+    table, verdict = depth_profiles(run)
+    q = table.set_index("kind").loc["q"]
+    assert q["inverted_u"] and q["peak_layer"] == 4 and not table.set_index("kind").loc["v", "inverted_u"]
+    assert verdict["qk_vo_asymmetry"] > 50 and verdict["inverted_u"]
+
+
+def test_depth_scaling_fit(tmp_path):
+    runs = []
+    for depth in (4, 8, 12):
+        amp = 0.5 * depth ** 0.26
+        rows = [(10, layer, "q", "alpha_tail", 2 + amp * layer / (depth - 1)) for layer in range(depth)]
+        runs.append(_write(tmp_path / f"L{depth}", [], rows))
+    table, verdict = depth_scaling(runs)
+    assert verdict["beta"] == pytest.approx(0.26, abs=1e-6) and verdict["r2"] == pytest.approx(1.0)
+    assert depth_scaling(runs[:1])[1]["beta"] is None
+
+
+def test_pruning_rules_and_verdict():
+    alpha = pd.Series([5.0, 1.0, 3.0, 2.0], index=[0, 1, 2, 3])
+    assert spectral_order(alpha, "alpha_tail") == [1, 3, 2]  # rank-decay: lowest first, block 0 kept
+    assert spectral_order(alpha, "alpha_mle") == [2, 3, 1]  # ESD: highest first
+    assert rule_choice("last_n", 4, 2) == [2, 3] and rule_choice("spectral", 4, 2, alpha) == [1, 3]
+    assert len(set(rule_choice("random", 4, 3, seed=1))) == 3
+    comp = pd.DataFrame({"k": [2, 2, 2, 2], "rule": ["spectral", "last_n", "random", "random"], "delta_ppl": [1.0, 3.0, 2.0, 4.0]})
+    v = pruning_verdict(comp)
+    assert v["last_n_over_spectral"] == 3.0 and v["delta_ppl_random"] == 3.0 and "spectral hurts less" in v["verdict"]
+
+
+def test_findings_text_and_json(tmp_path, capsys):
+    run = _write(tmp_path / "f", _wave_rows(n_layers=4), scalars=[(s, "loss", 3 - s / 1000) for s in range(1, 601)])
+    items = findings(run)
+    assert [f.name for f in items] == ["sosd", "compression_waves", "depth_profile"]
+    doc = json.loads(to_json(items))
+    assert doc[1]["verdict"]["direction"] == "early -> late"
+    assert "Compression waves across depth" in to_text(items)
+    from specscope.cli import main
+
+    assert main(["findings", str(tmp_path / "f"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == "sosd"
+    assert main(["findings", str(tmp_path / "nope")]) == 2
+
+
+def test_block_skipping_is_the_identity_and_importance(tmp_path):
+    from specscope.prune import block_importance, pruning_study, skipped
+    from specscope.train import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, seq_len=12, n_layer=4, n_head=2, d_model=16)).eval()
+    x = torch.randint(0, 32, (6, 12))
+    seen = {}
+    model.blocks[2].register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
+    with skipped(model, [1]), torch.no_grad():
+        logits, _ = model(x)
+        h = model._embed(x)
+        for i in (0, 2, 3):
+            h = model.blocks[i](h)
+        torch.testing.assert_close(logits, model.lm_head(model.ln_f(h)))
+    imp = block_importance(model, x, batch=4)
+    assert list(imp["layer"]) == [0, 1, 2, 3] and np.isfinite(imp["delta_loss"]).all()
+    importance, comparison, verdict = pruning_study(model, x, ks=[1, 2], random_seeds=2)
+    assert set(comparison["rule"]) == {"spectral", "last_n", "random"} and "alpha_tail" in importance
+    assert "Last-N / spectral" in verdict["verdict"]
+
+
+def test_block_skipping_on_hf_gpt2():
+    transformers = pytest.importorskip("transformers")
+    from specscope.prune import heldout_loss, skipped
+
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=3, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    x = torch.randint(0, 64, (4, 16))
+    seen = {}
+    blk = model.transformer.h[1]
+    base = heldout_loss(model, x)
+    with skipped(model, [1]):
+        h = blk.register_forward_hook(lambda m, a, kw, o: seen.update(inp=a[0] if a else kw["hidden_states"], out=o),
+                                      with_kwargs=True)  # runs after the skip hook: sees what the block passes on
+        skip = heldout_loss(model, x)
+        h.remove()
+    out = seen["out"][0] if isinstance(seen["out"], tuple) else seen["out"]
+    torch.testing.assert_close(out, seen["inp"])
+    assert skip != base
