@@ -23,7 +23,9 @@ def test_train_report_query(tmp_path, monkeypatch):
                  "--no-progress"])
     assert code == 0
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64") == 7  # 5 weight figures + activation/gradient spectra and trajectories
+    # 5 weight figures + activation/gradient spectra and trajectories + SoSD, compression, depth profile
+    # (one layer: no compression gradient across depth, so the wave section says it has no data)
+    assert html.count("data:image/png;base64") == 10 and html.count("No data for this figure") == 1
     code, stdout, _ = run_cli("query", "SELECT count(DISTINCT step) AS n FROM metrics", "--runs", str(tmp_path / "runs"), "--format", "csv")
     assert code == 0 and stdout.split() == ["n", "3"]
     assert main(["report", str(out)]) == 0

@@ -18,6 +18,11 @@ def test_sosd_experiment_quick(tmp_path, capsys):
     assert "reproduced" in capsys.readouterr().out
     assert main(["findings", str(tmp_path / "s" / "step")]) == 0
     assert "Stability of the singular distribution" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "s" / "step")]) == 0
+    page = (tmp_path / "s" / "step" / "report.html").read_text()
+    for section in ("SoSD onset and the loss knee", "Compression per layer and step", "Compression wave across depth",
+                    "Depth profile of"):
+        assert section in page
 
 
 def test_lifecycle_experiment_quick_and_prune(tmp_path, capsys):

@@ -3,7 +3,8 @@
 Public surface (imported lazily, so ``import specscope`` does no work)::
 
     import specscope as ss
-    ss.Monitor, ss.probes.Weights, ss.open_run, ss.describe, ss.query, ss.analyze, ss.trajectory
+    ss.Monitor, ss.probes.Weights, ss.open_run, ss.describe, ss.query, ss.analyze,
+    ss.trajectory, ss.findings, ss.prune.pruning_study
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ _LAZY = {
     "describe": ("specscope.spectra", "describe"),
     "analyze": ("specscope.offline", "analyze"),
     "trajectory": ("specscope.offline", "trajectory"),
+    "findings": ("specscope.analysis.findings", "findings"),
+    "prune": ("specscope.prune", None),
     "measure": ("specscope.measure", None),
     "query": ("specscope.store.query", "query"),
     "catalog": ("specscope.models", "catalog"),

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
+from .cli_experiments import cmd_experiment, cmd_findings, cmd_prune, fresh_dir
 from .errors import ConfigError, SpecscopeError
 
 EXIT_USAGE = 2
@@ -90,22 +90,12 @@ def _train_and_report(a: argparse.Namespace, default_out: str) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    out = a.out or _fresh("runs/demo")
+    out = a.out or fresh_dir("runs/demo")
     return _train_and_report(a, out)
 
 
-def _fresh(base: str) -> str:
-    p = Path(base)
-    if not p.exists() or not any(p.iterdir()):
-        return base
-    i = 2
-    while Path(f"{base}-{i}").exists():
-        i += 1
-    return f"{base}-{i}"
-
-
 def cmd_train(a: argparse.Namespace) -> int:
-    return _train_and_report(a, a.out or _fresh("runs/train"))
+    return _train_and_report(a, a.out or fresh_dir("runs/train"))
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -189,130 +179,6 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     if a.into:
         print(f"run store: {a.into}  (specscope report {a.into})")
     return 0
-
-
-def _print_table(df, cols=None) -> None:
-    import pandas as pd
-
-    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 90,
-                           "display.float_format", "{:.3g}".format):
-        print((df[[c for c in cols if c in df.columns]] if cols else df).to_string(index=False))
-
-
-def _grokking(a: argparse.Namespace) -> int:
-    from .train.grokking import GrokConfig, run_grokking
-
-    cfg = GrokConfig.quick() if a.quick else GrokConfig()
-    if a.steps:
-        cfg.steps = a.steps
-    if a.seeds:
-        cfg.seeds = tuple(range(a.seeds))
-    if a.p:
-        cfg.p = a.p
-    cfg.task = a.task
-    res = run_grokking(cfg, a.out or _fresh("runs/grokking"), progress=not a.no_progress)
-    _print_table(res.table, ["task", "weight_decay", "seed", "grok_step", "final_train_acc", "final_test_acc", "gap12_wq_before",
-                             "gap12_wq_at", "gap12_wq_final", "traj_gap_before", "traj_gap_at", "traj_gap_final",
-                             "h_peak_final", "h_s_final"])
-    for wd, g in res.table.groupby("weight_decay"):
-        print(f"weight decay {wd:g}: {g['grok_step'].notna().sum()}/{len(g)} runs grokked (test accuracy >= 0.95)")
-    print(f"table: {res.out_dir / 'grokking.csv'}  figure: {res.figure}")
-    return 0
-
-
-def _phenomena(a: argparse.Namespace) -> int:
-    from .train import experiments as ex
-
-    if a.name == "sosd":
-        cfg = ex.SosdExperiment.quick() if a.quick else ex.SosdExperiment()
-        cfg = ex.with_overrides(cfg, steps=a.steps)
-        res = ex.run_sosd(cfg, a.out or _fresh("runs/sosd"), progress=not a.no_progress)
-        _print_table(res.table, ["variant", "loss_knee", "median_onset", "distance_frac", "floor_per_step", "sd_drop_at_mid",
-                                 "final_val_loss"])
-    else:
-        cfg = ex.LifecycleExperiment.quick() if a.quick else ex.LifecycleExperiment()
-        cfg = ex.with_overrides(cfg, steps=a.steps)
-        res = ex.run_lifecycle(cfg, a.out or _fresh("runs/lifecycle"), progress=not a.no_progress)
-        _print_table(res.table, ["depth", "wave_direction", "velocity", "gradient_reversal_step", "alpha_peak_layer", "inverted_u",
-                                 "qk_vo_asymmetry", "delta_alpha", "rho_importance_alpha", "dppl_spectral", "dppl_last_n",
-                                 "dppl_random", "last_n_over_spectral", "final_val_loss"])
-        print(res.extra["scaling"].get("verdict", ""))
-    print()
-    _print_table(res.claims)
-    print(f"table: {res.out_dir}  figure: {res.figure}")
-    return 0
-
-
-def cmd_experiment(a: argparse.Namespace) -> int:
-    if a.name == "grokking":
-        return _grokking(a)
-    return _phenomena(a)
-
-
-def cmd_findings(a: argparse.Namespace) -> int:
-    from .analysis.findings import findings, to_json, to_text
-    from .store import open_run
-
-    for r in a.runs:
-        items = findings(open_run(r), metric=a.metric)
-        print(to_json(items) if a.json else to_text(items, a.max_rows))
-    return 0
-
-
-def cmd_prune(a: argparse.Namespace) -> int:
-    import torch
-
-    from .prune import pruning_study, summarize_comparison
-    from .train.load import load_model
-
-    model, family = load_model(a.path)
-    seqs = _prune_sequences(a, model, family)
-    ks = [int(k) for k in a.k.split(",")] if a.k else None
-    torch.manual_seed(0)
-    importance, comparison, verdict = pruning_study(model, seqs, ks=ks, metric=a.metric, random_seeds=a.random_seeds,
-                                                    keep_first=not a.allow_first)
-    if a.json:
-        from .analysis.findings import _plain
-
-        print(json.dumps({"importance": json.loads(importance.to_json(orient="records")),
-                          "comparison": json.loads(summarize_comparison(comparison).to_json(orient="records")),
-                          "verdict": _plain(verdict)}, indent=1))
-        return 0
-    _print_table(importance)
-    print()
-    _print_table(summarize_comparison(comparison))
-    print(verdict["verdict"])
-    return 0
-
-
-def _prune_sequences(a: argparse.Namespace, model, family: str):
-    """Held-out sequences: the stdlib probe split, tokenized for the model (its own tokenizer for HF directories)."""
-    import numpy as np
-    import torch
-
-    from .probes import make_pool
-    from .train.corpus import load_corpus
-
-    n_ctx = getattr(getattr(model, "cfg", None), "seq_len", None) or getattr(model.config, "n_positions", None) or \
-        getattr(model.config, "max_position_embeddings", 1024)
-    seq_len = min(a.seq_len, n_ctx)
-    if family == "reference":
-        corpus = load_corpus("stdlib", max_bytes=int(a.max_corpus_mb * 2**20))
-        return make_pool(corpus.probe, n=a.sequences, seq_len=seq_len, seed=1)
-    from .train.corpus import read_documents, stdlib_root
-
-    docs = read_documents(stdlib_root(), stdlib=True, max_bytes=int(a.max_corpus_mb * 2**20))["probe"]
-    text = b"".join(docs).decode("utf-8")
-    vocab = model.config.vocab_size
-    ids: list[int] = []
-    if any((Path(a.path) / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
-        from transformers import AutoTokenizer
-
-        ids = AutoTokenizer.from_pretrained(a.path, local_files_only=True)(text)["input_ids"]
-    if len(ids) <= seq_len or max(ids) >= vocab:  # no usable tokenizer: bytes folded into the vocabulary
-        logging.getLogger(__name__).warning("no usable tokenizer in %s: byte tokens modulo the vocabulary", a.path)
-        ids = (np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64) % vocab).tolist()
-    return make_pool(np.asarray(ids), n=a.sequences, seq_len=seq_len, seed=1).to(torch.long)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -143,7 +143,7 @@ def sosd_curves(run: Run) -> pd.DataFrame:
     cw = checkpoint_cosines(run)
     if cw.empty:
         return cs.assign(cos_w_final=np.nan)
-    return cs.merge(cw, on=["step", "layer", "kind", "name"], how="left")
+    return cs.merge(cw, on=["step", "layer", "kind", "name"], how="outer").sort_values("step", kind="stable")
 
 
 def checkpoint_cosines(run: Run) -> pd.DataFrame:

@@ -63,7 +63,7 @@ def loss_curves(scalars: pd.DataFrame) -> Figure:
     return fig
 
 
-def heatmaps(metrics: pd.DataFrame, metric: str) -> Figure | None:
+def heatmaps(metrics: pd.DataFrame, metric: str, cmap: str = "viridis") -> Figure | None:
     """One heatmap per kind of block matrix: layer (rows) x step (columns)."""
     df = metrics[(metrics["metric"] == metric) & (metrics["layer"] >= 0)]
     if df.empty:
@@ -73,7 +73,7 @@ def heatmaps(metrics: pd.DataFrame, metric: str) -> Figure | None:
     for ax, kind in zip(axes, kinds):
         piv = df[df["kind"] == kind].pivot_table(index="layer", columns="step", values="value", aggfunc="mean")
         steps = piv.columns.to_numpy()
-        im = ax.imshow(piv.to_numpy(), aspect="auto", origin="lower", interpolation="nearest", cmap="viridis",
+        im = ax.imshow(piv.to_numpy(), aspect="auto", origin="lower", interpolation="nearest", cmap=cmap,
                        extent=(steps.min() - 0.5, steps.max() + 0.5, piv.index.min() - 0.5, piv.index.max() + 0.5))
         fig.colorbar(im, ax=ax, shrink=0.9)
         ax.set_title(f"{metric} · {kind}")

@@ -11,9 +11,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ..analysis import across_time
-from ..store.reader import Run, open_run
 from ..analysis.edge import edge_analysis
-from . import edge_figures, figures
+from ..store.reader import Run, open_run
+from . import edge_figures, figures, phenomena_figures
 from .terminal import kind_table
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,38 @@ def render(run: Run) -> str:
                               "Trace-normalized spectra over the fixed probe pool at chosen steps; dashed: the power law over the tail window."))
         parts.append(_section("RankMe and α_tail over training", figures.lens_trajectories(all_metrics),
                               "RankMe = exp(spectral entropy); α_tail of the activation spectrum is the early signal for token efficiency."))
+    parts.extend(_phenomena_sections(run, across, scalars))
     parts.extend(_trajectory_sections(run, all_metrics, all_spectra, scalars))
     table = kind_table(metrics)
     if not table.empty:
         parts.append("<h2>Per kind, mean over layers (first → last)</h2>" + table.to_html(index=False, border=0))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _phenomena_sections(run: Run, across, scalars) -> list[str]:
+    from ..analysis.lifecycle import compression_frame, depth_profiles, final_metric, wave_verdict, wave_table
+    from ..analysis.sosd import sosd, sosd_curves
+
+    parts = []
+    if across.empty or across["step"].nunique() < 3:
+        return parts
+    table, verdict = sosd(run)
+    parts.append(_section("SoSD onset and the loss knee", phenomena_figures.sosd_figure(across, scalars, table, verdict,
+                                                                                       sosd_curves(run)),
+                          html.escape(f"{verdict['verdict']}. Onset: first step after the peak from which SD variation stays "
+                                      "below 5% of it; knee: the smoothed loss-decrease rate falls below 10% of its maximum.")))
+    comp = compression_frame(run)
+    heat = comp.rename(columns={"compression": "value"}).assign(metric="compression")
+    parts.append(_section("Compression per layer and step", figures.heatmaps(heat, "compression", cmap="magma"),
+                          "compression = 1 − stable_rank(t) / stable_rank(first measurement)."))
+    wave = wave_table(comp)
+    wv = wave_verdict(wave)
+    parts.append(_section("Compression wave across depth", phenomena_figures.wave_figure(wave, wv), html.escape(wv["verdict"])))
+    _, pv = depth_profiles(run)
+    parts.append(_section("Depth profile of α_tail", phenomena_figures.depth_profile_figure(final_metric(run), "alpha_tail"),
+                          html.escape(pv["verdict"])))
+    return parts
 
 
 def _trajectory_sections(run: Run, metrics, spectra, scalars) -> list[str]:
