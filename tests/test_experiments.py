@@ -36,6 +36,12 @@ def test_lifecycle_experiment_quick_and_prune(tmp_path, capsys):
                  "--max-corpus-mb", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["importance"]) == 3 and "Last-N / spectral" in doc["verdict"]["verdict"]
+    assert (tmp_path / "l" / "L3" / "artifacts" / "pruning" / "summary.parquet").exists()
+    assert main(["findings", str(tmp_path / "l" / "L3"), "--json"]) == 0
+    names = [f["name"] for f in json.loads(capsys.readouterr().out)]
+    assert names[-1] == "pruning" and "compression_waves" in names
+    assert main(["report", str(tmp_path / "l" / "L3")]) == 0
+    assert "Layer importance and pruning" in (tmp_path / "l" / "L3" / "report.html").read_text()
 
 
 def test_prune_hf_directory_and_bad_input(tmp_path, capsys):

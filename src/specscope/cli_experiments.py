@@ -87,18 +87,33 @@ def cmd_prune(a: argparse.Namespace) -> int:
     torch.manual_seed(0)
     importance, comparison, verdict = pruning_study(model, seqs, ks=ks, metric=a.metric, random_seeds=a.random_seeds,
                                                     keep_first=not a.allow_first)
+    summary = summarize_comparison(comparison)
+    saved = _save_pruning(a.path, importance, summary, verdict)
     if a.json:
-        from .analysis.findings import _plain
+        from .store.artifacts import jsonable
 
         print(json.dumps({"importance": json.loads(importance.to_json(orient="records")),
-                          "comparison": json.loads(summarize_comparison(comparison).to_json(orient="records")),
-                          "verdict": _plain(verdict)}, indent=1))
+                          "comparison": json.loads(summary.to_json(orient="records")),
+                          "verdict": jsonable(verdict)}, indent=1))
         return 0
     _print_table(importance)
     print()
-    _print_table(summarize_comparison(comparison))
+    _print_table(summary)
     print(verdict["verdict"])
+    if saved:
+        print(f"saved beside the run: {saved} (shown by `specscope findings` and `specscope report`)")
     return 0
+
+
+def _save_pruning(path: str, importance, summary, verdict) -> Path | None:
+    """When ``path`` is a run directory, keep the results there for `findings` and the report."""
+    from .store.artifacts import save_artifact
+    from .store.reader import is_run_dir
+
+    p = Path(path)
+    if not (p.is_dir() and is_run_dir(p)):
+        return None
+    return save_artifact(p, "pruning", {"importance": importance, "summary": summary}, verdict)
 
 
 def _prune_sequences(a: argparse.Namespace, model, family: str):

@@ -113,7 +113,7 @@ def summarize_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
         return comparison
     g = comparison.groupby(["k", "rule"])
     out = g["delta_ppl"].agg(["mean", "std", "count"]).reset_index().rename(columns={"mean": "delta_ppl"})
-    first = g["layers"].first().reset_index()
+    first = g["layers"].first().map(lambda ls: ",".join(str(i) for i in ls)).reset_index()
     out = out.merge(first, on=["k", "rule"])
     out.loc[out["rule"] == "random", "layers"] = "(random)"
     out["std"] = out["std"].fillna(0.0)

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from ..store.artifacts import jsonable, load_artifact
 from ..store.reader import Run, open_run
 from .edge import edge_analysis
 from .lifecycle import compression_waves, depth_profiles
@@ -34,7 +33,8 @@ def _weights_steps(run: Run) -> int:
 
 def findings(run: Run | str | os.PathLike, metric: str = "alpha_tail") -> list[Finding]:
     """Every analysis the run supports: SoSD and the lifecycle (weight probe, >= 3 measurements), the
-    depth profile (weight probe), the spectral edge (trajectory probe)."""
+    depth profile (weight probe), the spectral edge (trajectory probe), and pruning when
+    ``specscope prune RUN`` has saved its results beside the run."""
     run = run if isinstance(run, Run) else open_run(run)
     out: list[Finding] = []
     n = _weights_steps(run)
@@ -49,27 +49,18 @@ def findings(run: Run | str | os.PathLike, metric: str = "alpha_tail") -> list[F
     if not run.metrics(probe="trajectory").empty:
         table, events, verdict = edge_analysis(run)
         out.append(Finding("spectral_edge", "Trajectory gap dynamics (spectral edge)", verdict, table))
+    saved = load_artifact(run.dir, "pruning")
+    if saved is not None:  # written by `specscope prune RUN` (it needs the live model)
+        tables, verdict = saved
+        out.append(Finding("pruning", "Layer importance and pruning (spectral rule vs Last-N vs random)", verdict,
+                           tables.get("summary", pd.DataFrame())))
     return out
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def to_json(items: list[Finding], with_tables: bool = True) -> str:
     doc = []
     for f in items:
-        d = {"name": f.name, "title": f.title, "verdict": _plain(f.verdict)}
+        d = {"name": f.name, "title": f.title, "verdict": jsonable(f.verdict)}
         if with_tables and not f.table.empty:
             d["table"] = json.loads(f.table.to_json(orient="records"))
         doc.append(d)
@@ -83,7 +74,7 @@ def to_text(items: list[Finding], max_rows: int = 20) -> str:
     for f in items:
         lines.append(f"== {f.title}")
         lines.append(f"   {f.verdict.get('verdict', '')}")
-        extra = {k: v for k, v in _plain(f.verdict).items() if k != "verdict"}
+        extra = {k: v for k, v in jsonable(f.verdict).items() if k != "verdict"}
         if extra:
             lines.append("   " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()))
         if not f.table.empty:

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from ..analysis import across_time
 from ..analysis.edge import edge_analysis
+from ..store.artifacts import load_artifact
 from ..store.reader import Run, open_run
 from . import edge_figures, figures, phenomena_figures
 from .terminal import kind_table
@@ -100,6 +101,11 @@ def _phenomena_sections(run: Run, across, scalars) -> list[str]:
     _, pv = depth_profiles(run)
     parts.append(_section("Depth profile of α_tail", phenomena_figures.depth_profile_figure(final_metric(run), "alpha_tail"),
                           html.escape(pv["verdict"])))
+    saved = load_artifact(run.dir, "pruning")
+    if saved is not None:
+        tables, verdict = saved
+        parts.append(_section("Layer importance and pruning", phenomena_figures.pruning_figure(
+            tables.get("importance"), tables.get("summary"), verdict.get("metric", "alpha_tail")), html.escape(verdict["verdict"])))
     return parts
 
 

@@ -79,3 +79,27 @@ def depth_profile_figure(final: pd.DataFrame, metric: str) -> Figure | None:
     ax.set_title(f"final {metric} across depth")
     ax.legend(fontsize=7, ncol=4)
     return fig
+
+
+def pruning_figure(importance: pd.DataFrame, summary: pd.DataFrame, metric: str) -> Figure | None:
+    """Block importance beside its alpha, and delta-perplexity vs k per pruning rule."""
+    if importance.empty:
+        return None
+    fig, (ax_imp, ax_k) = _grid(2, width=5.2, height=3.2, ncols=2)
+    ax_imp.bar(importance["layer"], importance["delta_loss"], color="C0", label="importance (Δ loss when skipped)")
+    ax_imp.set_xlabel("block")
+    ax_imp.set_ylabel("Δ held-out loss")
+    if metric in importance:
+        t = ax_imp.twinx()
+        t.plot(importance["layer"], importance[metric], "o-", color="C3")
+        t.set_ylabel(metric, color="C3")
+    ax_imp.set_title("block importance and alpha")
+    for j, rule in enumerate(["spectral", "last_n", "random"]):
+        g = summary[summary["rule"] == rule]
+        if not g.empty:
+            ax_k.errorbar(g["k"], g["delta_ppl"], yerr=g["std"], marker="o", ms=3, capsize=2, color=f"C{j}", label=rule)
+    ax_k.set_yscale("symlog", linthresh=0.1)
+    ax_k.set_xlabel("blocks removed k")
+    ax_k.set_title("Δ perplexity after pruning")
+    ax_k.legend(fontsize=7)
+    return fig

@@ -23,6 +23,7 @@ from ..analysis.lifecycle import compression_waves, depth_profiles, depth_scalin
 from ..analysis.sosd import sosd
 from ..analysis.timeseries import across_time
 from ..probes import Weights, make_pool
+from ..store.artifacts import save_artifact
 from ..store.reader import open_run
 from .corpus import load_corpus
 from .model import GPTConfig
@@ -217,8 +218,9 @@ def run_lifecycle(cfg: LifecycleExperiment, out_dir: str | Path, progress: bool 
         model, _ = load_model(str(res.run_dir))
         torch.manual_seed(cfg.seed)
         importance, comparison, pv = pruning_study(model, pool, metric=cfg.metric, random_seeds=cfg.random_seeds)
-        importance.assign(depth=depth).to_csv(out / f"L{depth}" / "importance.csv", index=False)
-        summ = summarize_comparison(comparison).assign(depth=depth)
+        summ = summarize_comparison(comparison)
+        save_artifact(res.run_dir, "pruning", {"importance": importance, "summary": summ}, pv)
+        summ = summ.assign(depth=depth)
         prune_rows.append(summ)
         qk = prof_table.set_index("kind").reindex(["q", "k"])["inverted_u"].fillna(False).astype(bool)
         rows.append({"depth": depth, "wave_direction": wave.get("direction"), "velocity": wave.get("velocity_layers_per_step"),
