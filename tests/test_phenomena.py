@@ -175,16 +175,28 @@ def test_block_skipping_is_the_identity_and_importance(tmp_path):
     assert "Last-N / spectral" in verdict["verdict"]
 
 
-def test_block_skipping_on_hf_gpt2():
+HF_TINY = {
+    "gpt2": lambda t: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=3, n_head=2)),
+    "neox": lambda t: t.GPTNeoXForCausalLM(t.GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3,
+                                                             num_attention_heads=2, intermediate_size=64,
+                                                             max_position_embeddings=16)),
+    "llama": lambda t: t.LlamaForCausalLM(t.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3,
+                                                        num_attention_heads=2, intermediate_size=64,
+                                                        max_position_embeddings=16)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(HF_TINY))
+def test_block_skipping_on_hf_models(family):
     transformers = pytest.importorskip("transformers")
+    from specscope.measure import find_blocks
     from specscope.prune import heldout_loss, skipped
 
-    cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=3, n_head=2)
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model = HF_TINY[family](transformers).eval()
     x = torch.randint(0, 64, (4, 16))
     seen = {}
-    blk = model.transformer.h[1]
+    blk = find_blocks(model)[1]
     base = heldout_loss(model, x)
     with skipped(model, [1]):
         h = blk.register_forward_hook(lambda m, a, kw, o: seen.update(inp=a[0] if a else kw["hidden_states"], out=o),
