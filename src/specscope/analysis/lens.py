@@ -1,0 +1,213 @@
+"""Token efficiency across batch sizes, its early forecast, and the intervention taxonomy
+(SPEC 5.6-5.7, Spectral Lens sections 3-4), over run stores.
+
+- ``T(B)``: training tokens at the first evaluation whose validation loss is at or below the
+  target; ``eps_tok(B) = T(B) / min_B' T(B')`` within a family; ``Q`` = tokens per second.
+- **Alignment** of runs at a matched loss (first evaluation at or below it), matched tokens
+  (the measurement nearest that many tokens) or a matched fraction of each run's steps.
+- **Forecast**: the early statistic is ``alpha_tail`` of the deepest probed layer's activation
+  spectrum at the first measurement with at least ``budget`` tokens (default: 20% of the
+  family's median ``T``); per-family min-max normalization; batch sizes ranked by it ascending
+  (a flatter tail = fewer tokens to target). Spearman rho against ``eps_tok`` within each
+  family (mean over families) and on the pooled normalized data, where ``T`` is known.
+- **Taxonomy** of a transition a -> b: ``tok_gain = T(a)/T(b) - 1``, ``thr_gain = Q(b)/Q(a) - 1``;
+  at matched loss, the change of the activation ``alpha_head``, the JS divergence of the
+  gradient spectra and the change of gradient ``rankme``. Labels (thresholds in :class:`TaxonomyRule`):
+  *mixed / trade-off* when the two gains have opposite signs and both exceed ``gain_eps`` in size;
+  *throughput-leaning* when ``|thr_gain| > |tok_gain|``; otherwise *activation-led* when the
+  activation displacement (``|d alpha_head| / act_scale``) exceeds the gradient one
+  (``max(js / js_scale, |d rankme| / rankme_scale)``), else *gradient-led*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from ..spectra.temporal import js_divergence
+from ..store.reader import Run
+
+
+def effective_batch(run: Run) -> int | None:
+    tr = run.config.get("train", {})
+    if "micro_batch" in tr:
+        return int(tr["micro_batch"]) * int(tr.get("grad_accum", 1))
+    return run.config.get("batch")
+
+
+def family_of(run: Run) -> str:
+    """Runs of one family differ only in batch size: the explicit ``family`` config key, else the model config."""
+    if "family" in run.config:
+        return str(run.config["family"])
+    model = run.config.get("model", {})
+    return ",".join(f"{k}={v}" for k, v in sorted(model.items()) if k != "vocab_size") or "default"
+
+
+def _evals(run: Run) -> pd.DataFrame:
+    sc = run.scalars()
+    if "val_loss" not in sc:
+        return pd.DataFrame(columns=["step", "tokens", "val_loss"])
+    return sc[["step", "tokens", "val_loss"]].dropna(subset=["val_loss"]).sort_values("step")
+
+
+def tokens_to_target(run: Run, target: float) -> float | None:
+    """Tokens at the first evaluation with validation loss <= ``target`` (None if never)."""
+    ev = _evals(run)
+    hit = ev[ev["val_loss"] <= target]
+    return float(hit["tokens"].iloc[0]) if len(hit) else None
+
+
+def throughput(run: Run) -> float:
+    summ = run.meta.get("summary", {})
+    if summ.get("tokens_per_s"):
+        return float(summ["tokens_per_s"])
+    sc = run.scalars()
+    return float(sc["tokens_per_s"].median()) if "tokens_per_s" in sc else float("nan")
+
+
+def efficiency(runs: Sequence[Run], target: float) -> pd.DataFrame:
+    """Per run: family, batch, ``T``, ``eps_tok`` (within its family), throughput ``Q``."""
+    rows = [{"run": r.run_id, "family": family_of(r), "batch": effective_batch(r), "T": tokens_to_target(r, target),
+             "Q": throughput(r)} for r in runs]
+    df = pd.DataFrame(rows)
+    df["eps_tok"] = df["T"] / df.groupby("family")["T"].transform("min")
+    return df
+
+
+def align(runs: Sequence[Run], loss: float | None = None, tokens: float | None = None,
+          fraction: float | None = None) -> pd.DataFrame:
+    """The step and tokens where each run reaches a matched loss, a matched token count, or a matched fraction."""
+    if sum(x is not None for x in (loss, tokens, fraction)) != 1:
+        raise ValueError("give exactly one of loss, tokens, fraction")
+    rows = []
+    for r in runs:
+        ev = _evals(r)
+        sc = r.scalars()
+        if loss is not None:
+            hit = ev[ev["val_loss"] <= loss]
+            row = hit.iloc[0] if len(hit) else None
+        elif tokens is not None:
+            pts = sc.dropna(subset=["tokens"])
+            row = pts.iloc[int(np.argmin(np.abs(pts["tokens"].to_numpy(float) - tokens)))] if len(pts) else None
+        else:
+            last = int(sc["step"].max())
+            row = sc.iloc[int(np.argmin(np.abs(sc["step"].to_numpy() - fraction * last)))]
+        rows.append({"run": r.run_id, "batch": effective_batch(r),
+                     "step": None if row is None else int(row["step"]),
+                     "tokens": None if row is None or pd.isna(row["tokens"]) else float(row["tokens"])})
+    return pd.DataFrame(rows)
+
+
+def _deepest_activation(run: Run, metric: str) -> pd.Series:
+    m = run.metrics(probe="activations", metric=metric)
+    if m.empty:
+        return pd.Series(dtype=float)
+    m = m[m["layer"] == m["layer"].max()]
+    return m.dropna(subset=["tokens"]).groupby("tokens")["value"].mean().sort_index()
+
+
+def early_alpha(run: Run, budget: float, metric: str = "alpha_tail") -> float:
+    """``metric`` of the deepest activation spectrum at the first measurement with >= ``budget`` tokens."""
+    s = _deepest_activation(run, metric)
+    s = s[s.index >= budget]
+    return float(s.iloc[0]) if len(s) else float("nan")
+
+
+def _minmax(x: pd.Series) -> pd.Series:
+    span = x.max() - x.min()
+    return (x - x.min()) / span if span > 0 else x * 0.0
+
+
+def forecast(runs: Sequence[Run], target: float | None = None, budget: float | None = None, budget_frac: float = 0.2,
+             metric: str = "alpha_tail") -> tuple[pd.DataFrame, dict]:
+    """Rank batch sizes by early ``alpha_tail`` (flatter first) and, where ``T`` is known, Spearman rho vs ``eps_tok``."""
+    df = efficiency(runs, target) if target is not None else pd.DataFrame(
+        [{"run": r.run_id, "family": family_of(r), "batch": effective_batch(r), "T": None, "Q": throughput(r)} for r in runs]
+        ).assign(eps_tok=np.nan)
+    by_id = {r.run_id: r for r in runs}
+    budgets = {}
+    for fam, g in df.groupby("family"):
+        if budget is not None:
+            budgets[fam] = float(budget)
+        elif g["T"].notna().any():
+            budgets[fam] = budget_frac * float(g["T"].dropna().median())
+        else:
+            raise ValueError("give a token budget, or a target the runs reached")
+    df["budget"] = df["family"].map(budgets)
+    df["early_alpha"] = [early_alpha(by_id[r], b, metric) for r, b in zip(df["run"], df["budget"])]
+    df["early_alpha_norm"] = df.groupby("family")["early_alpha"].transform(_minmax)
+    df["predicted_rank"] = df.groupby("family")["early_alpha"].rank(method="first").astype("Int64")
+    df = df.sort_values(["family", "predicted_rank"]).reset_index(drop=True)
+    rhos = []
+    for _, g in df.dropna(subset=["eps_tok", "early_alpha"]).groupby("family"):
+        if len(g) >= 3:
+            rhos.append(float(spearmanr(g["early_alpha"], g["eps_tok"])[0]))
+    pooled = df.dropna(subset=["eps_tok", "early_alpha_norm"])
+    pooled_rho = float(spearmanr(pooled["early_alpha_norm"], pooled["eps_tok"])[0]) if len(pooled) >= 3 else None
+    best = df.loc[df.groupby("family")["early_alpha"].idxmin().dropna()] if df["early_alpha"].notna().any() else df.head(0)
+    verdict = {"rho_within_family": float(np.mean(rhos)) if rhos else None, "families_scored": len(rhos),
+               "rho_pooled": pooled_rho, "predicted_best_batch": {str(f): int(b) for f, b in zip(best["family"], best["batch"])},
+               "verdict": "predicted most token-efficient batch: "
+                          + ", ".join(f"B={int(b)}" for b in best["batch"]) if len(best) else "no activation spectra at the budget"}
+    return df, verdict
+
+
+@dataclass
+class TaxonomyRule:
+    gain_eps: float = 0.02  # gains smaller than 2% count as no change
+    act_scale: float = 0.05  # |d alpha_head| that counts as one unit of activation displacement
+    js_scale: float = 0.01  # gradient-spectrum JS divergence of one unit
+    rankme_scale: float = 0.1  # relative change of gradient rankme of one unit
+
+
+def _at_step(run: Run, probe: str, step: int, metric: str | None = None):
+    """The last measurement of ``probe`` at or before ``step``: a metric value (deepest layer) or a spectrum."""
+    if metric is not None:
+        m = run.metrics(probe=probe, metric=metric)
+        if m.empty:
+            return float("nan")
+        m = m[(m["layer"] == m["layer"].max()) & (m["step"] <= step)]
+        return float(m.sort_values("step")["value"].iloc[-1]) if len(m) else float("nan")
+    s = run.spectra(probe=probe)
+    s = s[s["step"] <= step] if not s.empty else s
+    return None if s.empty else np.asarray(s.sort_values("step")["values"].iloc[-1], dtype=float)
+
+
+def label(tok_gain: float, thr_gain: float, act: float, grad: float, rule: TaxonomyRule = TaxonomyRule()) -> str:
+    if abs(tok_gain) > rule.gain_eps and abs(thr_gain) > rule.gain_eps and np.sign(tok_gain) != np.sign(thr_gain):
+        return "mixed / trade-off"
+    if abs(thr_gain) > abs(tok_gain):
+        return "throughput-leaning"
+    return "activation-led" if act >= grad else "gradient-led"
+
+
+def taxonomy(chain: Sequence[Run], target: float, names: Iterable[str] | None = None,
+             rule: TaxonomyRule = TaxonomyRule()) -> pd.DataFrame:
+    """One row per consecutive transition of ``chain`` (e.g. baseline -> RoPE -> Muon -> untied)."""
+    names = list(names) if names is not None else [r.run_id for r in chain]
+    steps = align(chain, loss=target)["step"].tolist()
+    T = [tokens_to_target(r, target) for r in chain]
+    Q = [throughput(r) for r in chain]
+    rows = []
+    for i in range(len(chain) - 1):
+        a, b = chain[i], chain[i + 1]
+        tok = T[i] / T[i + 1] - 1 if T[i] and T[i + 1] else float("nan")
+        thr = Q[i + 1] / Q[i] - 1 if Q[i] else float("nan")
+        sa, sb = (steps[i], steps[i + 1]) if steps[i] is not None and steps[i + 1] is not None else (
+            int(a.scalars()["step"].max()), int(b.scalars()["step"].max()))
+        d_head = _at_step(b, "activations", sb, "alpha_head") - _at_step(a, "activations", sa, "alpha_head")
+        ga, gb = _at_step(a, "gradients", sa), _at_step(b, "gradients", sb)
+        js = js_divergence(ga ** 2, gb ** 2) if ga is not None and gb is not None else float("nan")
+        ra, rb = _at_step(a, "gradients", sa, "rankme"), _at_step(b, "gradients", sb, "rankme")
+        d_rankme = (rb - ra) / ra if ra else float("nan")
+        act = abs(d_head) / rule.act_scale if np.isfinite(d_head) else 0.0
+        grad = max(js / rule.js_scale if np.isfinite(js) else 0.0, abs(d_rankme) / rule.rankme_scale if np.isfinite(d_rankme) else 0.0)
+        rows.append({"transition": f"{names[i]} -> {names[i + 1]}", "tok_gain": tok, "thr_gain": thr,
+                     "log_tok_gain": np.log1p(tok) if tok > -1 else float("nan"),
+                     "log_thr_gain": np.log1p(thr) if thr > -1 else float("nan"),
+                     "d_alpha_head": d_head, "grad_js": js, "d_grad_rankme": d_rankme,
+                     "label": label(tok, thr, act, grad, rule) if np.isfinite(tok) and np.isfinite(thr) else "unscored"})
+    return pd.DataFrame(rows)

@@ -1,0 +1,79 @@
+"""Token efficiency, alignment, the early forecast and the taxonomy on synthetic run stores with planted answers."""
+import numpy as np
+import pytest
+
+import specscope as ss
+from specscope.analysis.lens import align, efficiency, forecast, label, taxonomy, tokens_to_target
+from specscope.store.writer import RunWriter
+
+BATCHES = [1, 2, 4, 8, 16]
+EPS = [1.3, 1.0, 1.1, 1.5, 2.2]  # planted: B = 2 reaches the target in the fewest tokens
+T_MIN = 40_000
+TARGET = 2.5
+
+
+def _run(path, batch, T, alpha, tok_per_s=1000.0, family="gpt", grad=None, head=None):
+    """Validation loss 2 + 3 exp(-tokens / tau), tau set so it crosses TARGET at T; activation alpha_tail planted."""
+    tau = T / np.log(3 / (TARGET - 2))
+    w = RunWriter(path, run_id=path.name, config={"family": family, "train": {"micro_batch": batch, "grad_accum": 1}})
+    w.write_meta(summary={"tokens_per_s": tok_per_s})
+    for i in range(0, 101):
+        tokens = i * 2_000
+        w.add("scalars", {"step": i, "tokens": tokens, "name": "val_loss", "value": 2 + 3 * np.exp(-tokens / tau), "wall_time": 0.0})
+        for metric, value in (("alpha_tail", alpha + 0.001 * i), ("alpha_head", head if head is not None else 0.5)):
+            w.add("metrics", {"step": i, "tokens": tokens, "probe": "activations", "layer": 3, "kind": "resid", "name": "blocks.3",
+                              "metric": metric, "value": value, "status": "ok"})
+        if grad is not None:
+            w.add("spectra", {"step": i, "tokens": tokens, "probe": "gradients", "layer": 3, "kind": "o", "name": "o",
+                              "quantity": "sv", "values": list(grad), "status": "ok"})
+            lam = np.asarray(grad) ** 2
+            p = lam / lam.sum()
+            w.add("metrics", {"step": i, "tokens": tokens, "probe": "gradients", "layer": 3, "kind": "o", "name": "o",
+                              "metric": "rankme", "value": float(np.exp(-(p * np.log(p)).sum())), "status": "ok"})
+    w.close()
+    return ss.open_run(path)
+
+
+@pytest.fixture
+def family(tmp_path):
+    return [_run(tmp_path / f"B{b}", b, e * T_MIN, 0.5 + 0.3 * e) for b, e in zip(BATCHES, EPS)]
+
+
+def test_tokens_to_target_and_efficiency(family):
+    assert tokens_to_target(family[1], TARGET) == pytest.approx(T_MIN, abs=2_000)  # the first evaluation at or below
+    assert tokens_to_target(family[0], 1.0) is None
+    eff = efficiency(family, TARGET)
+    np.testing.assert_allclose(eff["eps_tok"], EPS, rtol=0.06)
+
+
+def test_alignment(family):
+    at_loss = align(family, loss=TARGET)
+    assert list(at_loss["tokens"] / T_MIN) == pytest.approx(EPS, rel=0.06)
+    at_tokens = align(family, tokens=41_500)
+    assert set(at_tokens["tokens"]) == {42_000.0}
+    assert set(align(family, fraction=0.5)["step"]) == {50}
+    with pytest.raises(ValueError):
+        align(family, loss=1.0, tokens=5)
+
+
+def test_forecast_ranks_the_planted_best_batch_first(family):
+    table, verdict = forecast(family, target=TARGET)
+    assert table["batch"].tolist()[0] == 2 and verdict["predicted_best_batch"] == {"gpt": 2}
+    assert verdict["rho_within_family"] == pytest.approx(1.0) and verdict["rho_pooled"] == pytest.approx(1.0)
+    assert table["budget"].iloc[0] == pytest.approx(0.2 * np.median([e * T_MIN for e in EPS]), rel=0.06)
+    early, _ = forecast(family, budget=10_000)  # runs only trained to an early budget: a ranking, no rho needed
+    assert early["batch"].tolist() == [2, 4, 1, 8, 16]
+
+
+def test_taxonomy_labels(tmp_path):
+    g1 = np.linspace(1, 0.1, 16)
+    g2 = np.linspace(1, 0.01, 16) ** 3  # a different gradient spectrum
+    a = _run(tmp_path / "base", 8, 50_000, 1.0, 1000.0, grad=g1, head=0.50)
+    b = _run(tmp_path / "rope", 8, 40_000, 1.0, 1000.0, grad=g1, head=0.80)  # token gain, activation moved
+    c = _run(tmp_path / "win", 8, 32_000, 1.0, 1000.0, grad=g2, head=0.80)  # token gain, gradient moved
+    d = _run(tmp_path / "fast", 8, 32_000, 1.0, 1500.0, grad=g2, head=0.80)  # throughput only
+    e = _run(tmp_path / "slow", 8, 25_000, 1.0, 1000.0, grad=g2, head=0.80)  # more tokens-efficient, slower
+    t = taxonomy([a, b, c, d, e], TARGET, names=["base", "rope", "win", "fast", "slow"])
+    assert t["label"].tolist() == ["activation-led", "gradient-led", "throughput-leaning", "mixed / trade-off"]
+    assert t["tok_gain"].iloc[0] == pytest.approx(0.25, rel=0.1) and t["thr_gain"].iloc[2] == pytest.approx(0.5)
+    assert label(0.0, 0.0, 0.0, 0.0) == "activation-led"
