@@ -1,0 +1,41 @@
+"""Learning-rate candidates and synchronized successive halving on synthetic objectives (no training)."""
+import math
+
+import numpy as np
+import pytest
+
+from specscope.train.sweep import Candidate, lr_candidates, successive_halving
+
+
+def test_lr_candidates_both_rules_deduplicated():
+    assert lr_candidates(8, 8, 1e-3) == pytest.approx(sorted({1e-3 * m for m in (0.5, 2 ** -0.5, 1, 2 ** 0.5, 2)}))
+    c = lr_candidates(16, 4, 1e-3)  # centers 4e-3 (linear) and 2e-3 (sqrt): 2e-3 * 2 = 4e-3 * 1 etc. coincide
+    assert len(c) == len(set(np.round(np.log2(c), 9))) == 7
+    assert min(c) == pytest.approx(1e-3) and max(c) == pytest.approx(8e-3)
+
+
+def test_successive_halving_finds_the_known_winner_per_group():
+    # synthetic objective: loss(lr, tokens) = 2 + 5 / tokens + (log2(lr / best))^2 / 10; best lr differs by tier
+    best = {1: 2e-3, 8: 8e-3}
+    calls = []
+
+    def train_to(c, tokens):
+        calls.append((c.name, tokens))
+        return 2 + 5 / tokens + math.log2(c.params["lr"] / best[c.group]) ** 2 / 10
+
+    cands = [Candidate(f"B{b}-lr{lr:.3g}", b, {"lr": lr}) for b in (1, 8) for lr in lr_candidates(b, 1, 2e-3)]
+    table = successive_halving(cands, [10, 30, 100], train_to)
+    winners = table[(table["rung"] == 2) & table["promoted"]]
+    assert sorted(zip(winners["group"], winners["lr"])) == [(1, pytest.approx(2e-3)), (8, pytest.approx(8e-3))]
+    per_rung = table.groupby(["rung", "group"]).size().unstack()
+    assert per_rung.loc[0].tolist() == [5, 8] and per_rung.loc[1].tolist() == [2, 4] and per_rung.loc[2].tolist() == [1, 1]
+    assert len(calls) == len(table)  # each candidate trained once per rung it reached
+
+
+def test_failed_trials_rank_last_and_a_group_keeps_one_survivor():
+    cands = [Candidate("a", "g", {}), Candidate("b", "g", {}), Candidate("solo", "h", {})]
+    losses = {"a": float("nan"), "b": 3.0, "solo": float("nan")}
+    table = successive_halving(cands, [1, 2], lambda c, t: losses[c.name])
+    assert table[(table["rung"] == 0) & table["promoted"]]["name"].tolist() == ["b", "solo"]
+    with pytest.raises(ValueError):
+        successive_halving(cands, [2, 1], lambda c, t: 0.0)
