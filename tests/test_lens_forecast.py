@@ -77,3 +77,15 @@ def test_taxonomy_labels(tmp_path):
     assert t["label"].tolist() == ["activation-led", "gradient-led", "throughput-leaning", "mixed / trade-off"]
     assert t["tok_gain"].iloc[0] == pytest.approx(0.25, rel=0.1) and t["thr_gain"].iloc[2] == pytest.approx(0.5)
     assert label(0.0, 0.0, 0.0, 0.0) == "activation-led"
+
+
+def test_forecast_and_taxonomy_commands(family, tmp_path, capsys):
+    from specscope.cli import main
+
+    assert main(["forecast", *[str(r.dir) for r in family], "--target", str(TARGET)]) == 0
+    out = capsys.readouterr().out
+    assert "predicted most token-efficient batch: B=2" in out and "rho vs eps_tok within family = 1.00" in out
+    assert main(["forecast", str(tmp_path), "--budget", "10000", "--json"]) == 0  # a root holding the runs
+    assert main(["forecast", str(tmp_path)]) == 2
+    assert main(["taxonomy", str(family[0].dir), str(family[1].dir), "--target", str(TARGET)]) == 0
+    assert "B1 -> B2" in capsys.readouterr().out

@@ -4,7 +4,7 @@ Public surface (imported lazily, so ``import specscope`` does no work)::
 
     import specscope as ss
     ss.Monitor, ss.probes.Weights, ss.open_run, ss.describe, ss.query, ss.analyze,
-    ss.trajectory, ss.findings, ss.prune.pruning_study
+    ss.trajectory, ss.findings, ss.prune.pruning_study, ss.forecast, ss.align
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ _LAZY = {
     "analyze": ("specscope.offline", "analyze"),
     "trajectory": ("specscope.offline", "trajectory"),
     "findings": ("specscope.analysis.findings", "findings"),
+    "forecast": ("specscope.analysis.lens", "forecast"),
+    "align": ("specscope.analysis.lens", "align"),
     "prune": ("specscope.prune", None),
     "measure": ("specscope.measure", None),
     "query": ("specscope.store.query", "query"),

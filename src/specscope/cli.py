@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli_experiments import cmd_experiment, cmd_findings, cmd_prune, fresh_dir
+from .cli_experiments import cmd_experiment, cmd_findings, cmd_forecast, cmd_prune, cmd_taxonomy, fresh_dir
 from .errors import ConfigError, SpecscopeError
 
 EXIT_USAGE = 2
@@ -238,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-corpus-mb", type=float, default=8.0)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prune)
+    fc = sub.add_parser("forecast", help="rank batch sizes by early activation alpha_tail (flatter = fewer tokens to target)")
+    fc.add_argument("runs", nargs="+", help="runs of one or more families (differing only in batch size), or roots holding them")
+    fc.add_argument("--target", type=float, default=None, help="validation loss target (for T(B), eps_tok and rho)")
+    fc.add_argument("--budget", type=float, default=None, help="early token budget (default: --budget-frac of the median T)")
+    fc.add_argument("--budget-frac", type=float, default=0.2)
+    fc.add_argument("--json", action="store_true")
+    fc.set_defaults(func=cmd_forecast)
+    tx = sub.add_parser("taxonomy", help="intervention taxonomy of a chain of runs (baseline -> variant -> ...)")
+    tx.add_argument("runs", nargs="+")
+    tx.add_argument("--target", type=float, required=True, help="validation loss target (matched loss)")
+    tx.set_defaults(func=cmd_taxonomy)
     q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
     q.add_argument("sql")
     q.add_argument("--runs", nargs="+", default=["runs"], help="run directories or roots holding runs (default: runs)")

@@ -75,6 +75,55 @@ def cmd_findings(a: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(paths: list[str]):
+    from .store.reader import find_runs, open_run
+
+    runs = [open_run(p) for p in find_runs(paths)]
+    if not runs:
+        from .errors import RunNotFoundError
+
+        raise RunNotFoundError(f"no runs under {' '.join(paths)}")
+    return runs
+
+
+def cmd_forecast(a: argparse.Namespace) -> int:
+    from .analysis.lens import forecast
+
+    if a.target is None and a.budget is None:
+        from .errors import ConfigError
+
+        raise ConfigError("give --target LOSS (runs that reached it) or --budget TOKENS (runs trained only that far)")
+    try:
+        table, verdict = forecast(_runs(a.runs), target=a.target, budget=a.budget, budget_frac=a.budget_frac)
+    except ValueError as exc:
+        from .errors import ConfigError
+
+        raise ConfigError(str(exc)) from None
+    if a.json:
+        from .store.artifacts import jsonable
+
+        print(json.dumps({"table": json.loads(table.to_json(orient="records")), "verdict": jsonable(verdict)}, indent=1))
+        return 0
+    _print_table(table, ["family", "batch", "budget", "early_alpha", "early_alpha_norm", "predicted_rank", "T", "eps_tok", "Q", "run"])
+    rho = verdict["rho_within_family"]
+    print(verdict["verdict"] + ("" if rho is None else f"; Spearman rho vs eps_tok within family = {rho:.2f}"
+                                                      f" (pooled {verdict['rho_pooled']:.2f})"))
+    return 0
+
+
+def cmd_taxonomy(a: argparse.Namespace) -> int:
+    from .analysis.lens import taxonomy
+    from .store.reader import open_run
+
+    chain = [open_run(p) for p in a.runs]
+    if len(chain) < 2:
+        from .errors import ConfigError
+
+        raise ConfigError("taxonomy needs a chain of at least two runs (baseline first)")
+    _print_table(taxonomy(chain, a.target, names=[p.rstrip("/").split("/")[-1] for p in a.runs]))
+    return 0
+
+
 def cmd_prune(a: argparse.Namespace) -> int:
     import torch
 
