@@ -44,7 +44,7 @@ def _phenomena(a: argparse.Namespace) -> int:
         cfg = ex.with_overrides(cfg, steps=a.steps)
         res = ex.run_sosd(cfg, a.out or fresh_dir("runs/sosd"), progress=not a.no_progress)
         _print_table(res.table, ["variant", "loss_knee", "median_onset", "distance_frac", "floor_per_step", "sd_drop_at_mid",
-                                 "final_val_loss"])
+                                 "sd_stable_step", "w_stable_step", "final_val_loss"])
     else:
         cfg = ex.LifecycleExperiment.quick() if a.quick else ex.LifecycleExperiment()
         cfg = ex.with_overrides(cfg, steps=a.steps)
