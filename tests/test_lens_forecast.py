@@ -87,5 +87,6 @@ def test_forecast_and_taxonomy_commands(family, tmp_path, capsys):
     assert "predicted most token-efficient batch: B=2" in out and "rho vs eps_tok within family = 1.00" in out
     assert main(["forecast", str(tmp_path), "--budget", "10000", "--json"]) == 0  # a root holding the runs
     assert main(["forecast", str(tmp_path)]) == 2
-    assert main(["taxonomy", str(family[0].dir), str(family[1].dir), "--target", str(TARGET)]) == 0
-    assert "B1 -> B2" in capsys.readouterr().out
+    fig = tmp_path / "tax.png"
+    assert main(["taxonomy", str(family[0].dir), str(family[1].dir), "--target", str(TARGET), "--figure", str(fig)]) == 0
+    assert "B1 -> B2" in capsys.readouterr().out and fig.stat().st_size > 0

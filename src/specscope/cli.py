@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     tx = sub.add_parser("taxonomy", help="intervention taxonomy of a chain of runs (baseline -> variant -> ...)")
     tx.add_argument("runs", nargs="+")
     tx.add_argument("--target", type=float, required=True, help="validation loss target (matched loss)")
+    tx.add_argument("--figure", default=None, help="write the token-gain vs throughput-gain scatter here (PNG)")
     tx.set_defaults(func=cmd_taxonomy)
     q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
     q.add_argument("sql")

@@ -120,7 +120,14 @@ def cmd_taxonomy(a: argparse.Namespace) -> int:
         from .errors import ConfigError
 
         raise ConfigError("taxonomy needs a chain of at least two runs (baseline first)")
-    _print_table(taxonomy(chain, a.target, names=[p.rstrip("/").split("/")[-1] for p in a.runs]))
+    table = taxonomy(chain, a.target, names=[p.rstrip("/").split("/")[-1] for p in a.runs])
+    _print_table(table)
+    if a.figure:
+        from .report.phenomena_figures import taxonomy_scatter
+
+        Path(a.figure).parent.mkdir(parents=True, exist_ok=True)
+        taxonomy_scatter(table).savefig(a.figure, dpi=110)
+        print(f"figure: {a.figure}")
     return 0
 
 
