@@ -90,3 +90,30 @@ def test_spectral_warmup_copies_reference_spectra(tmp_path):
     s = np.array([8.0, 4.0, 2.0, 1.0])
     np.testing.assert_allclose(resample_spectrum(s, 4), s)
     assert len(resample_spectrum(s, 8)) == 8 and resample_spectrum(s, 8)[0] == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, optimizer):
+    from specscope.train import train
+    from specscope.train.corpus import Corpus
+
+    rng = np.random.default_rng(0)
+    toks = rng.integers(0, 64, 20_000).astype(np.int32)
+    corpus = Corpus("synthetic", "byte", 64, toks, toks[:4000], toks[:4000])
+    mcfg = GPTConfig(vocab_size=64, seq_len=16, n_layer=2, n_head=2, d_model=16)
+    base = dict(steps=12, micro_batch=4, lr=1e-2, warmup=2, eval_every=4, probe_every=4, lens_every=0, optimizer=optimizer)
+    whole = train(mcfg, TrainConfig(**base), tmp_path / "whole", corpus=corpus, progress=False)
+    part = train(mcfg, TrainConfig(**base, stop_at=5), tmp_path / "part", corpus=corpus, progress=False)
+    assert part.steps == 5 and (tmp_path / "part" / "checkpoints" / "state.pt").exists()
+    rest = train(mcfg, TrainConfig(**base), tmp_path / "part", corpus=corpus, progress=False, resume=True)
+    assert rest.steps == 12 and rest.tokens == whole.tokens
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "whole" / "checkpoints" / "step_0000012.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoints" / "step_0000012.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    import specscope as ss
+
+    sc = ss.open_run(tmp_path / "part").scalars()
+    assert sc["step"].is_unique and sc["step"].max() == 12  # one row per step, appended to the same store

@@ -117,6 +117,10 @@ class Optimizers:
     def state_dict(self) -> list[dict]:
         return [o.state_dict() for o in self.opts]
 
+    def load_state_dict(self, states: list[dict]) -> None:
+        for o, st in zip(self.opts, states, strict=True):
+            o.load_state_dict(st)
+
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters by role: ``hidden`` (2-D matrices inside blocks), ``embed`` (embeddings),

@@ -39,6 +39,7 @@ class TrainConfig:
     muon_lr: float = 0.02
     spectral_warmup: str | None = None  # reference checkpoint: initialize block matrices with its spectra (SPEC 5.4)
     spectral_warmup_scale: float = 1.0
+    stop_at: int | None = None  # stop after this step (the schedule still spans `steps`); resume later with resume=True
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     eval_every: int = 100
@@ -98,6 +99,35 @@ def save_checkpoint(model: GPT, run_dir: Path, step: int) -> Path:
     return path
 
 
+STATE_FILE = "state.pt"
+
+
+def save_state(run_dir: Path, step: int, opt, data_gen: np.random.Generator, tokens: int, train_seconds: float) -> None:
+    """What a resumed run needs beside the step's safetensors weights: optimizer, RNG states, counters.
+    Only tensors, numbers, strings and containers: it loads with ``weights_only=True``."""
+    import io
+
+    from ..store.writer import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({"step": step, "tokens": tokens, "train_seconds": train_seconds, "optimizer": opt.state_dict(),
+                "data_rng": data_gen.bit_generator.state, "torch_rng": torch.get_rng_state()}, buf)
+    atomic_write_bytes(run_dir / "checkpoints" / STATE_FILE, buf.getvalue())
+
+
+def load_state(run_dir: Path, model: GPT, opt, data_gen: np.random.Generator) -> tuple[int, int, float]:
+    """Restore a run saved by :func:`save_state`; returns (step, tokens, train_seconds)."""
+    from safetensors.torch import load_model
+
+    state = torch.load(run_dir / "checkpoints" / STATE_FILE, map_location="cpu", weights_only=True)
+    step = int(state["step"])
+    load_model(model, str(run_dir / "checkpoints" / f"step_{step:07d}.safetensors"))
+    opt.load_state_dict(state["optimizer"])
+    data_gen.bit_generator.state = state["data_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return step, int(state["tokens"]), float(state["train_seconds"])
+
+
 def default_probes(cfg: TrainConfig, corpus: Corpus, seq_len: int) -> list[Probe]:
     """Weights every ``probe_every`` steps; activation and gradient spectra of the deepest block every ``lens_every``."""
     probes: list[Probe] = [Weights(every=cfg.probe_every)]
@@ -127,8 +157,15 @@ def train(
     corpus: Corpus | None = None,
     progress: bool = True,
     run_id: str | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train the reference GPT on a corpus while a :class:`~specscope.Monitor` watches it."""
+    """Train the reference GPT on a corpus while a :class:`~specscope.Monitor` watches it.
+
+    With ``cfg.stop_at`` the run stops after that step and saves its state; ``resume=True`` picks a
+    run directory's saved state up (weights, optimizer, data and torch RNG) and continues to
+    ``cfg.stop_at`` or ``cfg.steps``, appending to the same run store. A resumed run equals an
+    uninterrupted one (tested); probes start afresh (a trajectory window refills).
+    """
     run_dir = Path(run_dir)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
@@ -150,20 +187,25 @@ def train(
     tokens_per_step = cfg.effective_batch * seq
     tokens = 0
     train_seconds = 0.0
+    start = 0
+    if resume and (run_dir / "checkpoints" / STATE_FILE).is_file():
+        start, tokens, train_seconds = load_state(run_dir, model, opt, data_gen)
+    last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     loss_val = float("nan")
     val_loss = float("nan")
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=last, initial=start, desc="train", unit="step", dynamic_ncols=True)
     t_start = time.perf_counter()
     with Monitor(model, run_dir, probes=probes, run_id=run_id, config=config) as mon:
-        mon.measure(0, tokens=0)
-        val_loss = evaluate(model, corpus.val, cfg, seq, device)
-        mon.log(0, tokens=0, val_loss=val_loss)
+        if start == 0:
+            mon.measure(0, tokens=0)
+            val_loss = evaluate(model, corpus.val, cfg, seq, device)
+            mon.log(0, tokens=0, val_loss=val_loss)
         model.train()
-        for step in range(1, cfg.steps + 1):
+        for step in range(start + 1, last + 1):
             t0 = time.perf_counter()
             lr = lr_at(step - 1, cfg)
             for g in opt.param_groups:
@@ -185,20 +227,21 @@ def train(
                        "tokens_per_s": tokens_per_step / dt if dt > 0 else float("nan")}
             if grad_norm is not None:
                 scalars["grad_norm"] = grad_norm
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval_every == 0 or step == last:
                 val_loss = evaluate(model, corpus.val, cfg, seq, device)
                 scalars["val_loss"] = val_loss
-            if step == cfg.steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+            if step == last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
                 save_checkpoint(model, run_dir, step)
+                save_state(run_dir, step, opt, data_gen, tokens, train_seconds)
             mon.step(step, loss=loss_val, tokens=tokens, **scalars)
-            if step == cfg.steps and not any(p.due(step) for p in probes):
+            if step == last and not any(p.due(step) for p in probes):
                 mon.measure(step, tokens=tokens)  # always measure the final model
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_val:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens / max(train_seconds, 1e-9):,.0f}")
-        mon.writer.write_meta(summary={"steps": cfg.steps, "tokens": tokens, "final_loss": loss_val, "final_val_loss": val_loss,
+        mon.writer.write_meta(summary={"steps": last, "tokens": tokens, "final_loss": loss_val, "final_val_loss": val_loss,
                                        "train_seconds": train_seconds, "tokens_per_s": tokens / max(train_seconds, 1e-9)})
     if bar is not None:
         bar.close()
-    return TrainResult(run_dir, cfg.steps, tokens, loss_val, val_loss, time.perf_counter() - t_start,
+    return TrainResult(run_dir, last, tokens, loss_val, val_loss, time.perf_counter() - t_start,
                        tokens / max(train_seconds, 1e-9))
