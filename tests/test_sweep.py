@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from specscope.train.sweep import Candidate, lr_candidates, successive_halving
+from specscope.train.sweep import Candidate, lr_candidates, one_at_a_time, successive_halving
 
 
 def test_lr_candidates_both_rules_deduplicated():
@@ -24,7 +24,7 @@ def test_successive_halving_finds_the_known_winner_per_group():
         return 2 + 5 / tokens + math.log2(c.params["lr"] / best[c.group]) ** 2 / 10
 
     cands = [Candidate(f"B{b}-lr{lr:.3g}", b, {"lr": lr}) for b in (1, 8) for lr in lr_candidates(b, 1, 2e-3)]
-    table = successive_halving(cands, [10, 30, 100], train_to)
+    table = successive_halving(cands, [10, 30, 100], one_at_a_time(train_to))
     winners = table[(table["rung"] == 2) & table["promoted"]]
     assert sorted(zip(winners["group"], winners["lr"])) == [(1, pytest.approx(2e-3)), (8, pytest.approx(8e-3))]
     per_rung = table.groupby(["rung", "group"]).size().unstack()
@@ -35,7 +35,56 @@ def test_successive_halving_finds_the_known_winner_per_group():
 def test_failed_trials_rank_last_and_a_group_keeps_one_survivor():
     cands = [Candidate("a", "g", {}), Candidate("b", "g", {}), Candidate("solo", "h", {})]
     losses = {"a": float("nan"), "b": 3.0, "solo": float("nan")}
-    table = successive_halving(cands, [1, 2], lambda c, t: losses[c.name])
+    table = successive_halving(cands, [1, 2], one_at_a_time(lambda c, t: losses[c.name]))
     assert table[(table["rung"] == 0) & table["promoted"]]["name"].tolist() == ["b", "solo"]
     with pytest.raises(ValueError):
-        successive_halving(cands, [2, 1], lambda c, t: 0.0)
+        successive_halving(cands, [2, 1], one_at_a_time(lambda c, t: 0.0))
+
+
+SWEEP = """
+name = "tiny"
+batches = [2]
+ref_batch = 2
+ref_lr = 0.01
+micro_batch = 2
+multipliers = [1.0, 2.0]
+rungs = [512, 1024]
+max_corpus_mb = 1.0
+[model]
+vocab_size = 256
+seq_len = 16
+n_layer = 1
+n_head = 2
+d_model = 16
+[train]
+warmup = 2
+eval_every = 8
+probe_every = 8
+lens_every = 0
+pool_size = 4
+"""
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_sweep_of_two_tiny_trials(tmp_path, executor, monkeypatch):
+    if executor == "ray":
+        pytest.importorskip("ray")
+    monkeypatch.setenv("SPECSCOPE_CACHE", str(tmp_path / "cache"))
+    from specscope.cli import main
+
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    args = ["sweep", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / "s"), "--no-progress"]
+    assert main(args + (["--local"] if executor == "local" else [])) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "s" / "sweep.csv")
+    assert len(table[table["rung"] == 0]) == 2 and len(table[table["rung"] == 1]) == 1  # top half of 2 = 1 survivor
+    assert table["val_loss"].notna().all()
+    trials = sorted(p.name for p in (tmp_path / "s" / "trials").iterdir())
+    assert trials == ["B2-lr0.01", "B2-lr0.02"]
+    import specscope as ss
+
+    winner = table[(table["rung"] == 1)]["name"].iloc[0]
+    assert ss.open_run(tmp_path / "s" / "trials" / winner).scalars()["tokens"].max() == 1024  # resumed to the 2nd rung
+    assert main(args + ["--local"]) == 0  # resumable: finished rungs return from the stored state
+    assert main(["sweep", str(tmp_path / "missing.toml")]) == 2

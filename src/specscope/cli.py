@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli_experiments import cmd_experiment, cmd_findings, cmd_forecast, cmd_prune, cmd_taxonomy, fresh_dir
+from .cli_experiments import cmd_experiment, cmd_findings, cmd_forecast, cmd_prune, cmd_sweep, cmd_taxonomy, fresh_dir
 from .errors import ConfigError, SpecscopeError
 
 EXIT_USAGE = 2
@@ -250,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     tx.add_argument("--target", type=float, required=True, help="validation loss target (matched loss)")
     tx.add_argument("--figure", default=None, help="write the token-gain vs throughput-gain scatter here (PNG)")
     tx.set_defaults(func=cmd_taxonomy)
+    sw = sub.add_parser("sweep", help="batch tiers x learning rates, filtered by synchronized successive halving, on Ray Tune")
+    sw.add_argument("config", help="sweep config (TOML or JSON; see specscope.train.sweep_run)")
+    sw.add_argument("--out", default=None)
+    sw.add_argument("--address", default=None, help="a Ray cluster address (default: a local Ray)")
+    sw.add_argument("--local", action="store_true", help="run the trials in this process, without Ray")
+    sw.add_argument("--cpus-per-trial", type=float, default=1.0)
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
     q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
     q.add_argument("sql")
     q.add_argument("--runs", nargs="+", default=["runs"], help="run directories or roots holding runs (default: runs)")

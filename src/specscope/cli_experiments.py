@@ -131,6 +131,20 @@ def cmd_taxonomy(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from .train.sweep_run import SweepConfig, run_sweep
+
+    cfg = SweepConfig.load(a.config)
+    out = a.out or fresh_dir(f"runs/sweep-{cfg.name}")
+    table = run_sweep(cfg, out, executor="local" if a.local else "ray", address=a.address, cpus_per_trial=a.cpus_per_trial,
+                      progress=not a.no_progress)
+    _print_table(table.drop(columns=["group"]), None)
+    best = table[(table["rung"] == table["rung"].max()) & table["promoted"]]
+    print("winners per tier: " + ", ".join(f"B={int(r.batch)} lr={r.lr:.3g} (val {r.val_loss:.3f})" for r in best.itertuples()))
+    print(f"sweep table: {Path(out) / 'sweep.csv'}  trials: {Path(out) / 'trials'}  (specscope forecast {Path(out) / 'trials'} ...)")
+    return 0
+
+
 def cmd_prune(a: argparse.Namespace) -> int:
     import torch
 

@@ -38,17 +38,26 @@ class Candidate:
     params: dict = field(default_factory=dict)
 
 
+def one_at_a_time(train_to: Callable[[Candidate, float], float]) -> Callable[[list[Candidate], float], dict[str, float]]:
+    """A rung callback from a per-candidate ``train_to(candidate, tokens) -> loss``."""
+    return lambda cands, tokens: {c.name: train_to(c, tokens) for c in cands}
+
+
 def successive_halving(candidates: Sequence[Candidate], rungs: Sequence[float],
-                       train_to: Callable[[Candidate, float], float], keep: float = 0.5) -> pd.DataFrame:
-    """Run the halving; ``train_to(candidate, tokens)`` trains (or resumes) it to ``tokens`` and returns its
+                       train_rung: Callable[[list[Candidate], float], dict[str, float]], keep: float = 0.5,
+                       on_rung: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
+    """Run the halving; ``train_rung(candidates, tokens)`` trains (or resumes) every candidate still alive to
+    ``tokens``, all together (one synchronized rung: e.g. one Ray Tune run), and returns each one's
     validation loss there (NaN = failed: ranked last). Returns one row per (candidate, rung) it reached,
-    with ``promoted`` for those that went on (at the last rung: the group's winner)."""
+    with ``promoted`` for those that went on (at the last rung: the group's winner); ``on_rung`` sees the
+    table after each rung (to save it)."""
     if not rungs or any(b <= a for a, b in zip(rungs, rungs[1:])):
         raise ValueError("rungs must be increasing token counts")
     alive = list(candidates)
     rows = []
     for r, tokens in enumerate(rungs):
-        losses = {c.name: train_to(c, tokens) for c in alive}
+        got = train_rung(alive, tokens)
+        losses = {c.name: float(got.get(c.name, float("nan"))) for c in alive}
         last = r == len(rungs) - 1
         promoted: set[str] = set()
         groups: dict[Hashable, list[Candidate]] = {}
@@ -62,4 +71,6 @@ def successive_halving(candidates: Sequence[Candidate], rungs: Sequence[float],
             rows.append({"rung": r, "tokens": tokens, "name": c.name, "group": c.group, **c.params,
                          "val_loss": losses[c.name], "promoted": c.name in promoted})
         alive = [c for c in alive if c.name in promoted]
+        if on_rung is not None:
+            on_rung(pd.DataFrame(rows))
     return pd.DataFrame(rows)

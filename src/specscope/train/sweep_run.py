@@ -1,0 +1,176 @@
+"""Batch-size sweeps (``specscope sweep CONFIG``): per batch tier the learning-rate candidates of
+:func:`~specscope.train.sweep.lr_candidates`, filtered by synchronized successive halving; each
+rung runs every surviving trial as one Ray Tune run (a local Ray by default, a cluster with
+``address``), or in this process with ``executor="local"``.
+
+Each trial is a monitored run of the reference trainer in ``OUT/trials/<name>``: tier ``B`` =
+``micro_batch x accum`` sequences, its schedule spanning the last rung's tokens, stopped at each
+rung and resumed at the next (``train(resume=True)``), so a sweep that is killed picks up where it
+was: finished rungs return at once from the trials' stored state.
+
+A config is TOML or JSON::
+
+    name = "lens"
+    batches = [1, 2, 4, 8, 16]     # effective batch tiers (sequences)
+    ref_batch = 8                  # B0 of the learning-rate rule
+    ref_lr = 3e-3                  # lr0
+    micro_batch = 4                # largest micro-batch; B = micro x accum
+    rungs = [200000, 600000, 2000000]  # tokens
+    [model]                        # GPTConfig fields
+    n_layer = 4
+    [train]                        # TrainConfig fields (lr, steps, micro_batch, grad_accum are set per trial)
+    schedule = "wsd"
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from .sweep import MULTIPLIERS, Candidate, lr_candidates, successive_halving
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    batches: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    ref_batch: int = 8
+    ref_lr: float = 3e-3
+    micro_batch: int = 4
+    rungs: list[int] = field(default_factory=lambda: [200_000, 600_000, 2_000_000])
+    keep: float = 0.5
+    multipliers: list[float] = field(default_factory=lambda: list(MULTIPLIERS))
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    corpus: str = "stdlib"
+    max_corpus_mb: float | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SweepConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"no such sweep config: {p}")
+        try:
+            if p.suffix == ".toml":
+                import tomllib
+
+                data = tomllib.loads(p.read_text())
+            else:
+                data = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{p}: unknown keys {sorted(unknown)}")
+        cfg = cls(**data)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ConfigError("batches must be positive integers")
+        for b in self.batches:
+            micro = min(b, self.micro_batch)
+            if b % micro:
+                raise ConfigError(f"batch {b} is not a multiple of micro_batch {micro}")
+        if not self.rungs or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])):
+            raise ConfigError("rungs must be increasing token counts")
+
+    def candidates(self) -> list[Candidate]:
+        out = []
+        for b in self.batches:
+            for lr in lr_candidates(b, self.ref_batch, self.ref_lr, self.multipliers):
+                out.append(Candidate(f"B{b}-lr{lr:.4g}", ("family", b), {"batch": b, "lr": lr}))
+        return out
+
+
+def _steps(tokens: float, batch: int, seq_len: int) -> int:
+    return max(1, math.ceil(tokens / (batch * seq_len)))
+
+
+def run_trial(spec: dict, cand: dict, rung_tokens: float, out_dir: str, progress: bool = False) -> float:
+    """Train (or resume) one candidate to ``rung_tokens``; its validation loss there (NaN on failure)."""
+    from ..store.reader import open_run
+    from .model import GPTConfig
+    from .trainer import TrainConfig, train
+
+    cfg = SweepConfig(**spec)
+    model_cfg = GPTConfig(**cfg.model)
+    b = int(cand["batch"])
+    micro = min(b, cfg.micro_batch)
+    steps = _steps(cfg.rungs[-1], b, model_cfg.seq_len)
+    stop = _steps(rung_tokens, b, model_cfg.seq_len)
+    tcfg = TrainConfig(**{**cfg.train, "steps": steps, "stop_at": stop, "micro_batch": micro, "grad_accum": b // micro,
+                          "lr": float(cand["lr"]), "corpus": cfg.corpus,
+                          "max_corpus_bytes": int(cfg.max_corpus_mb * 2**20) if cfg.max_corpus_mb else None})
+    run_dir = Path(out_dir) / "trials" / cand["name"]
+    try:
+        train(model_cfg, tcfg, run_dir, progress=progress, run_id=cand["name"], resume=True)
+        sc = open_run(run_dir).scalars()
+        val = sc[sc["step"] <= stop].dropna(subset=["val_loss"]) if "val_loss" in sc else sc.head(0)
+        return float(val.sort_values("step")["val_loss"].iloc[-1]) if len(val) else float("nan")
+    except Exception as exc:  # a failed trial ranks last; the sweep goes on
+        log.warning("trial %s failed: %s", cand["name"], exc)
+        return float("nan")
+
+
+def _ray_trial(config: dict) -> None:
+    loss = run_trial(config["spec"], config["cand"], config["rung_tokens"], config["out_dir"])
+    from ray import tune
+
+    tune.report({"val_loss": loss if np.isfinite(loss) else float("nan")})
+
+
+def _ray_rung(cfg: SweepConfig, out: Path, address: str | None, cpus_per_trial: float):
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+                 logging_level=logging.WARNING)
+
+    def rung(cands: list[Candidate], tokens: float) -> dict[str, float]:
+        space = {"cand": tune.grid_search([{"name": c.name, **c.params} for c in cands]), "rung_tokens": tokens,
+                 "spec": asdict(cfg), "out_dir": str(out.resolve())}
+        tuner = tune.Tuner(tune.with_resources(_ray_trial, {"cpu": cpus_per_trial}), param_space=space,
+                           run_config=tune.RunConfig(name=f"rung-{int(tokens)}", storage_path=str((out / "ray").resolve()),
+                                                     verbose=0))
+        results = tuner.fit()
+        return {r.config["cand"]["name"]: float(r.metrics.get("val_loss", float("nan"))) if r.metrics else float("nan")
+                for r in results}
+
+    return rung
+
+
+def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, executor: str = "ray", address: str | None = None,
+              cpus_per_trial: float = 1.0, progress: bool = True) -> pd.DataFrame:
+    """The whole sweep; the halving table is saved after every rung (``OUT/sweep.csv``), winners in ``OUT/best.csv``."""
+    cfg.check()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if executor == "ray":
+        rung = _ray_rung(cfg, out, address, cpus_per_trial)
+    elif executor == "local":
+        spec = asdict(cfg)
+
+        def rung(cands, tokens):
+            return {c.name: run_trial(spec, {"name": c.name, **c.params}, tokens, str(out), progress) for c in cands}
+    else:
+        raise ConfigError(f"executor must be 'ray' or 'local', got {executor!r}")
+    save = lambda t: t.to_csv(out / "sweep.csv", index=False)  # noqa: E731
+    table = successive_halving(cfg.candidates(), cfg.rungs, rung, cfg.keep, on_rung=save)
+    table["group"] = table["group"].astype(str)
+    save(table)
+    best = table[(table["rung"] == len(cfg.rungs) - 1) & table["promoted"]]
+    best.to_csv(out / "best.csv", index=False)
+    return table
