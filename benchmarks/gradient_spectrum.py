@@ -10,7 +10,10 @@ itself adds. Methods:
   torch.func  vmap(grad(...)) over a functional_call that differentiates only the probed weight
 Targets: probe >= 10x faster than the loop, no slower than torch.func, peak memory no higher.
 
-    python benchmarks/gradient_spectrum.py [--samples 64] [--batch 16]
+On a CUDA device (``--device cuda``) times are taken after ``torch.cuda.synchronize()`` and
+"peak" is ``torch.cuda.max_memory_allocated`` above what the model holds.
+
+    python benchmarks/gradient_spectrum.py [--samples 64] [--batch 16] [--device cuda]
 """
 from __future__ import annotations
 
@@ -26,10 +29,11 @@ import specscope as ss
 from specscope.measure import find_matrix, sequence_losses
 from specscope.train import GPT, GPTConfig
 
-method, M, B = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+method, M, B, dev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+cuda = dev.startswith("cuda")
 torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=256, seq_len=128, n_layer=4, n_head=4, d_model=128)).eval()
-seqs = torch.randint(0, 256, (M, 128))
+model = GPT(GPTConfig(vocab_size=256, seq_len=128, n_layer=4, n_head=4, d_model=128)).eval().to(dev)
+seqs = torch.randint(0, 256, (M, 128)).to(dev)
 
 
 def status(key):
@@ -49,20 +53,28 @@ def torch_func():
 
     rows = [vmap(grad(loss), in_dims=(None, 0))(w, seqs[i:i + B]).reshape(-1, w.numel()).double() for i in range(0, M, B)]
     g = torch.cat(rows)
-    return np.sqrt(np.clip(np.linalg.eigvalsh((g @ g.T).detach().numpy())[::-1], 0, None))
+    return np.sqrt(np.clip(np.linalg.eigvalsh((g @ g.T).detach().cpu().numpy())[::-1], 0, None))
 
 
 run = {"probe": lambda: ss.measure.gradient_spectrum(model, seqs, "o", -1, batch=B),
        "loop": lambda: ss.measure.gradient_spectrum_reference(model, seqs, "o", -1),
        "torch.func": torch_func}[method]
 run()  # warm-up
-base = status("VmRSS:")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+if cuda:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+else:
+    base = status("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 t0 = time.perf_counter()
 sv = run()
+if cuda:
+    torch.cuda.synchronize()
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "peak_extra": status("VmHWM:") - base, "sv": np.asarray(sv)[:8].tolist()}))
+peak = (torch.cuda.max_memory_allocated() if cuda else status("VmHWM:")) - base
+print(json.dumps({"seconds": dt, "peak_extra": peak, "sv": np.asarray(sv)[:8].tolist()}))
 """
 
 
@@ -70,16 +82,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     res = {}
     for method in ("probe", "loop", "torch.func"):
-        out = subprocess.run([sys.executable, "-c", CHILD, method, str(a.samples), str(a.batch)], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", CHILD, method, str(a.samples), str(a.batch), a.device], capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{method}: failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
             continue
         res[method] = json.loads(out.stdout.strip().splitlines()[-1])
     mib = 2**20
-    print(f"reference GPT 4x128, {a.samples} sequences of 128 tokens, matrix o of the final block, batch {a.batch}")
+    print(f"reference GPT 4x128 on {a.device}, {a.samples} sequences of 128 tokens, matrix o of the final block, batch {a.batch}")
     for method, r in res.items():
         print(f"{method:11s} {r['seconds']:8.3f} s   peak +{r['peak_extra'] / mib:7.1f} MiB   top sv {r['sv'][0]:.6g}")
     if {"probe", "loop"} <= res.keys():
