@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..store.reader import Run
-from .timeseries import across_time
+from .timeseries import across_time, moving_average
 
 ID = ["layer", "kind", "name"]
 
@@ -49,13 +49,6 @@ def onset_step(steps: np.ndarray, sdv: np.ndarray, theta: float = 0.05) -> int |
     return int(steps[i]) if i < len(sdv) else None
 
 
-def _moving_average(y: np.ndarray, width: int) -> np.ndarray:
-    if width <= 1:
-        return y
-    pad = np.pad(y, (width // 2, width - 1 - width // 2), mode="edge")
-    return np.convolve(pad, np.ones(width) / width, mode="valid")
-
-
 def loss_knee(steps: np.ndarray, loss: np.ndarray, knee_frac: float = 0.1, smooth_frac: float = 0.05) -> int | None:
     """The step where the smoothed loss-decrease rate falls below ``knee_frac`` of its maximum (after it)."""
     ok = np.isfinite(loss)
@@ -63,7 +56,7 @@ def loss_knee(steps: np.ndarray, loss: np.ndarray, knee_frac: float = 0.1, smoot
     if len(loss) < 5:
         return None
     width = max(1, int(round(smooth_frac * len(loss))))
-    sm = _moving_average(loss, width)
+    sm = moving_average(loss, width)
     lag = max(1, width)
     rate = (sm[:-lag] - sm[lag:]) / (steps[lag:] - steps[:-lag])
     mid = (steps[:-lag] + steps[lag:]) / 2

@@ -10,6 +10,15 @@ from ..store.reader import Run
 KEYS = ["probe", "layer", "kind", "name"]
 
 
+def moving_average(y: np.ndarray, width: int) -> np.ndarray:
+    """Centered moving average over ``width`` points, edges padded with the end values."""
+    y = np.asarray(y, dtype=float)
+    if width <= 1 or len(y) < 3:
+        return y
+    pad = np.pad(y, (width // 2, width - 1 - width // 2), mode="edge")
+    return np.convolve(pad, np.ones(width) / width, mode="valid")
+
+
 def across_time(run: Run, probe: str = "weights") -> pd.DataFrame:
     """Long frame (step, tokens, probe, layer, kind, name, metric, value) of ``sd_variation``,
     ``sd_variation_per_step``, ``cos_sd_final`` and ``compression`` for each measured matrix."""

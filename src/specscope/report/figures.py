@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..analysis.timeseries import moving_average
 from ..models import BLOCK_KINDS
 from ..spectra import rank_fit, tail_window
 
@@ -28,12 +29,7 @@ def _grid(n: int, width: float = 3.6, height: float = 2.8, ncols: int = 4) -> tu
 
 def smooth(y: np.ndarray, frac: float = 0.02) -> np.ndarray:
     """Centered moving average over ``frac`` of the series (at least 1 point)."""
-    w = max(1, int(len(y) * frac))
-    if w <= 1 or len(y) < 3:
-        return y
-    k = np.ones(w) / w
-    pad = np.pad(y, (w // 2, w - 1 - w // 2), mode="edge")
-    return np.convolve(pad, k, mode="valid")
+    return moving_average(y, max(1, int(len(y) * frac)))
 
 
 def loss_curves(scalars: pd.DataFrame) -> Figure:
