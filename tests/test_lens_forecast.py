@@ -90,3 +90,15 @@ def test_forecast_and_taxonomy_commands(family, tmp_path, capsys):
     fig = tmp_path / "tax.png"
     assert main(["taxonomy", str(family[0].dir), str(family[1].dir), "--target", str(TARGET), "--figure", str(fig)]) == 0
     assert "B1 -> B2" in capsys.readouterr().out and fig.stat().st_size > 0
+
+
+def test_lens_experiment_quick(tmp_path, capsys):
+    import pandas as pd
+
+    from specscope.cli import main
+
+    assert main(["experiment", "lens", "--quick", "--out", str(tmp_path / "lens"), "--no-progress"]) == 0
+    table = pd.read_csv(tmp_path / "lens" / "lens.csv")
+    assert sorted(table["batch"]) == [1, 2, 4] and table["T"].notna().all() and table["eps_tok"].min() == 1.0
+    assert (tmp_path / "lens" / "lens.png").exists() and len(pd.read_csv(tmp_path / "lens" / "rho_vs_budget.csv")) == 9
+    assert "rho vs early budget" in capsys.readouterr().out

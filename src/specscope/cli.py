@@ -211,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(func=cmd_analyze)
     ex = sub.add_parser("experiment", help="built-in experiments: grokking, sosd (schedules / weight decay / Muon), "
-                                           "lifecycle (depths 4 / 8 / 12 and pruning)")
-    ex.add_argument("name", choices=["grokking", "sosd", "lifecycle"])
+                                           "lifecycle (depths 4 / 8 / 12 and pruning), lens (token efficiency across batch sizes)")
+    ex.add_argument("name", choices=["grokking", "sosd", "lifecycle", "lens"])
+    ex.add_argument("--target", type=float, default=None, help="lens: validation loss target (default: the loosest every tier reached)")
     ex.add_argument("--quick", action="store_true", help="a tiny configuration (for tests)")
     ex.add_argument("--steps", type=int, default=None)
     ex.add_argument("--seeds", type=int, default=None, help="number of seeds per weight-decay setting")

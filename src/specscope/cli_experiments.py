@@ -59,9 +59,27 @@ def _phenomena(a: argparse.Namespace) -> int:
     return 0
 
 
+def _lens(a: argparse.Namespace) -> int:
+    from .train.experiments import with_overrides
+    from .train.lens_experiment import LensExperiment, run_lens
+
+    cfg = LensExperiment.quick() if a.quick else LensExperiment()
+    res = run_lens(with_overrides(cfg, target=a.target), a.out or fresh_dir("runs/lens"), progress=not a.no_progress)
+    v = res.extra["verdict"]
+    _print_table(res.table, ["batch", "lr", "T", "eps_tok", "Q", "budget", "early_alpha", "predicted_rank"])
+    print(f"target loss {v['target']:.4f}; median T {v['median_T']:,.0f} tokens; " + v["verdict"]
+          + ("" if v["rho_within_family"] is None else f"; Spearman rho(early alpha_tail, eps_tok) = {v['rho_within_family']:.2f}"))
+    print("rho vs early budget (fraction of the median T):")
+    _print_table(res.extra["rho_vs_budget"])
+    print(f"table: {res.out_dir / 'lens.csv'}  figure: {res.figure}")
+    return 0
+
+
 def cmd_experiment(a: argparse.Namespace) -> int:
     if a.name == "grokking":
         return _grokking(a)
+    if a.name == "lens":
+        return _lens(a)
     return _phenomena(a)
 
 
