@@ -58,6 +58,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _configs(a: argparse.Namespace):
     from .train import GPTConfig, TrainConfig
+    from .train.corpus import megabytes
 
     try:
         model = GPTConfig(seq_len=a.seq_len, n_layer=a.layers, n_head=a.heads, d_model=a.width, positions=a.positions,
@@ -69,7 +70,7 @@ def _configs(a: argparse.Namespace):
                         decay_on=tuple(x for x in a.decay_on.split(",") if x), spectral_warmup=a.spectral_warmup, eval_every=a.eval_every,
                         ckpt_every=a.ckpt_every, probe_every=a.probe_every, seed=a.seed, device=a.device,
                         corpus=a.corpus, tokenizer=a.tokenizer, bpe_vocab=a.bpe_vocab,
-                        max_corpus_bytes=int(a.max_corpus_mb * 2**20) if a.max_corpus_mb else None)
+                        max_corpus_bytes=megabytes(a.max_corpus_mb))
     return model, train
 
 

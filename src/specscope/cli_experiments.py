@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 def _print_table(df, cols=None) -> None:
     import pandas as pd
@@ -108,14 +110,10 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     from .analysis.lens import forecast
 
     if a.target is None and a.budget is None:
-        from .errors import ConfigError
-
         raise ConfigError("give --target LOSS (runs that reached it) or --budget TOKENS (runs trained only that far)")
     try:
         table, verdict = forecast(_runs(a.runs), target=a.target, budget=a.budget, budget_frac=a.budget_frac)
     except ValueError as exc:
-        from .errors import ConfigError
-
         raise ConfigError(str(exc)) from None
     if a.json:
         from .store.artifacts import jsonable
@@ -135,8 +133,6 @@ def cmd_taxonomy(a: argparse.Namespace) -> int:
 
     chain = [open_run(p) for p in a.runs]
     if len(chain) < 2:
-        from .errors import ConfigError
-
         raise ConfigError("taxonomy needs a chain of at least two runs (baseline first)")
     table = taxonomy(chain, a.target, names=[p.rstrip("/").split("/")[-1] for p in a.runs])
     _print_table(table)
@@ -210,17 +206,17 @@ def _prune_sequences(a: argparse.Namespace, model, family: str):
     import torch
 
     from .probes import make_pool
-    from .train.corpus import load_corpus
+    from .train.corpus import load_corpus, megabytes
 
     n_ctx = getattr(getattr(model, "cfg", None), "seq_len", None) or getattr(model.config, "n_positions", None) or \
         getattr(model.config, "max_position_embeddings", 1024)
     seq_len = min(a.seq_len, n_ctx)
     if family == "reference":
-        corpus = load_corpus("stdlib", max_bytes=int(a.max_corpus_mb * 2**20))
+        corpus = load_corpus("stdlib", max_bytes=megabytes(a.max_corpus_mb))
         return make_pool(corpus.probe, n=a.sequences, seq_len=seq_len, seed=1)
     from .train.corpus import read_documents, stdlib_root
 
-    docs = read_documents(stdlib_root(), stdlib=True, max_bytes=int(a.max_corpus_mb * 2**20))["probe"]
+    docs = read_documents(stdlib_root(), stdlib=True, max_bytes=megabytes(a.max_corpus_mb))["probe"]
     text = b"".join(docs).decode("utf-8")
     vocab = model.config.vocab_size
     ids: list[int] = []

@@ -27,6 +27,11 @@ DOC_SEPARATOR = b"\x00"  # never occurs in source text; byte-level id 0
 BPE_EOS = "<|endoftext|>"
 
 
+def megabytes(mb: float | None) -> int | None:
+    """A corpus size limit given in MiB, as bytes (None: no limit)."""
+    return int(mb * 2**20) if mb else None
+
+
 def cache_dir() -> Path:
     d = Path(os.environ.get("SPECSCOPE_CACHE", Path.home() / ".cache" / "specscope"))
     d.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from ..analysis.timeseries import across_time
 from ..probes import Weights, make_pool
 from ..store.artifacts import save_artifact
 from ..store.reader import open_run
-from .corpus import load_corpus
+from .corpus import load_corpus, megabytes
 from .model import GPTConfig
 from .trainer import TrainConfig, train
 
@@ -106,7 +106,7 @@ def sosd_row(variant: str, run_dir: str | Path, steps: int, stable: float = 0.99
 def run_sosd(cfg: SosdExperiment, out_dir: str | Path, progress: bool = True) -> ExperimentResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus("stdlib", max_bytes=int(cfg.max_corpus_mb * 2**20) if cfg.max_corpus_mb else None)
+    corpus = load_corpus("stdlib", max_bytes=megabytes(cfg.max_corpus_mb))
     model_cfg = GPTConfig(vocab_size=corpus.vocab_size, seq_len=cfg.seq_len, n_layer=cfg.n_layer, n_head=cfg.n_head,
                           d_model=cfg.d_model)
     for name in cfg.variants:
@@ -148,17 +148,15 @@ def sosd_claims(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({"claim": "SoSD onset aligns with the loss knee", "paper": "aligned (GPT-2, LLaMA)",
                      "ours": f"median distance {d.median():.0%} of the run ({len(d)} runs; max {d.max():.0%})",
                      "reproduced": bool(d.median() <= 0.1)})
-    mu, ad = _row(table, "muon"), _row(table, "cosine")
+    mu, ad, st, nw = (_row(table, v) for v in ("muon", "cosine", "step", "cosine-no-wd"))
     if mu is not None and ad is not None:
         rows.append({"claim": "Muon's SD-variation floor is below AdamW's", "paper": "lower floor with Muon",
                      "ours": f"Muon {mu['floor_per_step']:.3g} vs AdamW {ad['floor_per_step']:.3g} per step",
                      "reproduced": bool(mu["floor_per_step"] < ad["floor_per_step"])})
-    st, cos = _row(table, "step"), _row(table, "cosine")
-    if st is not None and cos is not None:
+    if st is not None and ad is not None:
         rows.append({"claim": "step decay produces a sharp drop of the SD variation", "paper": "sharp drop at the decay",
-                     "ours": f"step: x{st['sd_drop_at_mid']:.2f} across the cut; cosine: x{cos['sd_drop_at_mid']:.2f} there",
-                     "reproduced": bool(st["sd_drop_at_mid"] > 2 * max(cos["sd_drop_at_mid"], 1.0))})
-    nw = _row(table, "cosine-no-wd")
+                     "ours": f"step: x{st['sd_drop_at_mid']:.2f} across the cut; cosine: x{ad['sd_drop_at_mid']:.2f} there",
+                     "reproduced": bool(st["sd_drop_at_mid"] > 2 * max(ad["sd_drop_at_mid"], 1.0))})
     if nw is not None and ad is not None:
         rows.append({"claim": "weight decay keeps the SD variation higher", "paper": "higher SoSD level with WD",
                      "ours": f"wd 0.1: {ad['floor_per_step']:.3g} vs wd 0: {nw['floor_per_step']:.3g} per step",
@@ -228,7 +226,7 @@ def run_lifecycle(cfg: LifecycleExperiment, out_dir: str | Path, progress: bool 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus("stdlib", max_bytes=int(cfg.max_corpus_mb * 2**20) if cfg.max_corpus_mb else None)
+    corpus = load_corpus("stdlib", max_bytes=megabytes(cfg.max_corpus_mb))
     pool = make_pool(corpus.probe, n=cfg.prune_sequences, seq_len=cfg.seq_len, seed=1)
     rows, runs, prune_rows = [], [], []
     for depth in cfg.depths:

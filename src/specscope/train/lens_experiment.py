@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..analysis.lens import align, forecast
+from ..analysis.lens import align, effective_batch, forecast
 from ..probes import Activations, make_pool
 from ..store.reader import open_run
-from .corpus import load_corpus
+from .corpus import load_corpus, megabytes
 from .experiments import ExperimentResult
 from .model import GPTConfig
 from .trainer import TrainConfig, train
@@ -54,7 +54,7 @@ class LensExperiment:
 def run_lens(cfg: LensExperiment, out_dir: str | Path, progress: bool = True) -> ExperimentResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus("stdlib", max_bytes=int(cfg.max_corpus_mb * 2**20) if cfg.max_corpus_mb else None)
+    corpus = load_corpus("stdlib", max_bytes=megabytes(cfg.max_corpus_mb))
     pool = make_pool(corpus.probe, n=cfg.pool_size, seq_len=cfg.seq_len, seed=0)
     model_cfg = GPTConfig(vocab_size=corpus.vocab_size, seq_len=cfg.seq_len, n_layer=cfg.n_layer, n_head=cfg.n_head,
                           d_model=cfg.d_model)
@@ -97,9 +97,8 @@ def _figure(runs, table: pd.DataFrame, curve: pd.DataFrame, target: float):
     fig = Figure(figsize=(15, 3.8), layout="constrained")
     ax_loss, ax_spec, ax_alpha, ax_rho = fig.subplots(1, 4)
     steps = align(runs, loss=target).set_index("run")["step"]
-    for i, run in enumerate(sorted(runs, key=lambda r: int(r.config["train"]["micro_batch"]) * int(r.config["train"]["grad_accum"]))):
-        tr = run.config["train"]
-        b = int(tr["micro_batch"]) * int(tr["grad_accum"])
+    for i, run in enumerate(sorted(runs, key=effective_batch)):
+        b = effective_batch(run)
         color = f"C{i}"
         sc = run.scalars().dropna(subset=["val_loss"])
         ax_loss.plot(sc["tokens"], sc["val_loss"], color=color, label=f"B={b}")

@@ -100,6 +100,7 @@ def _steps(tokens: float, batch: int, seq_len: int) -> int:
 def run_trial(spec: dict, cand: dict, rung_tokens: float, out_dir: str, progress: bool = False) -> float:
     """Train (or resume) one candidate to ``rung_tokens``; its validation loss there (NaN on failure)."""
     from ..store.reader import open_run
+    from .corpus import megabytes
     from .model import GPTConfig
     from .trainer import TrainConfig, train
 
@@ -111,7 +112,7 @@ def run_trial(spec: dict, cand: dict, rung_tokens: float, out_dir: str, progress
     stop = _steps(rung_tokens, b, model_cfg.seq_len)
     tcfg = TrainConfig(**{**cfg.train, "steps": steps, "stop_at": stop, "micro_batch": micro, "grad_accum": b // micro,
                           "lr": float(cand["lr"]), "corpus": cfg.corpus,
-                          "max_corpus_bytes": int(cfg.max_corpus_mb * 2**20) if cfg.max_corpus_mb else None})
+                          "max_corpus_bytes": megabytes(cfg.max_corpus_mb)})
     run_dir = Path(out_dir) / "trials" / cand["name"]
     try:
         train(model_cfg, tcfg, run_dir, progress=progress, run_id=cand["name"], resume=True)
