@@ -90,6 +90,21 @@ def test_forecast_and_taxonomy_commands(family, tmp_path, capsys):
     fig = tmp_path / "tax.png"
     assert main(["taxonomy", str(family[0].dir), str(family[1].dir), "--target", str(TARGET), "--figure", str(fig)]) == 0
     assert "B1 -> B2" in capsys.readouterr().out and fig.stat().st_size > 0
+    assert main(["taxonomy", str(family[0].dir), str(family[1].dir), "--report", str(tmp_path / "tax.html")]) == 0
+    assert "each transition at the loosest loss both runs reached" in capsys.readouterr().out
+    html = (tmp_path / "tax.html").read_text()
+    assert "Transitions" in html and "B1 -&gt; B2" in html and "data:image/png;base64" in html
+    assert main(["forecast", *[str(r.dir) for r in family], "--target", str(TARGET), "--report", str(tmp_path / "f.html")]) == 0
+    html = (tmp_path / "f.html").read_text()
+    assert "predicted most token-efficient batch: B=2" in html and "rho vs the early budget" in html
+    assert main(["forecast", *[str(r.dir) for r in family], "--budget", "1000", "--report", str(tmp_path / "g.html")]) == 2
+
+
+def test_common_target_is_the_loosest_loss_every_run_reached(family):
+    from specscope.analysis.lens import common_target
+
+    best = [float(r.scalars()["val_loss"].min()) for r in family]
+    assert common_target(family) == pytest.approx(max(best)) and all(tokens_to_target(r, common_target(family)) for r in family)
 
 
 def test_lens_experiment_quick(tmp_path, capsys):
@@ -100,5 +115,41 @@ def test_lens_experiment_quick(tmp_path, capsys):
     assert main(["experiment", "lens", "--quick", "--out", str(tmp_path / "lens"), "--no-progress"]) == 0
     table = pd.read_csv(tmp_path / "lens" / "lens.csv")
     assert sorted(table["batch"]) == [1, 2, 4] and table["T"].notna().all() and table["eps_tok"].min() == 1.0
+    assert table["lr"].tolist() == pytest.approx([3e-3 * np.sqrt(b / 2) for b in (1, 2, 4)])  # the square-root rule
     assert (tmp_path / "lens" / "lens.png").exists() and len(pd.read_csv(tmp_path / "lens" / "rho_vs_budget.csv")) == 9
     assert "rho vs early budget" in capsys.readouterr().out
+    assert "Forecast" in (tmp_path / "lens" / "report.html").read_text()
+    run = ss.open_run(tmp_path / "lens" / "trials" / "B4")
+    assert set(run.spectra()["probe"]) >= {"activations", "gradients", "weights"}
+    assert sorted(run.scalars().dropna(subset=["val_loss"])["tokens"])[:3] == [0, 1024, 2048]  # every 1,000 tokens, per tier
+
+
+def test_lens_experiment_with_a_sweep(tmp_path):
+    from specscope.train.lens_experiment import LensExperiment, run_lens
+
+    cfg = LensExperiment.quick()
+    cfg.batches, cfg.tokens, cfg.sweep, cfg.executor, cfg.multipliers, cfg.rung_fracs = (1, 2), 6_000, True, "local", (1.0, 2.0), (0.5,)
+    res = run_lens(cfg, tmp_path / "lens", progress=False)
+    sweep = res.extra["sweep"]
+    assert sorted(sweep["tokens"].unique()) == [3_000, 6_000]
+    winners = sweep[(sweep["rung"] == 1) & sweep["promoted"]]
+    assert sorted(winners["batch"]) == [1, 2] and len(res.table) == 2
+    assert sorted(res.table["lr"]) == pytest.approx(sorted(winners["lr"]))  # the tiers analysed are the sweep's winners
+
+
+def test_taxonomy_experiment_quick(tmp_path, capsys):
+    import pandas as pd
+
+    from specscope.cli import main
+
+    out = tmp_path / "tax"
+    assert main(["experiment", "taxonomy", "--quick", "--chain", "baseline,rope,untied", "--out", str(out), "--no-progress"]) == 0
+    table = pd.read_csv(out / "taxonomy.csv")
+    assert table["transition"].tolist() == ["baseline -> rope", "rope -> untied"]
+    assert set(table["label"]) <= {"activation-led", "gradient-led", "throughput-leaning", "mixed / trade-off"}
+    assert table[["tok_gain", "thr_gain", "d_alpha_head", "grad_js"]].notna().all().all()
+    cfg = [ss.open_run(out / "trials" / s).config["model"] for s in ("baseline", "rope", "untied")]
+    assert [(c["positions"], c["tied"]) for c in cfg] == [("learned", True), ("rope", True), ("rope", False)]  # cumulative
+    text = capsys.readouterr().out
+    assert "section 4 lists RoPE" in text and "lean_agrees" in text and (out / "taxonomy.png").exists() and "Transitions" in (out / "report.html").read_text()
+    assert main(["experiment", "taxonomy", "--quick", "--chain", "baseline,warp", "--out", str(tmp_path / "bad")]) == 2

@@ -88,3 +88,23 @@ def test_sweep_of_two_tiny_trials(tmp_path, executor, monkeypatch):
     assert ss.open_run(tmp_path / "s" / "trials" / winner).scalars()["tokens"].max() == 1024  # resumed to the 2nd rung
     assert main(args + ["--local"]) == 0  # resumable: finished rungs return from the stored state
     assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_step_counts_given_in_tokens_are_converted_per_tier(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    import specscope as ss
+    from specscope.errors import ConfigError
+    from specscope.train.sweep_run import SweepConfig, run_trial
+
+    monkeypatch.setenv("SPECSCOPE_CACHE", str(tmp_path / "cache"))
+    cfg = SweepConfig(batches=[1, 4], ref_batch=1, micro_batch=2, rungs=[640], max_corpus_mb=1.0,
+                      model={"seq_len": 16, "n_layer": 1, "n_head": 2, "d_model": 16}, train={"lens_every": 0, "pool_size": 4},
+                      train_tokens={"eval_every": 160, "probe_every": 160, "warmup": 64})
+    for b, every in ((1, 10), (4, 3)):  # 160 tokens = 10 steps of 16 tokens, ceil(160 / 64) = 3 steps of 64
+        run_trial(asdict(cfg), {"name": f"B{b}", "batch": b, "lr": 1e-3}, 640, str(tmp_path))
+        tr = ss.open_run(tmp_path / "trials" / f"B{b}").config["train"]
+        assert (tr["eval_every"], tr["probe_every"], tr["warmup"]) == (every, every, max(1, math.ceil(64 / (16 * b))))
+        assert (tr["micro_batch"], tr["grad_accum"]) == (min(b, 2), b // min(b, 2))
+    with pytest.raises(ConfigError, match="unknown train settings"):
+        SweepConfig(train_tokens={"evaluate_every": 10}).check()

@@ -17,6 +17,10 @@ def _print_table(df, cols=None) -> None:
         print((df[[c for c in cols if c in df.columns]] if cols else df).to_string(index=False))
 
 
+TAXONOMY_COLUMNS = ["transition", "target", "T_a", "T_b", "tok_gain", "thr_gain", "d_alpha_head", "grad_js", "d_grad_rankme",
+                    "act_shift", "grad_shift", "spectral_lean", "label"]
+
+
 def _grokking(a: argparse.Namespace) -> int:
     from .train.grokking import GrokConfig, run_grokking
 
@@ -66,15 +70,43 @@ def _lens(a: argparse.Namespace) -> int:
     from .train.lens_experiment import LensExperiment, run_lens
 
     cfg = LensExperiment.quick() if a.quick else LensExperiment()
-    res = run_lens(with_overrides(cfg, target=a.target), a.out or fresh_dir("runs/lens"), progress=not a.no_progress)
+    cfg = with_overrides(cfg, target=a.target, tokens=a.tokens, sweep=a.sweep or None, executor="local" if a.local else None)
+    res = run_lens(cfg, a.out or fresh_dir("runs/lens"), progress=not a.no_progress)
+    if not res.extra["sweep"].empty:
+        print("sweep (successive halving per tier):")
+        _print_table(res.extra["sweep"], ["rung", "tokens", "batch", "lr", "val_loss", "promoted"])
     v = res.extra["verdict"]
     _print_table(res.table, ["batch", "lr", "T", "eps_tok", "Q", "budget", "early_alpha", "predicted_rank"])
     print(f"target loss {v['target']:.4f}; median T {v['median_T']:,.0f} tokens; " + v["verdict"]
           + ("" if v["rho_within_family"] is None else f"; Spearman rho(early alpha_tail, eps_tok) = {v['rho_within_family']:.2f}"))
     print("rho vs early budget (fraction of the median T):")
     _print_table(res.extra["rho_vs_budget"])
-    print(f"table: {res.out_dir / 'lens.csv'}  figure: {res.figure}")
+    print(f"table: {res.out_dir / 'lens.csv'}  figure: {res.figure}  report: {_comparison_report(res)}")
     return 0
+
+
+def _taxonomy(a: argparse.Namespace) -> int:
+    from .train.experiments import with_overrides
+    from .train.taxonomy_experiment import TaxonomyExperiment, run_taxonomy
+
+    cfg = TaxonomyExperiment.quick() if a.quick else TaxonomyExperiment()
+    chain = tuple(s.strip() for s in a.chain.split(",")) if a.chain else None
+    cfg = with_overrides(cfg, target=a.target, tokens=a.tokens, chain=chain)
+    res = run_taxonomy(cfg, a.out or fresh_dir("runs/taxonomy"), progress=not a.no_progress)
+    print(f"per stage, T at the loss every stage reached ({res.extra['chain_target']:.4f}):")
+    _print_table(res.extra["stages"])
+    print("transitions" + (f" at loss {a.target}" if a.target else ", each at the loosest loss both runs reached") + ":")
+    _print_table(res.table, TAXONOMY_COLUMNS)
+    print()
+    _print_table(res.claims)
+    print(f"table: {res.out_dir / 'taxonomy.csv'}  figure: {res.figure}  report: {_comparison_report(res, chain=True)}")
+    return 0
+
+
+def _comparison_report(res, chain: bool = False) -> Path:
+    from .report.compare import write_comparison
+
+    return write_comparison(res.extra["runs"], res.out_dir / "report.html", target=res.extra["target"], chain=chain)
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:
@@ -82,6 +114,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         return _grokking(a)
     if a.name == "lens":
         return _lens(a)
+    if a.name == "taxonomy":
+        return _taxonomy(a)
     return _phenomena(a)
 
 
@@ -111,8 +145,11 @@ def cmd_forecast(a: argparse.Namespace) -> int:
 
     if a.target is None and a.budget is None:
         raise ConfigError("give --target LOSS (runs that reached it) or --budget TOKENS (runs trained only that far)")
+    if a.report and a.target is None:
+        raise ConfigError("--report needs --target (the loss the runs reached)")
     try:
-        table, verdict = forecast(_runs(a.runs), target=a.target, budget=a.budget, budget_frac=a.budget_frac)
+        runs = _runs(a.runs)
+        table, verdict = forecast(runs, target=a.target, budget=a.budget, budget_frac=a.budget_frac)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if a.json:
@@ -124,6 +161,10 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     rho = verdict["rho_within_family"]
     print(verdict["verdict"] + ("" if rho is None else f"; Spearman rho vs eps_tok within family = {rho:.2f}"
                                                       f" (pooled {verdict['rho_pooled']:.2f})"))
+    if a.report:
+        from .report.compare import write_comparison
+
+        print(f"report: {write_comparison(runs, a.report, target=a.target)}")
     return 0
 
 
@@ -134,14 +175,23 @@ def cmd_taxonomy(a: argparse.Namespace) -> int:
     chain = [open_run(p) for p in a.runs]
     if len(chain) < 2:
         raise ConfigError("taxonomy needs a chain of at least two runs (baseline first)")
-    table = taxonomy(chain, a.target, names=[p.rstrip("/").split("/")[-1] for p in a.runs])
-    _print_table(table)
+    names = [p.rstrip("/").split("/")[-1] for p in a.runs]
+    try:
+        table = taxonomy(chain, a.target, names=names)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"target loss {a.target}" if a.target is not None else "each transition at the loosest loss both runs reached")
+    _print_table(table, TAXONOMY_COLUMNS)
     if a.figure:
-        from .report.phenomena_figures import taxonomy_scatter
+        from .report.lens_figures import taxonomy_scatter
 
         Path(a.figure).parent.mkdir(parents=True, exist_ok=True)
         taxonomy_scatter(table).savefig(a.figure, dpi=110)
         print(f"figure: {a.figure}")
+    if a.report:
+        from .report.compare import write_comparison
+
+        print(f"report: {write_comparison(chain, a.report, target=a.target, chain=True, names=names)}")
     return 0
 
 

@@ -16,7 +16,9 @@
   *mixed / trade-off* when the two gains have opposite signs and both exceed ``gain_eps`` in size;
   *throughput-leaning* when ``|thr_gain| > |tok_gain|``; otherwise *activation-led* when the
   activation displacement (``|d alpha_head| / act_scale``) exceeds the gradient one
-  (``max(js / js_scale, |d rankme| / rankme_scale)``), else *gradient-led*.
+  (``max(js / js_scale, |d rankme| / rankme_scale)``), else *gradient-led*. The two
+  displacements (in those units) and which is larger (``spectral_lean``) are reported for every
+  transition, whatever its outcome label.
 """
 from __future__ import annotations
 
@@ -155,6 +157,25 @@ def forecast(runs: Sequence[Run], target: float | None = None, budget: float | N
     return df, verdict
 
 
+def common_target(runs: Sequence[Run]) -> float:
+    """The loosest loss every run reached: the largest of the runs' best validation losses."""
+    best = [float(_evals(r)["val_loss"].min()) for r in runs]
+    best = [b for b in best if np.isfinite(b)]
+    if not best:
+        raise ValueError("no run has a validation loss")
+    return max(best)
+
+
+def rho_vs_budget(runs: Sequence[Run], target: float, median_T: float,
+                  fracs: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)) -> pd.DataFrame:
+    """Spearman rho (within family) of the forecast at early budgets ``frac * median_T`` (Spectral Lens Fig. 8)."""
+    rows = []
+    for f in fracs:
+        _, v = forecast(runs, target=target, budget=f * median_T)
+        rows.append({"budget_frac": f, "budget_tokens": f * median_T, "rho": v["rho_within_family"]})
+    return pd.DataFrame(rows)
+
+
 @dataclass
 class TaxonomyRule:
     gain_eps: float = 0.02  # gains smaller than 2% count as no change
@@ -184,20 +205,24 @@ def label(tok_gain: float, thr_gain: float, act: float, grad: float, rule: Taxon
     return "activation-led" if act >= grad else "gradient-led"
 
 
-def taxonomy(chain: Sequence[Run], target: float, names: Iterable[str] | None = None,
+def taxonomy(chain: Sequence[Run], target: float | None = None, names: Iterable[str] | None = None,
              rule: TaxonomyRule = TaxonomyRule()) -> pd.DataFrame:
-    """One row per consecutive transition of ``chain`` (e.g. baseline -> RoPE -> Muon -> untied)."""
+    """One row per consecutive transition of ``chain`` (e.g. baseline -> RoPE -> Muon -> untied).
+
+    ``target``: one matched loss for the whole chain; None compares each pair at the loosest loss
+    both reached (each transition then resolves its own gain, not the chain's slowest run's)."""
     names = list(names) if names is not None else [r.run_id for r in chain]
-    steps = align(chain, loss=target)["step"].tolist()
-    T = [tokens_to_target(r, target) for r in chain]
     Q = [throughput(r) for r in chain]
     rows = []
     for i in range(len(chain) - 1):
         a, b = chain[i], chain[i + 1]
-        tok = T[i] / T[i + 1] - 1 if T[i] and T[i + 1] else float("nan")
+        t = target if target is not None else common_target([a, b])
+        Ta, Tb = tokens_to_target(a, t), tokens_to_target(b, t)
+        tok = Ta / Tb - 1 if Ta and Tb else float("nan")
         thr = Q[i + 1] / Q[i] - 1 if Q[i] else float("nan")
-        sa, sb = (steps[i], steps[i + 1]) if steps[i] is not None and steps[i + 1] is not None else (
-            int(a.scalars()["step"].max()), int(b.scalars()["step"].max()))
+        sa, sb = align([a, b], loss=t)["step"].tolist()
+        if sa is None or sb is None:
+            sa, sb = int(a.scalars()["step"].max()), int(b.scalars()["step"].max())
         d_head = _at_step(b, "activations", sb, "alpha_head") - _at_step(a, "activations", sa, "alpha_head")
         ga, gb = _at_step(a, "gradients", sa), _at_step(b, "gradients", sb)
         js = js_divergence(ga ** 2, gb ** 2) if ga is not None and gb is not None else float("nan")
@@ -205,9 +230,10 @@ def taxonomy(chain: Sequence[Run], target: float, names: Iterable[str] | None = 
         d_rankme = (rb - ra) / ra if ra else float("nan")
         act = abs(d_head) / rule.act_scale if np.isfinite(d_head) else 0.0
         grad = max(js / rule.js_scale if np.isfinite(js) else 0.0, abs(d_rankme) / rule.rankme_scale if np.isfinite(d_rankme) else 0.0)
-        rows.append({"transition": f"{names[i]} -> {names[i + 1]}", "tok_gain": tok, "thr_gain": thr,
-                     "log_tok_gain": np.log1p(tok) if tok > -1 else float("nan"),
+        rows.append({"transition": f"{names[i]} -> {names[i + 1]}", "target": t, "T_a": Ta, "T_b": Tb, "tok_gain": tok,
+                     "thr_gain": thr, "log_tok_gain": np.log1p(tok) if tok > -1 else float("nan"),
                      "log_thr_gain": np.log1p(thr) if thr > -1 else float("nan"),
-                     "d_alpha_head": d_head, "grad_js": js, "d_grad_rankme": d_rankme,
+                     "d_alpha_head": d_head, "grad_js": js, "d_grad_rankme": d_rankme, "act_shift": act, "grad_shift": grad,
+                     "spectral_lean": "activation" if act >= grad else "gradient",
                      "label": label(tok, thr, act, grad, rule) if np.isfinite(tok) and np.isfinite(thr) else "unscored"})
     return pd.DataFrame(rows)

@@ -14,6 +14,7 @@ from ..analysis import across_time
 from ..analysis.edge import edge_analysis
 from ..store.artifacts import load_artifact
 from ..store.reader import Run, open_run
+from ..store.writer import atomic_write_bytes
 from . import edge_figures, figures, phenomena_figures
 from .terminal import kind_table
 
@@ -138,7 +139,5 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     run = open_run(run_dir)
     path = Path(out) if out is not None else run.dir / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(render(run), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_bytes(path, render(run).encode("utf-8"))
     return path

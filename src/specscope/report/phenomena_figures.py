@@ -103,26 +103,3 @@ def pruning_figure(importance: pd.DataFrame, summary: pd.DataFrame, metric: str)
     ax_k.set_title("Δ perplexity after pruning")
     ax_k.legend(fontsize=7)
     return fig
-
-
-LABEL_COLORS = {"activation-led": "C0", "gradient-led": "C1", "throughput-leaning": "C2", "mixed / trade-off": "C3", "unscored": "0.6"}
-
-
-def taxonomy_scatter(table: pd.DataFrame) -> Figure | None:
-    """Token gain vs throughput gain of each transition, colored by its label (Spectral Lens Fig. 3a style)."""
-    if table.empty:
-        return None
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
-    ax = fig.subplots()
-    ax.axhline(0, color="0.7", lw=0.8)
-    ax.axvline(0, color="0.7", lw=0.8)
-    for lbl, g in table.groupby("label"):
-        ax.scatter(g["thr_gain"], g["tok_gain"], s=40, color=LABEL_COLORS.get(lbl, "k"), label=lbl, zorder=3)
-    for r in table.itertuples():
-        if np.isfinite(r.thr_gain) and np.isfinite(r.tok_gain):
-            ax.annotate(r.transition, (r.thr_gain, r.tok_gain), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("throughput gain Q(b)/Q(a) - 1")
-    ax.set_ylabel("token gain T(a)/T(b) - 1")
-    ax.set_title("intervention taxonomy")
-    ax.legend(fontsize=7)
-    return fig

@@ -20,6 +20,9 @@ A config is TOML or JSON::
     n_layer = 4
     [train]                        # TrainConfig fields (lr, steps, micro_batch, grad_accum are set per trial)
     schedule = "wsd"
+    [train_tokens]                 # TrainConfig step counts given in tokens, converted per tier
+    eval_every = 50000             # (so every tier evaluates and probes at the same token counts)
+    lens_every = 50000
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class SweepConfig:
     multipliers: list[float] = field(default_factory=lambda: list(MULTIPLIERS))
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    train_tokens: dict = field(default_factory=dict)  # TrainConfig step counts in tokens (eval_every, lens_every, warmup...)
     corpus: str = "stdlib"
     max_corpus_mb: float | None = None
 
@@ -84,6 +88,11 @@ class SweepConfig:
                 raise ConfigError(f"batch {b} is not a multiple of micro_batch {micro}")
         if not self.rungs or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])):
             raise ConfigError("rungs must be increasing token counts")
+        from .trainer import TrainConfig
+
+        bad = (set(self.train) | set(self.train_tokens)) - set(TrainConfig.__dataclass_fields__)
+        if bad:
+            raise ConfigError(f"unknown train settings {sorted(bad)}")
 
     def candidates(self) -> list[Candidate]:
         out = []
@@ -110,7 +119,8 @@ def run_trial(spec: dict, cand: dict, rung_tokens: float, out_dir: str, progress
     micro = min(b, cfg.micro_batch)
     steps = _steps(cfg.rungs[-1], b, model_cfg.seq_len)
     stop = _steps(rung_tokens, b, model_cfg.seq_len)
-    tcfg = TrainConfig(**{**cfg.train, "steps": steps, "stop_at": stop, "micro_batch": micro, "grad_accum": b // micro,
+    per_tier = {k: _steps(v, b, model_cfg.seq_len) for k, v in cfg.train_tokens.items()}
+    tcfg = TrainConfig(**{**cfg.train, **per_tier, "steps": steps, "stop_at": stop, "micro_batch": micro, "grad_accum": b // micro,
                           "lr": float(cand["lr"]), "corpus": cfg.corpus,
                           "max_corpus_bytes": megabytes(cfg.max_corpus_mb)})
     run_dir = Path(out_dir) / "trials" / cand["name"]

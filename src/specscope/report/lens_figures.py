@@ -1,0 +1,119 @@
+"""Figures of the Spectral Lens analyses (SPEC 5.6-5.7): runs of one family across batch sizes
+(validation loss, activation spectra at matched loss, early ``alpha_tail``, rho vs the early
+budget) and a chain of interventions (the same at matched loss plus the gradient spectra and the
+token-gain / throughput-gain scatter, Fig. 3a style)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from ..analysis.lens import align, effective_batch
+from ..store.reader import Run
+
+LABEL_COLORS = {"activation-led": "C0", "gradient-led": "C1", "throughput-leaning": "C2", "mixed / trade-off": "C3", "unscored": "0.6"}
+
+
+def _eigen_distribution(row: pd.Series) -> np.ndarray:
+    """p_j of one stored spectrum (eigenvalues as stored, singular values squared)."""
+    v = np.asarray(row["values"], dtype=float)
+    lam = v if row.get("quantity", "eig") == "eig" else v ** 2
+    lam = lam[np.isfinite(lam) & (lam > 0)]
+    return lam / lam.sum() if lam.size else lam
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def matched_spectra(ax, runs: Sequence[Run], labels: Sequence[str], target: float, probe: str) -> None:
+    """The last ``probe`` spectrum (deepest layer) of each run at or before it first reaches ``target``."""
+    steps = align(runs, loss=target)["step"].tolist()
+    for i, (run, lbl, step) in enumerate(zip(runs, labels, steps)):
+        spec = run.spectra(probe=probe)
+        if spec.empty or step is None or pd.isna(step):
+            continue
+        spec = spec[(spec["layer"] == spec["layer"].max()) & (spec["step"] <= step)].sort_values("step")
+        if len(spec):
+            p = _eigen_distribution(spec.iloc[-1])
+            ax.loglog(np.arange(1, p.size + 1), p, color=f"C{i}", label=lbl)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_title(f"{probe} spectra at matched loss {target:.3f}")
+    ax.set_xlabel("rank j")
+    ax.set_ylabel("p_j")
+
+
+def _loss_axes(ax, runs: Sequence[Run], labels: Sequence[str], target: float) -> None:
+    for i, (run, lbl) in enumerate(zip(runs, labels)):
+        sc = run.scalars()
+        if "val_loss" in sc:
+            sc = sc.dropna(subset=["val_loss"])
+            ax.plot(sc["tokens"], sc["val_loss"], color=f"C{i}", label=lbl)
+    ax.axhline(target, color="0.5", lw=0.8, ls="--")
+    ax.set_title(f"validation loss; dashed: target {target:.3f}")
+    ax.set_xlabel("tokens")
+
+
+def lens_figure(runs: Sequence[Run], curve: pd.DataFrame, target: float) -> Figure:
+    """One family across batch sizes: loss, matched-loss activation spectra (Fig. 1a), alpha_tail over tokens, rho vs budget (Fig. 8)."""
+    runs = sorted(runs, key=lambda r: effective_batch(r) or 0)
+    labels = [f"B={effective_batch(r)}" for r in runs]
+    fig = Figure(figsize=(15, 3.8), layout="constrained")
+    ax_loss, ax_spec, ax_alpha, ax_rho = fig.subplots(1, 4)
+    _loss_axes(ax_loss, runs, labels, target)
+    matched_spectra(ax_spec, runs, labels, target, "activations")
+    for i, (run, lbl) in enumerate(zip(runs, labels)):
+        m = run.metrics(probe="activations", metric="alpha_tail")
+        if not m.empty:
+            m = m[m["layer"] == m["layer"].max()].sort_values("tokens")
+            ax_alpha.plot(m["tokens"], m["value"], color=f"C{i}", label=lbl)
+    ax_alpha.set_title("alpha_tail of the deepest activations")
+    ax_alpha.set_xlabel("tokens")
+    ax_rho.plot(curve["budget_frac"], curve["rho"], "o-")
+    ax_rho.axhline(0, color="0.7", lw=0.8)
+    ax_rho.set_title("rho(early alpha_tail, eps_tok) vs budget")
+    ax_rho.set_xlabel("early budget / median T")
+    for ax in (ax_loss, ax_spec, ax_alpha):
+        _legend(ax)
+    return fig
+
+
+def taxonomy_axes(ax, table: pd.DataFrame) -> None:
+    """Token gain vs throughput gain of each transition, colored by its label (Spectral Lens Fig. 3a style)."""
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.axvline(0, color="0.7", lw=0.8)
+    for lbl, g in table.groupby("label"):
+        ax.scatter(g["thr_gain"], g["tok_gain"], s=40, color=LABEL_COLORS.get(lbl, "k"), label=lbl, zorder=3)
+    for r in table.itertuples():
+        if np.isfinite(r.thr_gain) and np.isfinite(r.tok_gain):
+            ax.annotate(r.transition, (r.thr_gain, r.tok_gain), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("throughput gain Q(b)/Q(a) - 1")
+    ax.set_ylabel("token gain T(a)/T(b) - 1")
+    ax.set_title("intervention taxonomy")
+    _legend(ax)
+
+
+def taxonomy_scatter(table: pd.DataFrame) -> Figure | None:
+    if table.empty:
+        return None
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    taxonomy_axes(fig.subplots(), table)
+    return fig
+
+
+def taxonomy_figure(chain: Sequence[Run], names: Sequence[str], table: pd.DataFrame, target: float) -> Figure:
+    """A chain of interventions: loss, activation and gradient spectra at matched loss, and the taxonomy scatter."""
+    fig = Figure(figsize=(15, 3.8), layout="constrained")
+    ax_loss, ax_act, ax_grad, ax_tax = fig.subplots(1, 4)
+    _loss_axes(ax_loss, chain, names, target)
+    matched_spectra(ax_act, chain, names, target, "activations")
+    matched_spectra(ax_grad, chain, names, target, "gradients")
+    for ax in (ax_loss, ax_act, ax_grad):
+        _legend(ax)
+    if not table.empty:
+        taxonomy_axes(ax_tax, table)
+    return fig
