@@ -117,3 +117,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, optimizer):
 
     sc = ss.open_run(tmp_path / "part").scalars()
     assert sc["step"].is_unique and sc["step"].max() == 12  # one row per step, appended to the same store
+    meta = (tmp_path / "part" / "meta.json").read_text()
+    again = train(mcfg, TrainConfig(**base), tmp_path / "part", corpus=corpus, progress=False, resume=True)
+    assert again.final_val_loss == rest.final_val_loss and again.tokens == rest.tokens  # a finished run: nothing to do
+    assert (tmp_path / "part" / "meta.json").read_text() == meta and len(ss.open_run(tmp_path / "part").scalars()) == len(sc)
