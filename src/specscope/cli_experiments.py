@@ -17,8 +17,8 @@ def _print_table(df, cols=None) -> None:
         print((df[[c for c in cols if c in df.columns]] if cols else df).to_string(index=False))
 
 
-TAXONOMY_COLUMNS = ["transition", "target", "T_a", "T_b", "tok_gain", "thr_gain", "d_alpha_head", "grad_js", "d_grad_rankme",
-                    "act_shift", "grad_shift", "spectral_lean", "label"]
+TAXONOMY_COLUMNS = ["transition", "target", "T_a", "T_b", "tok_gain", "thr_gain", "d_alpha_head", "d_alpha_tail", "grad_js",
+                    "d_grad_rankme", "act_shift", "grad_shift", "spectral_lean", "label"]
 
 
 def _grokking(a: argparse.Namespace) -> int:

@@ -224,6 +224,7 @@ def taxonomy(chain: Sequence[Run], target: float | None = None, names: Iterable[
         if sa is None or sb is None:
             sa, sb = int(a.scalars()["step"].max()), int(b.scalars()["step"].max())
         d_head = _at_step(b, "activations", sb, "alpha_head") - _at_step(a, "activations", sa, "alpha_head")
+        d_tail = _at_step(b, "activations", sb, "alpha_tail") - _at_step(a, "activations", sa, "alpha_tail")  # reported, not labeled
         ga, gb = _at_step(a, "gradients", sa), _at_step(b, "gradients", sb)
         js = js_divergence(ga ** 2, gb ** 2) if ga is not None and gb is not None else float("nan")
         ra, rb = _at_step(a, "gradients", sa, "rankme"), _at_step(b, "gradients", sb, "rankme")
@@ -233,7 +234,7 @@ def taxonomy(chain: Sequence[Run], target: float | None = None, names: Iterable[
         rows.append({"transition": f"{names[i]} -> {names[i + 1]}", "target": t, "T_a": Ta, "T_b": Tb, "tok_gain": tok,
                      "thr_gain": thr, "log_tok_gain": np.log1p(tok) if tok > -1 else float("nan"),
                      "log_thr_gain": np.log1p(thr) if thr > -1 else float("nan"),
-                     "d_alpha_head": d_head, "grad_js": js, "d_grad_rankme": d_rankme, "act_shift": act, "grad_shift": grad,
+                     "d_alpha_head": d_head, "d_alpha_tail": d_tail, "grad_js": js, "d_grad_rankme": d_rankme, "act_shift": act, "grad_shift": grad,
                      "spectral_lean": "activation" if act >= grad else "gradient",
                      "label": label(tok, thr, act, grad, rule) if np.isfinite(tok) and np.isfinite(thr) else "unscored"})
     return pd.DataFrame(rows)
