@@ -25,26 +25,15 @@ from ..analysis.lens import common_target, forecast, rho_vs_budget
 from ..store.reader import is_run_dir, open_run
 from .experiments import ExperimentResult
 from .sweep import MULTIPLIERS
-from .sweep_run import SweepConfig, run_sweep, run_trial
+from .sweep_run import BudgetedRuns, SweepConfig, run_sweep, run_trial
 
 
 @dataclass
-class LensExperiment:
+class LensExperiment(BudgetedRuns):
     batches: tuple[int, ...] = (1, 2, 4, 8, 16)
     ref_batch: int = 8
     ref_lr: float = 3e-3
-    micro_batch: int = 16
-    n_layer: int = 4
-    d_model: int = 128
-    n_head: int = 4
-    seq_len: int = 128
-    tokens: int = 2_000_000  # per tier
-    eval_tokens: int = 50_000  # evaluate / probe every this many tokens
-    target: float | None = None
     budget_frac: float = 0.2
-    pool_size: int = 64
-    seed: int = 0
-    max_corpus_mb: float | None = None
     sweep: bool = False  # choose each tier's learning rate by successive halving
     rung_fracs: tuple[float, ...] = (0.1, 0.3, 1.0)  # sweep rungs as fractions of `tokens`
     multipliers: tuple[float, ...] = MULTIPLIERS
@@ -52,18 +41,12 @@ class LensExperiment:
 
     @classmethod
     def quick(cls) -> "LensExperiment":
-        return cls(batches=(1, 2, 4), ref_batch=2, micro_batch=4, n_layer=2, d_model=32, n_head=2, seq_len=32, tokens=12_000,
-                   eval_tokens=1_000, pool_size=8, max_corpus_mb=2.0)
+        return cls(batches=(1, 2, 4), ref_batch=2, micro_batch=4, tokens=12_000, **cls.QUICK)
 
     def sweep_config(self) -> SweepConfig:
         rungs = sorted({round(f * self.tokens) for f in self.rung_fracs} | {self.tokens}) if self.sweep else [self.tokens]
-        every = self.eval_tokens
-        return SweepConfig(name="lens", batches=list(self.batches), ref_batch=self.ref_batch, ref_lr=self.ref_lr,
-                           micro_batch=self.micro_batch, rungs=rungs, multipliers=list(self.multipliers),
-                           model={"seq_len": self.seq_len, "n_layer": self.n_layer, "n_head": self.n_head, "d_model": self.d_model},
-                           train={"seed": self.seed, "pool_size": self.pool_size},
-                           train_tokens={"eval_every": every, "probe_every": every, "lens_every": every, "warmup": every},
-                           max_corpus_mb=self.max_corpus_mb)
+        return self.trial_config(name="lens", batches=list(self.batches), ref_batch=self.ref_batch, ref_lr=self.ref_lr,
+                                 rungs=rungs, multipliers=list(self.multipliers))
 
 
 def _tier_runs(cfg: LensExperiment, out: Path, progress: bool) -> tuple[list[Path], pd.DataFrame]:

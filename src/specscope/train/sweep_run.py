@@ -102,6 +102,37 @@ class SweepConfig:
         return out
 
 
+@dataclass
+class BudgetedRuns:
+    """Runs of the reference GPT on the stdlib corpus trained to one token budget, evaluated and
+    probed (weights, activations, gradients) every ``eval_tokens`` at every batch size: the common
+    ground of the lens and taxonomy experiments, each run one trial (:func:`run_trial`)."""
+
+    micro_batch: int = 16
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    seq_len: int = 128
+    tokens: int = 2_000_000  # per run
+    eval_tokens: int = 50_000  # evaluate / probe every this many tokens
+    target: float | None = None  # validation loss target (None: chosen from the runs)
+    pool_size: int = 64
+    seed: int = 0
+    max_corpus_mb: float | None = None
+
+    QUICK = {"n_layer": 2, "d_model": 32, "n_head": 2, "seq_len": 32, "eval_tokens": 1_000, "pool_size": 8, "max_corpus_mb": 2.0}
+
+    def trial_config(self, model: dict | None = None, train: dict | None = None, **sweep) -> SweepConfig:
+        """A sweep config for these runs; ``model`` / ``train`` add GPTConfig / TrainConfig switches."""
+        every = self.eval_tokens
+        return SweepConfig(**{"rungs": [self.tokens], "micro_batch": self.micro_batch, "max_corpus_mb": self.max_corpus_mb,
+                              "model": {"seq_len": self.seq_len, "n_layer": self.n_layer, "n_head": self.n_head,
+                                        "d_model": self.d_model, **(model or {})},
+                              "train": {"seed": self.seed, "pool_size": self.pool_size, **(train or {})},
+                              "train_tokens": {"eval_every": every, "probe_every": every, "lens_every": every, "warmup": every},
+                              **sweep})
+
+
 def _steps(tokens: float, batch: int, seq_len: int) -> int:
     return max(1, math.ceil(tokens / (batch * seq_len)))
 

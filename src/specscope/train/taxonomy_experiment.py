@@ -23,7 +23,7 @@ from ..analysis.lens import common_target, efficiency, taxonomy
 from ..errors import ConfigError
 from ..store.reader import is_run_dir, open_run
 from .experiments import ExperimentResult
-from .sweep_run import SweepConfig, run_trial
+from .sweep_run import BudgetedRuns, SweepConfig, run_trial
 
 # stage -> (GPTConfig switches, TrainConfig switches)
 STAGES: dict[str, tuple[dict, dict]] = {
@@ -46,26 +46,15 @@ PAPER_LABELS = {
 
 
 @dataclass
-class TaxonomyExperiment:
+class TaxonomyExperiment(BudgetedRuns):
     chain: tuple[str, ...] = ("baseline", "rope", "muon", "untied")
     batch: int = 8
     micro_batch: int = 8
     lr: float = 3e-3
-    n_layer: int = 4
-    d_model: int = 128
-    n_head: int = 4
-    seq_len: int = 128
-    tokens: int = 2_000_000  # per stage
-    eval_tokens: int = 50_000  # evaluate / probe every this many tokens
-    target: float | None = None
-    pool_size: int = 64
-    seed: int = 0
-    max_corpus_mb: float | None = None
 
     @classmethod
     def quick(cls) -> "TaxonomyExperiment":
-        return cls(batch=2, micro_batch=2, n_layer=2, d_model=32, n_head=2, seq_len=32, tokens=8_000, eval_tokens=1_000,
-                   pool_size=8, max_corpus_mb=2.0)
+        return cls(batch=2, micro_batch=2, tokens=8_000, **cls.QUICK)
 
     def check(self) -> None:
         unknown = [s for s in self.chain if s not in STAGES]
@@ -76,18 +65,12 @@ class TaxonomyExperiment:
 
     def stage_configs(self) -> list[tuple[str, SweepConfig]]:
         """One single-trial sweep config per stage, each carrying its predecessors' switches."""
-        model = {"seq_len": self.seq_len, "n_layer": self.n_layer, "n_head": self.n_head, "d_model": self.d_model}
-        train = {"seed": self.seed, "pool_size": self.pool_size}
-        every = self.eval_tokens
-        out = []
+        model, train, out = {}, {}, []
         for stage in self.chain:
             m, t = STAGES[stage]
             model, train = {**model, **m}, {**train, **t}
-            out.append((stage, SweepConfig(name=f"taxonomy-{stage}", batches=[self.batch], ref_batch=self.batch, ref_lr=self.lr,
-                                           micro_batch=self.micro_batch, rungs=[self.tokens], model=dict(model), train=dict(train),
-                                           train_tokens={"eval_every": every, "probe_every": every, "lens_every": every,
-                                                         "warmup": every},
-                                           max_corpus_mb=self.max_corpus_mb)))
+            out.append((stage, self.trial_config(model, train, name=f"taxonomy-{stage}", batches=[self.batch],
+                                                 ref_batch=self.batch, ref_lr=self.lr)))
         return out
 
 
