@@ -87,6 +87,9 @@ def test_sweep_of_two_tiny_trials(tmp_path, executor, monkeypatch):
     winner = table[(table["rung"] == 1)]["name"].iloc[0]
     assert ss.open_run(tmp_path / "s" / "trials" / winner).scalars()["tokens"].max() == 1024  # resumed to the 2nd rung
     assert main(args + ["--local"]) == 0  # resumable: finished rungs return from the stored state
+    from specscope.train.sweep_run import sweep_winners
+
+    assert [p.name for p in sweep_winners(tmp_path / "s")] == [winner] and sweep_winners(tmp_path) == []
     assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
 
 

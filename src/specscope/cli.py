@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prune)
     fc = sub.add_parser("forecast", help="rank batch sizes by early activation alpha_tail (flatter = fewer tokens to target)")
-    fc.add_argument("runs", nargs="+", help="runs of one or more families (differing only in batch size), or roots holding them")
+    fc.add_argument("runs", nargs="+", help="runs of one or more families (differing only in batch size), roots holding them, "
+                                            "or a sweep's output directory (its winners)")
     fc.add_argument("--target", type=float, default=None, help="validation loss target (for T(B), eps_tok and rho)")
     fc.add_argument("--budget", type=float, default=None, help="early token budget (default: --budget-frac of the median T)")
     fc.add_argument("--budget-frac", type=float, default=0.2)

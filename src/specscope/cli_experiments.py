@@ -130,9 +130,12 @@ def cmd_findings(a: argparse.Namespace) -> int:
 
 
 def _runs(paths: list[str]):
+    """Runs at or below the paths; a sweep's output directory stands for its winners (one per tier)."""
     from .store.reader import find_runs, open_run
+    from .train.sweep_run import sweep_winners
 
-    runs = [open_run(p) for p in find_runs(paths)]
+    expanded = [str(w) for p in paths for w in (sweep_winners(p) or [p])]
+    runs = [open_run(p) for p in find_runs(expanded)]
     if not runs:
         from .errors import RunNotFoundError
 

@@ -234,7 +234,8 @@ def taxonomy(chain: Sequence[Run], target: float | None = None, names: Iterable[
         rows.append({"transition": f"{names[i]} -> {names[i + 1]}", "target": t, "T_a": Ta, "T_b": Tb, "tok_gain": tok,
                      "thr_gain": thr, "log_tok_gain": np.log1p(tok) if tok > -1 else float("nan"),
                      "log_thr_gain": np.log1p(thr) if thr > -1 else float("nan"),
-                     "d_alpha_head": d_head, "d_alpha_tail": d_tail, "grad_js": js, "d_grad_rankme": d_rankme, "act_shift": act, "grad_shift": grad,
+                     "d_alpha_head": d_head, "d_alpha_tail": d_tail, "grad_js": js, "d_grad_rankme": d_rankme,
+                     "act_shift": act, "grad_shift": grad,
                      "spectral_lean": "activation" if act >= grad else "gradient",
                      "label": label(tok, thr, act, grad, rule) if np.isfinite(tok) and np.isfinite(thr) else "unscored"})
     return pd.DataFrame(rows)

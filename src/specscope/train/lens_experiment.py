@@ -25,7 +25,7 @@ from ..analysis.lens import common_target, forecast, rho_vs_budget
 from ..store.reader import is_run_dir, open_run
 from .experiments import ExperimentResult
 from .sweep import MULTIPLIERS
-from .sweep_run import BudgetedRuns, SweepConfig, run_sweep, run_trial
+from .sweep_run import BudgetedRuns, SweepConfig, run_sweep, run_trial, sweep_winners
 
 
 @dataclass
@@ -54,8 +54,7 @@ def _tier_runs(cfg: LensExperiment, out: Path, progress: bool) -> tuple[list[Pat
     scfg = cfg.sweep_config()
     if cfg.sweep:
         table = run_sweep(scfg, out, executor=cfg.executor, progress=progress)
-        best = table[(table["rung"] == table["rung"].max()) & table["promoted"]]
-        return [out / "trials" / n for n in best["name"]], table
+        return sweep_winners(out), table
     dirs = []
     for b in cfg.batches:
         cand = {"name": f"B{b}", "batch": b, "lr": cfg.ref_lr * math.sqrt(b / cfg.ref_batch)}

@@ -216,3 +216,9 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, executor: str = "ray
     best = table[(table["rung"] == len(cfg.rungs) - 1) & table["promoted"]]
     best.to_csv(out / "best.csv", index=False)
     return table
+
+
+def sweep_winners(out_dir: str | os.PathLike) -> list[Path]:
+    """The trial directories of a finished sweep's winners (``OUT/best.csv``); empty if ``out_dir`` holds no sweep."""
+    best = Path(out_dir) / "best.csv"
+    return [Path(out_dir) / "trials" / str(n) for n in pd.read_csv(best)["name"]] if best.is_file() else []
