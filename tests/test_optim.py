@@ -121,3 +121,15 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, optimizer):
     again = train(mcfg, TrainConfig(**base), tmp_path / "part", corpus=corpus, progress=False, resume=True)
     assert again.final_val_loss == rest.final_val_loss and again.tokens == rest.tokens  # a finished run: nothing to do
     assert (tmp_path / "part" / "meta.json").read_text() == meta and len(ss.open_run(tmp_path / "part").scalars()) == len(sc)
+
+
+def test_evaluation_windows_do_not_depend_on_the_training_batch():
+    from specscope.train.trainer import evaluate
+
+    toks = np.random.default_rng(1).integers(0, 64, 5_000).astype(np.int32)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, seq_len=16, n_layer=1, n_head=2, d_model=16))
+    small, large = TrainConfig(micro_batch=1), TrainConfig(micro_batch=16, grad_accum=4)
+    assert evaluate(model, toks, small, 16, torch.device("cpu")) == evaluate(model, toks, large, 16, torch.device("cpu"))
+    with pytest.raises(ConfigError):
+        TrainConfig(eval_batch=0)

@@ -45,6 +45,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 100
     eval_batches: int = 8
+    eval_batch: int = 16  # sequences per evaluation batch: the same windows whatever the training batch
     ckpt_every: int = 0  # 0: only the final checkpoint
     probe_every: int = 25
     lens_every: int = 100  # activation and per-sample gradient spectra (0: off)
@@ -64,7 +65,7 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
         if not set(self.decay_on) <= set(DECAY_GROUPS):
             raise ConfigError(f"decay_on takes {DECAY_GROUPS}, got {list(self.decay_on)}")
-        for name in ("steps", "micro_batch", "grad_accum"):
+        for name in ("steps", "micro_batch", "grad_accum", "eval_batches", "eval_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
 
@@ -75,13 +76,14 @@ class TrainConfig:
 
 @torch.no_grad()
 def evaluate(model: GPT, tokens: np.ndarray, cfg: TrainConfig, seq_len: int, device: torch.device) -> float:
-    """Mean loss over ``eval_batches`` fixed windows (same windows at every evaluation)."""
+    """Mean loss over ``eval_batches`` x ``eval_batch`` fixed windows: the same windows at every evaluation
+    and in every run of a corpus, whatever its training batch (batch tiers are compared on one set)."""
     was_training = model.training
     model.eval()
     gen = np.random.default_rng(12345)
     losses = []
     for _ in range(cfg.eval_batches):
-        x, y = sample_batch(tokens, cfg.micro_batch, seq_len, gen)
+        x, y = sample_batch(tokens, cfg.eval_batch, seq_len, gen)
         _, loss = model(torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device))
         losses.append(float(loss))
     model.train(was_training)
