@@ -13,7 +13,7 @@
 - **Taxonomy** of a transition a -> b: ``tok_gain = T(a)/T(b) - 1``, ``thr_gain = Q(b)/Q(a) - 1``;
   at matched loss, the change of the activation ``alpha_head``, the JS divergence of the
   gradient spectra and the change of gradient ``rankme``. Labels (thresholds in :class:`TaxonomyRule`):
-  *mixed / trade-off* when the two gains have opposite signs and both exceed ``gain_eps`` in size;
+  *no measurable gain* when both gains are within ``gain_eps``; *mixed / trade-off* when the two gains have opposite signs and both exceed ``gain_eps`` in size;
   *throughput-leaning* when ``|thr_gain| > |tok_gain|``; otherwise *activation-led* when the
   activation displacement (``|d alpha_head| / act_scale``) exceeds the gradient one
   (``max(js / js_scale, |d rankme| / rankme_scale)``), else *gradient-led*. The two
@@ -198,6 +198,8 @@ def _at_step(run: Run, probe: str, step: int, metric: str | None = None):
 
 
 def label(tok_gain: float, thr_gain: float, act: float, grad: float, rule: TaxonomyRule = TaxonomyRule()) -> str:
+    if abs(tok_gain) <= rule.gain_eps and abs(thr_gain) <= rule.gain_eps:
+        return "no measurable gain"
     if abs(tok_gain) > rule.gain_eps and abs(thr_gain) > rule.gain_eps and np.sign(tok_gain) != np.sign(thr_gain):
         return "mixed / trade-off"
     if abs(thr_gain) > abs(tok_gain):

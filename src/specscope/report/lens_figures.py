@@ -14,7 +14,8 @@ from matplotlib.ticker import NullFormatter
 from ..analysis.lens import align, effective_batch
 from ..store.reader import Run
 
-LABEL_COLORS = {"activation-led": "C0", "gradient-led": "C1", "throughput-leaning": "C2", "mixed / trade-off": "C3", "unscored": "0.6"}
+LABEL_COLORS = {"activation-led": "C0", "gradient-led": "C1", "throughput-leaning": "C2", "mixed / trade-off": "C3",
+                "no measurable gain": "0.3", "unscored": "0.6"}
 
 
 def _eigen_distribution(row: pd.Series) -> np.ndarray:
