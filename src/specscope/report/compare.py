@@ -35,8 +35,11 @@ def render_comparison(runs: Sequence[Run], target: float | None = None, chain: b
         parts.append("<h2>Runs in chain order</h2>" + _table(stages))
         pairwise = "" if given is not None else "Each transition at the loosest loss both of its runs reached (column target). "
         parts.append("<h2>Transitions</h2><p class=note>" + pairwise + "tok_gain = T(a)/T(b) − 1, thr_gain = Q(b)/Q(a) − 1; "
-                     "d_alpha_head: change of the deepest activation spectrum's head exponent; grad_js / d_grad_rankme: Jensen-Shannon divergence and "
-                     "relative RankMe change of the per-sample gradient spectrum. Labels by specscope.analysis.lens.TaxonomyRule."
+                     "d_alpha_head / d_alpha_tail: change of the deepest activation spectrum's head / tail exponent; grad_js / "
+                     "d_grad_rankme: Jensen-Shannon divergence and relative RankMe change of the per-sample gradient spectrum; "
+                     "act_shift / grad_shift: the activation (head) and gradient displacements in the units of "
+                     "specscope.analysis.lens.TaxonomyRule, the larger one the spectral lean. Labels: no measurable gain (both gains "
+                     "within 2%), mixed / trade-off (gains of opposite sign), throughput-leaning, else activation- or gradient-led."
                      "</p>" + _table(table))
         parts.append(_section("Loss, matched-loss spectra and the taxonomy", taxonomy_figure(runs, names, table, target)))
     else:

@@ -13,17 +13,10 @@ from matplotlib.ticker import NullFormatter
 
 from ..analysis.lens import align, effective_batch
 from ..store.reader import Run
+from .figures import _plot_distribution
 
 LABEL_COLORS = {"activation-led": "C0", "gradient-led": "C1", "throughput-leaning": "C2", "mixed / trade-off": "C3",
                 "no measurable gain": "0.3", "unscored": "0.6"}
-
-
-def _eigen_distribution(row: pd.Series) -> np.ndarray:
-    """p_j of one stored spectrum (eigenvalues as stored, singular values squared)."""
-    v = np.asarray(row["values"], dtype=float)
-    lam = v if row.get("quantity", "eig") == "eig" else v ** 2
-    lam = lam[np.isfinite(lam) & (lam > 0)]
-    return lam / lam.sum() if lam.size else lam
 
 
 def _legend(ax) -> None:
@@ -32,7 +25,8 @@ def _legend(ax) -> None:
 
 
 def matched_spectra(ax, runs: Sequence[Run], labels: Sequence[str], target: float, probe: str) -> None:
-    """The last ``probe`` spectrum (deepest layer) of each run at or before it first reaches ``target``."""
+    """The last ``probe`` spectrum (deepest layer) of each run at or before it first reaches ``target``
+    (dashed: the power law over the tail window)."""
     steps = align(runs, loss=target)["step"].tolist()
     for i, (run, lbl, step) in enumerate(zip(runs, labels, steps)):
         spec = run.spectra(probe=probe)
@@ -40,8 +34,9 @@ def matched_spectra(ax, runs: Sequence[Run], labels: Sequence[str], target: floa
             continue
         spec = spec[(spec["layer"] == spec["layer"].max()) & (spec["step"] <= step)].sort_values("step")
         if len(spec):
-            p = _eigen_distribution(spec.iloc[-1])
-            ax.loglog(np.arange(1, p.size + 1), p, color=f"C{i}", label=lbl)
+            row = spec.iloc[-1]
+            v = np.asarray(row["values"], dtype=float)
+            _plot_distribution(ax, v if row["quantity"] == "eig" else v ** 2, f"C{i}", lbl)
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_title(f"{probe} spectra at matched loss {target:.3f}")
     ax.set_xlabel("rank j")
