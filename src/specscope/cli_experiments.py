@@ -94,7 +94,7 @@ def _taxonomy(a: argparse.Namespace) -> int:
     cfg = with_overrides(cfg, target=a.target, tokens=a.tokens, chain=chain)
     res = run_taxonomy(cfg, a.out or fresh_dir("runs/taxonomy"), progress=not a.no_progress)
     print(f"per stage, T at the loss every stage reached ({res.extra['chain_target']:.4f}):")
-    _print_table(res.extra["stages"])
+    _print_table(res.extra["stages"], ["stage", "T", "Q", "final_val_loss"])
     print("transitions" + (f" at loss {a.target}" if a.target else ", each at the loosest loss both runs reached") + ":")
     _print_table(res.table, TAXONOMY_COLUMNS)
     print()

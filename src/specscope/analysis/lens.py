@@ -176,6 +176,20 @@ def rho_vs_budget(runs: Sequence[Run], target: float, median_T: float,
     return pd.DataFrame(rows)
 
 
+def lens_summary(runs: Sequence[Run], target: float, budget_frac: float = 0.2) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """The forecast at ``budget_frac`` of the median ``T`` (verdict with ``target`` and ``median_T``) and rho vs the budget."""
+    table, verdict = forecast(runs, target=target, budget_frac=budget_frac)
+    median_T = float(table["T"].dropna().median()) if table["T"].notna().any() else float("nan")
+    return table, {**verdict, "target": target, "median_T": median_T}, rho_vs_budget(runs, target, median_T)
+
+
+def chain_stages(chain: Sequence[Run], target: float, names: Sequence[str]) -> pd.DataFrame:
+    """Per stage of a chain: ``T`` at ``target``, throughput, final validation loss."""
+    df = efficiency(chain, target).assign(stage=list(names))
+    df["final_val_loss"] = [r.meta.get("summary", {}).get("final_val_loss") for r in chain]
+    return df[["stage", "T", "Q", "final_val_loss", "run"]]
+
+
 @dataclass
 class TaxonomyRule:
     gain_eps: float = 0.02  # gains smaller than 2% count as no change

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..analysis.lens import common_target, efficiency, forecast, rho_vs_budget, taxonomy
+from ..analysis.lens import chain_stages, common_target, lens_summary, taxonomy
 from ..store.reader import Run
 from ..store.writer import atomic_write_bytes
 from .html import CSS, _section
@@ -31,7 +31,7 @@ def render_comparison(runs: Sequence[Run], target: float | None = None, chain: b
              + " (T = tokens at the first evaluation at or below it; spectra compared at this matched loss).</p>"]
     if chain:
         table = taxonomy(runs, given, names=names)
-        stages = efficiency(runs, target).assign(stage=names)[["stage", "T", "Q", "run"]]
+        stages = chain_stages(runs, target, names)
         parts.append("<h2>Runs in chain order</h2>" + _table(stages))
         pairwise = "" if given is not None else "Each transition at the loosest loss both of its runs reached (column target). "
         parts.append("<h2>Transitions</h2><p class=note>" + pairwise + "tok_gain = T(a)/T(b) − 1, thr_gain = Q(b)/Q(a) − 1; "
@@ -43,9 +43,7 @@ def render_comparison(runs: Sequence[Run], target: float | None = None, chain: b
                      "</p>" + _table(table))
         parts.append(_section("Loss, matched-loss spectra and the taxonomy", taxonomy_figure(runs, names, table, target)))
     else:
-        table, verdict = forecast(runs, target=target)
-        median_T = float(table["T"].dropna().median()) if table["T"].notna().any() else float("nan")
-        curve = rho_vs_budget(runs, target, median_T)
+        table, verdict, curve = lens_summary(runs, target)
         rho = verdict["rho_within_family"]
         parts.append("<h2>Forecast</h2><p class=note>" + html.escape(
             verdict["verdict"] + ("" if rho is None else f"; Spearman rho(early alpha_tail, eps_tok) within family = {rho:.2f}"))

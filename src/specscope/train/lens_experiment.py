@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..analysis.lens import common_target, forecast, rho_vs_budget
+from ..analysis.lens import common_target, lens_summary
 from ..store.reader import is_run_dir, open_run
 from .experiments import ExperimentResult
 from .sweep import MULTIPLIERS
-from .sweep_run import BudgetedRuns, SweepConfig, run_sweep, run_trial, sweep_winners
+from .sweep_run import BudgetedRuns, SweepConfig, run_sweep, run_trial, sweep_winners, trial_dir
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _tier_runs(cfg: LensExperiment, out: Path, progress: bool) -> tuple[list[Pat
     for b in cfg.batches:
         cand = {"name": f"B{b}", "batch": b, "lr": cfg.ref_lr * math.sqrt(b / cfg.ref_batch)}
         run_trial(asdict(scfg), cand, cfg.tokens, str(out), progress)
-        dirs.append(out / "trials" / cand["name"])
+        dirs.append(trial_dir(out, cand["name"]))
     return dirs, pd.DataFrame()
 
 
@@ -73,15 +73,12 @@ def run_lens(cfg: LensExperiment, out_dir: str | Path, progress: bool = True) ->
     if len(runs) < 2:
         raise RuntimeError(f"only {len(runs)} tier(s) trained; see the warnings above")
     target = cfg.target if cfg.target is not None else common_target(runs)
-    table, verdict = forecast(runs, target=target, budget_frac=cfg.budget_frac)
+    table, verdict, curve = lens_summary(runs, target, cfg.budget_frac)
     lr = {r.run_id: float(r.config.get("train", {}).get("lr", float("nan"))) for r in runs}
     table = table.assign(lr=table["run"].map(lr)).sort_values("batch")
     table.to_csv(out / "lens.csv", index=False)
-    median_T = float(table["T"].dropna().median())
-    curve = rho_vs_budget(runs, target, median_T)
     curve.to_csv(out / "rho_vs_budget.csv", index=False)
     fig = out / "lens.png"
     lens_figure(runs, curve, target).savefig(fig, dpi=110)
-    verdict = {**verdict, "target": target, "median_T": median_T}
     return ExperimentResult(table, pd.DataFrame(), out, fig, {"verdict": verdict, "rho_vs_budget": curve, "sweep": sweep_table,
                                                             "runs": runs, "target": target})

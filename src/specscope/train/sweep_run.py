@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from .sweep import MULTIPLIERS, Candidate, lr_candidates, successive_halving
+from .sweep import MULTIPLIERS, Candidate, lr_candidates, one_at_a_time, successive_halving
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,11 @@ class BudgetedRuns:
                               **sweep})
 
 
+def trial_dir(out_dir: str | os.PathLike, name: str) -> Path:
+    """Where a sweep (or an experiment built on trials) keeps the run of trial ``name``."""
+    return Path(out_dir) / "trials" / str(name)
+
+
 def _steps(tokens: float, batch: int, seq_len: int) -> int:
     return max(1, math.ceil(tokens / (batch * seq_len)))
 
@@ -154,7 +159,7 @@ def run_trial(spec: dict, cand: dict, rung_tokens: float, out_dir: str, progress
     tcfg = TrainConfig(**{**cfg.train, **per_tier, "steps": steps, "stop_at": stop, "micro_batch": micro, "grad_accum": b // micro,
                           "lr": float(cand["lr"]), "corpus": cfg.corpus,
                           "max_corpus_bytes": megabytes(cfg.max_corpus_mb)})
-    run_dir = Path(out_dir) / "trials" / cand["name"]
+    run_dir = trial_dir(out_dir, cand["name"])
     try:
         train(model_cfg, tcfg, run_dir, progress=progress, run_id=cand["name"], resume=True)
         sc = open_run(run_dir).scalars()
@@ -204,9 +209,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, executor: str = "ray
         rung = _ray_rung(cfg, out, address, cpus_per_trial)
     elif executor == "local":
         spec = asdict(cfg)
-
-        def rung(cands, tokens):
-            return {c.name: run_trial(spec, {"name": c.name, **c.params}, tokens, str(out), progress) for c in cands}
+        rung = one_at_a_time(lambda c, tokens: run_trial(spec, {"name": c.name, **c.params}, tokens, str(out), progress))
     else:
         raise ConfigError(f"executor must be 'ray' or 'local', got {executor!r}")
     save = lambda t: t.to_csv(out / "sweep.csv", index=False)  # noqa: E731
@@ -221,4 +224,4 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, executor: str = "ray
 def sweep_winners(out_dir: str | os.PathLike) -> list[Path]:
     """The trial directories of a finished sweep's winners (``OUT/best.csv``); empty if ``out_dir`` holds no sweep."""
     best = Path(out_dir) / "best.csv"
-    return [Path(out_dir) / "trials" / str(n) for n in pd.read_csv(best)["name"]] if best.is_file() else []
+    return [trial_dir(out_dir, n) for n in pd.read_csv(best)["name"]] if best.is_file() else []

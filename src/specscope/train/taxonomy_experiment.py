@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..analysis.lens import common_target, efficiency, taxonomy
+from ..analysis.lens import chain_stages, common_target, taxonomy
 from ..errors import ConfigError
 from ..store.reader import is_run_dir, open_run
 from .experiments import ExperimentResult
-from .sweep_run import BudgetedRuns, SweepConfig, run_trial
+from .sweep_run import BudgetedRuns, SweepConfig, run_trial, trial_dir
 
 # stage -> (GPTConfig switches, TrainConfig switches)
 STAGES: dict[str, tuple[dict, dict]] = {
@@ -96,7 +96,7 @@ def run_taxonomy(cfg: TaxonomyExperiment, out_dir: str | Path, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     for stage, scfg in cfg.stage_configs():
         run_trial(asdict(scfg), {"name": stage, "batch": cfg.batch, "lr": cfg.lr}, cfg.tokens, str(out), progress)
-    dirs = [out / "trials" / s for s in cfg.chain]
+    dirs = [trial_dir(out, s) for s in cfg.chain]
     missing = [d.name for d in dirs if not is_run_dir(d)]
     if missing:
         raise RuntimeError(f"stages {missing} did not train; see the warnings above")
@@ -104,9 +104,7 @@ def run_taxonomy(cfg: TaxonomyExperiment, out_dir: str | Path, progress: bool = 
     target = cfg.target if cfg.target is not None else common_target(chain)
     table = taxonomy(chain, cfg.target, names=list(cfg.chain))  # no target given: each pair at the loosest loss both reached
     table.to_csv(out / "taxonomy.csv", index=False)
-    stages = efficiency(chain, target).assign(stage=list(cfg.chain))
-    stages["final_val_loss"] = [r.meta.get("summary", {}).get("final_val_loss") for r in chain]
-    stages = stages[["stage", "T", "Q", "final_val_loss"]]
+    stages = chain_stages(chain, target, cfg.chain)
     stages.to_csv(out / "stages.csv", index=False)
     fig = out / "taxonomy.png"
     taxonomy_figure(chain, list(cfg.chain), table, target).savefig(fig, dpi=110)

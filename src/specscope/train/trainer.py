@@ -14,7 +14,7 @@ import torch
 from ..errors import ConfigError
 from ..monitor import Monitor
 from ..probes import Activations, Gradients, Probe, Weights, make_pool
-from ..store.schema import META_FILE
+from ..store.reader import is_run_dir, open_run
 from .corpus import Corpus, load_corpus, sample_batch
 from .model import GPT, GPTConfig
 from .optim import DECAY_GROUPS, SCHEDULES, lr_at, make_optimizer
@@ -195,8 +195,7 @@ def train(
         start, tokens, train_seconds = load_state(run_dir, model, opt, data_gen)
     last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     if start >= last:  # already trained this far: the run store stays as it is
-        meta = run_dir / META_FILE
-        summ = json.loads(meta.read_text()).get("summary", {}) if meta.is_file() else {}
+        summ = open_run(run_dir).meta.get("summary", {}) if is_run_dir(run_dir) else {}
         return TrainResult(run_dir, start, tokens, summ.get("final_loss", float("nan")), summ.get("final_val_loss", float("nan")),
                            0.0, tokens / max(train_seconds, 1e-9))
     loss_val = float("nan")
