@@ -143,4 +143,6 @@ def test_catalog_generic_fallback():
             self.conv = torch.nn.Conv2d(1, 2, 3)
 
     cat = ss.catalog(Odd())
-    assert [(r.name, r.kind) for r in cat] == [("enc", "other"), ("stack.0", "other"), ("stack.1", "other")]
+    assert [(r.name, r.layer, r.kind) for r in cat] == [("enc", 0, "other"), ("stack.0", 1, "other"),
+                                                        ("stack.1", 2, "other"), ("conv", 3, "conv")]
+    assert cat.skipped == {"1-D tensors": 4}  # the biases

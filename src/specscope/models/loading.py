@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 import pickle
 import re
 import warnings
@@ -19,79 +20,93 @@ from typing import Callable
 
 import torch
 
-from ..errors import CheckpointError, UnsupportedDtypeError
-from .catalog import MatrixRef, catalog_stored, mark_conv1d
+from ..errors import CheckpointError
+from .catalog import Catalog, ModelInfo, catalog_stored, mark_conv1d, normalize_name, skip_reason
 from .families import Stored
 from .safetensors_io import TensorInfo, read_header, read_rows, row_blocks
 
 log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 _STEP = re.compile(r"(\d+)")
 
 
 @dataclass
 class Checkpoint:
-    """One loadable checkpoint: its 2-D weights by module name, lazily loaded."""
+    """One loadable checkpoint: its tensors of 2 or more dims by (unwrapped) name, lazily loaded."""
 
     path: Path
-    shapes: dict[str, tuple[int, int]]
+    shapes: dict[str, tuple[int, ...]]
     loader: Callable[[str], torch.Tensor]
-    model_type: str | None = None
-    n_heads: int | None = None
+    config: dict = field(default_factory=dict, repr=False)
     step: int | None = None
     infos: dict[str, TensorInfo] = field(default_factory=dict, repr=False)  # safetensors: stream row blocks
+    skipped: dict[str, int] = field(default_factory=dict)
     _last: tuple[str, torch.Tensor] | None = field(default=None, repr=False)
 
-    def load(self, module: str) -> torch.Tensor:
-        """The stored weight of ``module``; the last one is kept, so fused splits read it once."""
-        if self._last is not None and self._last[0] == module:
+    @property
+    def model_type(self) -> str | None:
+        return ModelInfo.from_config(self.config).model_type
+
+    def load(self, name: str) -> torch.Tensor:
+        """The stored tensor ``name``; the last one is kept, so fused splits read it once."""
+        if self._last is not None and self._last[0] == name:
             return self._last[1]
         self._last = None  # drop the previous tensor before loading the next
-        t = self.loader(module)
-        self._last = (module, t)
+        t = self.loader(name)
+        self._last = (name, t)
         return t
 
     def release(self) -> None:
         self._last = None
 
-    def catalog(self) -> list[MatrixRef]:
-        conv = mark_conv1d(self.shapes, self.model_type)
-        stored = [Stored(m, s, (lambda m=m: self.load(m)), conv[m],
-                         (lambda m=m: row_blocks(self.infos[m])) if m in self.infos else None)
-                  for m, s in self.shapes.items()]
-        return catalog_stored(stored, self.n_heads)
+    def catalog(self) -> Catalog:
+        info = ModelInfo.from_config(self.config)
+        conv = mark_conv1d(self.shapes, info.model_type)
+        stored = [Stored(n, s, (lambda n=n: self.load(n)), conv[n],
+                         (lambda n=n: row_blocks(self.infos[n])) if n in self.infos and len(s) == 2 else None)
+                  for n, s in self.shapes.items()]
+        return catalog_stored(stored, info, self.skipped)
 
 
-def _module_of(key: str) -> str | None:
-    return key[: -len(".weight")] if key.endswith(".weight") else ("" if key == "weight" else None)
+def _keep(key: str, shape: tuple[int, ...], dtype, skipped: Counter) -> str | None:
+    """The unwrapped name of a stored tensor to catalog, or None (counted in ``skipped``)."""
+    name = normalize_name(key)
+    if name is None:
+        skipped["adapter parameters"] += 1
+        return None
+    why = skip_reason(name, shape, dtype)
+    if why:
+        skipped[why] += 1
+        return None
+    return name
 
 
-def _check_dtype(key: str, dtype: str | torch.dtype, path: Path) -> None:
-    ok = dtype in FLOAT_DTYPES if isinstance(dtype, str) else dtype in FLOAT_DTYPES.values()
-    if not ok:
-        raise UnsupportedDtypeError(f"{path}: weight {key} has dtype {dtype}; supported: float16, bfloat16, float32, float64")
-
-
-def _safetensors_files(files: list[Path]) -> tuple[dict[str, tuple[int, int]], Callable[[str], torch.Tensor], dict[str, TensorInfo]]:
-    shapes: dict[str, tuple[int, int]] = {}
+def _safetensors_files(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], Callable[[str], torch.Tensor],
+                                                     dict[str, TensorInfo], dict[str, int]]:
+    shapes: dict[str, tuple[int, ...]] = {}
     where: dict[str, TensorInfo] = {}
+    skipped: Counter = Counter()
     for f in files:
         infos, _ = read_header(f)
         for key, info in infos.items():
-            mod = _module_of(key)
-            if mod is None or len(info.shape) != 2:
+            name = _keep(key, tuple(info.shape), info.dtype, skipped)
+            if name is None:
                 continue
-            _check_dtype(key, info.dtype, f)
-            shapes[mod] = (int(info.shape[0]), int(info.shape[1]))
-            where[mod] = info
+            shapes[name] = tuple(int(x) for x in info.shape)
+            where[name] = info
 
-    def load(mod: str) -> torch.Tensor:
-        info = where[mod]
+    def load(name: str) -> torch.Tensor:
+        info = where[name]
         return read_rows(info, 0, info.shape[0])
 
-    return shapes, load, where
+    return _in_depth_order(shapes), load, where, dict(skipped)
+
+
+def _in_depth_order(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Safetensors headers do not keep the order the model registered its parameters in: natural sort."""
+    key = lambda n: [int(t) if t.isdigit() else t for t in _STEP.split(n)]  # noqa: E731
+    return {n: shapes[n] for n in sorted(shapes, key=key)}
 
 
 def torch_load_safe(path: Path) -> object:
@@ -127,19 +142,20 @@ def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path} holds no state dict of tensors")
 
 
-def _torch_files(files: list[Path]) -> tuple[dict[str, tuple[int, int]], Callable[[str], torch.Tensor]]:
-    shapes: dict[str, tuple[int, int]] = {}
+def _torch_files(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], Callable[[str], torch.Tensor],
+                                              dict[str, TensorInfo], dict[str, int]]:
+    shapes: dict[str, tuple[int, ...]] = {}
     tensors: dict[str, torch.Tensor] = {}
+    skipped: Counter = Counter()
     for f in files:
         sd = _state_dict(torch_load_safe(f), f)
         for key, t in sd.items():
-            mod = _module_of(key)
-            if mod is None or t.ndim != 2:
+            name = _keep(key, tuple(t.shape), t.dtype, skipped)
+            if name is None:
                 continue
-            _check_dtype(key, t.dtype, f)
-            shapes[mod] = (int(t.shape[0]), int(t.shape[1]))
-            tensors[mod] = t
-    return shapes, tensors.__getitem__, {}
+            shapes[name] = tuple(int(x) for x in t.shape)
+            tensors[name] = t
+    return shapes, tensors.__getitem__, {}, dict(skipped)
 
 
 def _read_config(d: Path) -> dict:
@@ -150,13 +166,6 @@ def _read_config(d: Path) -> dict:
         return json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {p}: {exc}") from None
-
-
-def _heads(cfg: dict) -> int | None:
-    for key in ("num_attention_heads", "n_head", "n_heads"):
-        if isinstance(cfg.get(key), int):
-            return cfg[key]
-    return None
 
 
 def _safetensors_config(f: Path) -> dict:
@@ -178,21 +187,23 @@ def open_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
         st = sorted(p.glob("*.safetensors"))
         pt = sorted(f for f in p.iterdir() if f.is_file() and _is_torch_weights(f))
         if st:
-            shapes, load, infos = _safetensors_files(st)
+            shapes, load, infos, skipped = _safetensors_files(st)
         elif pt:
-            shapes, load, infos = _torch_files(pt)
+            shapes, load, infos, skipped = _torch_files(pt)
         else:
             raise CheckpointError(f"no model weights (*.safetensors, pytorch_model*.bin) in {p}")
     elif p.suffix == ".safetensors":
-        shapes, load, infos = _safetensors_files([p])
+        shapes, load, infos, skipped = _safetensors_files([p])
         cfg = _safetensors_config(p)
     elif p.suffix in TORCH_SUFFIXES:
-        shapes, load, infos = _torch_files([p])
+        shapes, load, infos, skipped = _torch_files([p])
     else:
         raise CheckpointError(f"unrecognized checkpoint format: {p} (expected .safetensors, {', '.join(TORCH_SUFFIXES)} or a model directory)")
     if not shapes:
-        raise CheckpointError(f"no 2-D weight matrices in {p}")
-    return Checkpoint(p, shapes, load, cfg.get("model_type"), _heads(cfg), step, infos=infos)
+        why = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())) or "nothing"
+        raise CheckpointError(f"no weight of 2 or more dims in a readable dtype (float16, bfloat16, float32, float64) "
+                              f"in {p}; not cataloged: {why}")
+    return Checkpoint(p, shapes, load, cfg, step, infos=infos, skipped=skipped)
 
 
 def _is_torch_weights(f: Path) -> bool:

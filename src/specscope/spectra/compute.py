@@ -31,7 +31,7 @@ class Spectrum:
 
     sv: np.ndarray
     status: str = "ok"
-    shape: tuple[int, int] | None = None
+    shape: tuple[int, ...] | None = None
 
     @property
     def eig(self) -> np.ndarray:
@@ -39,10 +39,21 @@ class Spectrum:
 
 
 def _as_matrix(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A 2-D matrix, or a 3-D stack of equally shaped matrices whose spectra are pooled."""
     t = torch.as_tensor(x)
-    if t.ndim != 2:
-        raise ValueError(f"expected a 2-D matrix, got shape {tuple(t.shape)}")
+    if t.ndim not in (2, 3):
+        raise ValueError(f"expected a 2-D matrix or a 3-D stack of matrices, got shape {tuple(t.shape)}")
     return t
+
+
+def _rank(shape: tuple[int, ...]) -> int:
+    """Length of the (pooled) spectrum of a matrix or a stack of matrices."""
+    return (shape[0] if len(shape) == 3 else 1) * min(shape[-2:])
+
+
+def _descending(sv: np.ndarray) -> np.ndarray:
+    """A stack's per-slice singular values pooled into one descending spectrum."""
+    return -np.sort(-sv.reshape(-1))
 
 
 def _workers() -> int:
@@ -68,16 +79,18 @@ class NonFinite(ValueError):
 
 
 def _svals_np(x: np.ndarray) -> np.ndarray:
-    """Descending singular values of a float64 matrix: Gram on the short side (BLAS syrk) + eigvalsh.
+    """Descending singular values of a float64 matrix (or a stack, pooled): Gram on the short side + eigvalsh.
 
     A NaN/Inf entry anywhere makes a diagonal entry of the Gram non-finite (each is the
     sum of squares of one row or column), so checking the diagonal is a complete check.
     """
-    g = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
-    if not np.isfinite(np.diagonal(g)).all():
+    xt = np.swapaxes(x, -1, -2)
+    g = x @ xt if x.shape[-2] <= x.shape[-1] else xt @ x
+    if not np.isfinite(np.diagonal(g, axis1=-2, axis2=-1)).all():
         raise NonFinite("non-finite entries")
-    lam = np.linalg.eigvalsh(g)[::-1]
-    return np.sqrt(np.clip(lam, 0.0, None))
+    lam = np.linalg.eigvalsh(g)
+    sv = np.sqrt(np.clip(lam, 0.0, None))
+    return _descending(sv) if x.ndim == 3 else sv[::-1]
 
 
 def _cpu_svals(w: torch.Tensor, method: str) -> np.ndarray:
@@ -89,24 +102,25 @@ def _cpu_svals(w: torch.Tensor, method: str) -> np.ndarray:
     if method == "svd":
         if not np.isfinite(x).all():
             raise NonFinite("non-finite entries")
-        return np.linalg.svd(x, compute_uv=False)
+        sv = np.linalg.svd(x, compute_uv=False)
+        return _descending(sv) if x.ndim == 3 else sv
     return _svals_np(x)
 
 
 def _group_svals(mats: Sequence[torch.Tensor], method: str, device: torch.device | None) -> np.ndarray:
-    """Descending singular values for equally-shaped matrices, shape (B, r)."""
+    """Descending singular values for equally-shaped matrices (or stacks, each pooled), shape (B, r)."""
     x = torch.stack([m.detach() for m in mats])
     if device is not None:
         x = x.to(device)
     x = x.to(torch.float64)
     if method == "svd":
         s = torch.linalg.svdvals(x)
-        return s.cpu().numpy()
-    m, n = x.shape[-2:]
-    g = x @ x.transpose(-1, -2) if m <= n else x.transpose(-1, -2) @ x
-    lam = torch.linalg.eigvalsh(g)  # ascending; batched solver
-    lam = torch.flip(lam, dims=(-1,)).clamp_min_(0.0)
-    return lam.sqrt_().cpu().numpy()
+    else:
+        m, n = x.shape[-2:]
+        g = x @ x.transpose(-1, -2) if m <= n else x.transpose(-1, -2) @ x
+        s = torch.linalg.eigvalsh(g).clamp_min_(0.0).sqrt_()  # batched solver
+    s = s.reshape(s.shape[0], -1)  # a stack's slices pooled
+    return torch.sort(s, dim=-1, descending=True).values.cpu().numpy()
 
 
 def singular_values_many(
@@ -129,8 +143,8 @@ def singular_values_many(
     groups: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = defaultdict(list)
     for name, w in items:
         w = _as_matrix(w)
-        shape = (int(w.shape[0]), int(w.shape[1]))
-        r = min(shape)
+        shape = tuple(int(s) for s in w.shape)
+        r = _rank(shape)
         if r == 0:
             out[name] = Spectrum(np.full(0, np.nan), "empty matrix", shape)
             continue
@@ -141,7 +155,7 @@ def singular_values_many(
     on_gpu = [(n, w) for members in groups.values() for n, w in members if w.is_cuda or (dev is not None and dev.type == "cuda")]
     if on_gpu:  # batched by shape on the GPU
         for shape, members in groups.items():
-            per = max(1, max_batch_elems // (shape[0] * shape[1]))
+            per = max(1, max_batch_elems // max(1, int(np.prod(shape))))
             for i in range(0, len(members), per):
                 chunk = members[i : i + per]
                 try:
@@ -149,7 +163,7 @@ def singular_values_many(
                 except Exception as exc:  # solver failure etc.: record, never raise
                     log.warning("spectrum failed for shape %s: %s", shape, exc)
                     for name, _ in chunk:
-                        out[name] = Spectrum(np.full(min(shape), np.nan), f"solver failed: {exc}", shape)
+                        out[name] = Spectrum(np.full(_rank(shape), np.nan), f"solver failed: {exc}", shape)
                     continue
                 for (name, _), sv in zip(chunk, svals):
                     out[name] = Spectrum(sv, "ok", shape)
@@ -158,14 +172,14 @@ def singular_values_many(
 
         def one(item: tuple[str, torch.Tensor]) -> Spectrum:
             name, w = item
-            shape = (int(w.shape[0]), int(w.shape[1]))
+            shape = tuple(int(s) for s in w.shape)
             try:
                 return Spectrum(_cpu_svals(w, method), "ok", shape)
             except NonFinite as exc:
-                return Spectrum(np.full(min(shape), np.nan), str(exc), shape)
+                return Spectrum(np.full(_rank(shape), np.nan), str(exc), shape)
             except Exception as exc:
                 log.warning("spectrum failed for %s: %s", name, exc)
-                return Spectrum(np.full(min(shape), np.nan), f"solver failed: {exc}", shape)
+                return Spectrum(np.full(_rank(shape), np.nan), f"solver failed: {exc}", shape)
 
         for (name, _), spec in zip(flat, parallel_map(one, flat)):
             out[name] = spec
@@ -187,6 +201,12 @@ def singular_values_lowmem(w: torch.Tensor, method: str = "gram", chunk_elems: i
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     w = _as_matrix(w).detach()
+    if w.ndim == 3:  # a stack: one slice at a time, pooled
+        specs = [singular_values_lowmem(s, method, chunk_elems) for s in w]
+        bad = next((s.status for s in specs if s.status != "ok"), None)
+        sv = np.concatenate([s.sv for s in specs]) if specs else np.full(0, np.nan)
+        shape3 = tuple(int(s) for s in w.shape)
+        return Spectrum(np.full(len(sv), np.nan), bad, shape3) if bad else Spectrum(-np.sort(-sv), "ok", shape3)
     shape = (int(w.shape[0]), int(w.shape[1]))
     r = min(shape)
     if r == 0:
