@@ -3,58 +3,56 @@
     from specscope.integrations.hf import SpectralCallback
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[SpectralCallback(every=25)])
 
-Measures at step 0 and every ``every`` optimizer steps (``state.global_step``), records what
-the Trainer logs (loss, learning_rate, grad_norm, eval_loss, ...) as scalars, and tokens
-seen when ``include_num_input_tokens_seen`` is on. Only the main process writes.
+Drives :class:`~specscope.Monitor` exactly as a plain loop calling ``mon.step(step, ...)`` after
+each ``opt.step()``: ``Monitor.step(0)`` on the model before training, then
+``Monitor.step(state.global_step)`` after every optimizer step (not per micro-batch under
+gradient accumulation). Every probe schedule runs, every-``N`` probes and every-step ones such
+as :class:`~specscope.probes.Trajectory`, which sees each update from the first one on. The
+scalars the Trainer logs (loss, learning_rate, grad_norm, eval_loss, ...) are recorded at the
+step they belong to, and tokens seen when ``include_num_input_tokens_seen`` is on. Only the
+main process writes.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Iterable
+from typing import Any
 
-from transformers import TrainerCallback
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..monitor import Monitor
-from ..probes import Probe, Weights
+from ._common import MonitorDriver, scalars_of
 
 
-class SpectralCallback(TrainerCallback):
-    def __init__(self, run_dir: str | os.PathLike | None = None, probes: Iterable[Probe] | None = None, every: int = 25):
-        self.run_dir = run_dir
-        self.probes = list(probes) if probes is not None else [Weights(every=every)]
-        self.monitor: Monitor | None = None
+def _tokens(state: TrainerState) -> int | None:
+    """Input tokens seen so far, when the Trainer counts them."""
+    n = getattr(state, "num_input_tokens_seen", None)
+    return int(n) if n else None
 
-    @staticmethod
-    def _tokens(state) -> int | None:
-        n = getattr(state, "num_input_tokens_seen", None)
-        return int(n) if n else None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+class SpectralCallback(MonitorDriver, TrainerCallback):
+    """Monitor an HF ``Trainer`` run into ``run_dir`` (default ``<output_dir>/specscope``).
+
+    ``probes``: the probes to run (default ``[Weights(every=every)]``).
+    """
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: nn.Module | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or model is None:
             return
-        run_dir = Path(self.run_dir) if self.run_dir is not None else Path(args.output_dir) / "specscope"
         config = {"integration": "transformers.Trainer", "learning_rate": args.learning_rate,
                   "per_device_train_batch_size": args.per_device_train_batch_size,
                   "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_steps": args.max_steps,
                   "model_type": getattr(getattr(model, "config", None), "model_type", None)}
-        self.monitor = Monitor(model, run_dir, probes=self.probes, config=config)
-        if state.global_step == 0:
-            self.monitor.measure(0, tokens=0)
+        self._open_monitor(model, args.output_dir, config, state.global_step, tokens=0)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.monitor is not None:
-            step = state.global_step
-            due = [p for p in self.probes if p.due(step)]
-            if due:
-                self.monitor.measure(step, tokens=self._tokens(state), probes=due)
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # Called once per optimizer step, after it; the loss arrives in on_log.
+        self._step_monitor(state.global_step, loss=None, tokens=_tokens(state))
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.monitor is not None and logs:
-            scalars = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
-            self.monitor.log(state.global_step, tokens=self._tokens(state), **scalars)
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if logs:
+            self._log_monitor(state.global_step, tokens=_tokens(state), **scalars_of(logs))
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.monitor is not None:
-            self.monitor.close()
-            self.monitor = None
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        self._close_monitor()

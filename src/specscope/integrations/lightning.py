@@ -3,64 +3,53 @@
     from specscope.integrations.lightning import SpectralCallback
     trainer = L.Trainer(callbacks=[SpectralCallback(every=25)])
 
-Measures the LightningModule at step 0 and every ``every`` optimizer steps
-(``trainer.global_step``, so gradient accumulation is counted right), and records the training
-loss and the trainer's logged metrics as scalars. Only global rank zero writes.
+Drives :class:`~specscope.Monitor` exactly as a plain loop calling ``mon.step(step, ...)`` after
+each ``opt.step()``: ``Monitor.step(0)`` on the LightningModule before training, then
+``Monitor.step(trainer.global_step)`` after every optimizer step (so gradient accumulation is
+counted right). Every probe schedule runs, every-``N`` probes and every-step ones such as
+:class:`~specscope.probes.Trajectory`, which sees each update from the first one on. The
+training loss and the trainer's logged metrics are recorded as scalars. Only global rank zero
+writes.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 try:
+    from lightning.pytorch import LightningModule, Trainer
     from lightning.pytorch.callbacks import Callback
 except ImportError:  # the older package name
+    from pytorch_lightning import LightningModule, Trainer
     from pytorch_lightning.callbacks import Callback
 
-from ..monitor import Monitor
-from ..probes import Probe, Weights
+from ._common import MonitorDriver, scalar, scalars_of
 
 
-def _scalar(v) -> float | None:
-    """A logged value as a float; None for anything that is not one number."""
-    try:
-        return float(v.detach().item() if hasattr(v, "detach") else v)
-    except (TypeError, ValueError, RuntimeError):
-        return None
+class SpectralCallback(MonitorDriver, Callback):
+    """Monitor a Lightning ``Trainer.fit`` into ``run_dir`` (default ``<default_root_dir>/specscope``).
 
+    ``probes``: the probes to run (default ``[Weights(every=every)]``).
+    """
 
-class SpectralCallback(Callback):
-    def __init__(self, run_dir: str | os.PathLike | None = None, probes: Iterable[Probe] | None = None, every: int = 25):
-        self.run_dir = run_dir
-        self.probes = list(probes) if probes is not None else [Weights(every=every)]
-        self.monitor: Monitor | None = None
-        self._last_step = -1
-
-    def on_fit_start(self, trainer, pl_module):
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        run_dir = Path(self.run_dir) if self.run_dir is not None else Path(trainer.default_root_dir) / "specscope"
         config = {"integration": "lightning", "max_steps": trainer.max_steps,
                   "accumulate_grad_batches": trainer.accumulate_grad_batches}
-        self.monitor = Monitor(pl_module, run_dir, probes=self.probes, config=config)
-        self._last_step = trainer.global_step
-        if trainer.global_step == 0:
-            self.monitor.measure(0, tokens=None)
+        self._open_monitor(pl_module, trainer.default_root_dir, config, trainer.global_step)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # global_step counts optimizer steps: a micro-batch inside gradient accumulation leaves it unchanged
         if self.monitor is None or trainer.global_step == self._last_step:
-            return  # a micro-batch inside gradient accumulation
-        self._last_step = step = trainer.global_step
+            return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        scalars = {k: s for k, v in trainer.callback_metrics.items() if (s := _scalar(v)) is not None}
+        scalars = scalars_of(trainer.callback_metrics)
         scalars.pop("loss", None)
-        self.monitor.step(step, loss=_scalar(loss) if loss is not None else None, **scalars)
+        self._step_monitor(trainer.global_step, loss=scalar(loss), **scalars)
 
-    def on_fit_end(self, trainer, pl_module):
-        if self.monitor is not None:
-            self.monitor.close()
-            self.monitor = None
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close_monitor()
 
-    def on_exception(self, trainer, pl_module, exception):
-        self.on_fit_end(trainer, pl_module)  # keep what was measured
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._close_monitor()  # keep what was measured
