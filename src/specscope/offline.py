@@ -26,7 +26,7 @@ from .spectra.temporal import flat_cosine
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ["step", "name", "layer", "kind", "d_out", "d_in"]
+ID_COLUMNS = ["step", "name", "layer", "kind", "part", "d_out", "d_in", "slices"]
 
 
 def _streamable(ref: MatrixRef, method: str) -> bool:
@@ -97,8 +97,11 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
 
 
 def _frame(measured: list[_Measured], series: bool) -> pd.DataFrame:
-    rows: list[dict] = [{"step": m.step, "name": m.ref.name, "layer": m.ref.layer, "kind": m.ref.kind,
-                         "d_out": m.ref.shape[0], "d_in": m.ref.shape[1]} for m in measured]
+    rows: list[dict] = [{"step": m.step, "name": m.ref.name, "layer": m.ref.layer, "kind": m.ref.kind, "part": m.ref.part,
+                         "d_out": m.ref.shape[0], "d_in": m.ref.shape[1], "slices": m.ref.slices} for m in measured]
+    if not measured:  # nothing cataloged (the catalog logged why): the columns, no rows
+        cols = ID_COLUMNS + ["status"]
+        return pd.DataFrame(columns=cols if series else cols[1:])
     statuses: list[list[str]] = [[m.status] if m.status != "ok" else [] for m in measured]
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, m in enumerate(measured):
@@ -118,9 +121,9 @@ def _frame(measured: list[_Measured], series: bool) -> pd.DataFrame:
     if series:
         df["cos_w_final"] = [m.cos_w_final for m in measured]
         df = _add_across_time(df, measured)
-        df = df.sort_values(["step", "layer", "kind", "name"], kind="stable")
+        df = df.sort_values(["step", "layer", "kind", "part", "name"], kind="stable")
     else:
-        df = df.drop(columns=["step"]).sort_values(["layer", "kind", "name"], kind="stable")
+        df = df.drop(columns=["step"]).sort_values(["layer", "kind", "part", "name"], kind="stable")
     df["kind"] = df["kind"].astype(str)
     return df.reset_index(drop=True)
 
@@ -169,11 +172,12 @@ def analyze_into(model_or_path, run_dir: str | os.PathLike, method: str = "gram"
     metric_cols = [c for c in df.columns if c not in ID_COLUMNS + ["status"]]
     for row in df.to_dict("records"):
         step = int(row.get("step") or 0)
-        base = {"step": step, "tokens": None, "probe": "weights", "layer": row["layer"], "kind": row["kind"], "name": row["name"]}
+        base = {"step": step, "tokens": None, "probe": "weights", "layer": row["layer"], "kind": row["kind"],
+                "part": row["part"], "name": row["name"]}
         w.add_many("metrics", [{**base, "metric": c, "value": float(row[c]), "status": row["status"]} for c in metric_cols])
     for m in measured:
         w.add("spectra", {"step": int(m.step or 0), "tokens": None, "probe": "weights", "layer": m.ref.layer, "kind": m.ref.kind,
-                          "name": m.ref.name, "quantity": "sv", "values": m.sv.tolist(), "status": m.status})
+                          "part": m.ref.part, "name": m.ref.name, "quantity": "sv", "values": m.sv.tolist(), "status": m.status})
     w.close()
     return df
 
@@ -191,7 +195,6 @@ def trajectory(path: str | os.PathLike, window: int = 8, mode: str = "exact", k:
     ``k95``, ``stability[j]``...); with ``run_dir``, also writes metrics and window singular
     values into a run store under probe ``trajectory`` (so ``report`` and the edge analysis work on it).
     """
-    from .models import BLOCK_KINDS
     from .probes.base import Measurement
     from .probes.trajectory import build_tracks
 
@@ -199,7 +202,7 @@ def trajectory(path: str | os.PathLike, window: int = 8, mode: str = "exact", k:
     if len(ckpts) < 3:
         raise CheckpointError(f"{path}: a trajectory needs at least 3 step-numbered checkpoints, found {len(ckpts)}")
     try:
-        tracks = build_tracks(ckpts[0].catalog(), window, mode, k, seed, store_dtype, kinds or BLOCK_KINDS, matrices,
+        tracks = build_tracks(ckpts[0].catalog(), window, mode, k, seed, store_dtype, kinds, matrices,
                               global_track)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

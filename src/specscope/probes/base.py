@@ -26,8 +26,10 @@ class Measurement:
     metrics: list[dict] = field(default_factory=list)
     spectra: list[dict] = field(default_factory=list)
 
-    def add_metric(self, layer: int, kind: str, name: str, metric: str, value: float, status: str = "ok") -> None:
-        self.metrics.append({"layer": layer, "kind": kind, "name": name, "metric": metric, "value": value, "status": status})
+    def add_metric(self, layer: int, kind: str, name: str, metric: str, value: float, status: str = "ok",
+                   part: int = -1) -> None:
+        self.metrics.append({"layer": layer, "kind": kind, "part": part, "name": name, "metric": metric, "value": value,
+                             "status": status})
 
 
 class Probe:

@@ -1,15 +1,19 @@
 """The trajectory probe (SPEC 1.4, 5.5): spectra of the rolling window of parameter updates."""
 from __future__ import annotations
 
+import logging
+
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from ..models import BLOCK_KINDS, MatrixRef
+from ..models import MatrixRef
 from ..spectra import spectrum_metrics
 from ..streams import CountSketch, TrajectoryWindow
 from .base import Measurement, Probe, ProbeContext
+
+log = logging.getLogger(__name__)
 
 TRAJECTORY_METRICS = ("kstar", "gap_ratio", "gap12", "ratio[1]", "ratio[2]", "ratio[3]", "ratio[4]", "k95", "stable_rank")
 
@@ -20,7 +24,7 @@ class _Track:
     def __init__(self, name: str, layer: int, kind: str, refs: list[MatrixRef], window: int, mode: str, k: int, seed: int,
                  store_dtype: torch.dtype):
         self.name, self.layer, self.kind, self.refs = name, layer, kind, refs
-        dim = sum(r.shape[0] * r.shape[1] for r in refs)
+        dim = sum(r.numel for r in refs)
         self.sketch = CountSketch(dim, k, seed) if mode == "sketch" else None
         self.window = TrajectoryWindow(window, store_dtype=torch.float64 if self.sketch else store_dtype)
         self.prev: torch.Tensor | None = None
@@ -56,17 +60,21 @@ class _Track:
 
 
 def build_tracks(catalog: list[MatrixRef], window: int, mode: str, k: int, seed: int, store_dtype: torch.dtype,
-                 kinds: Iterable[str], matrices: Iterable[tuple[int, str]], global_track: bool) -> list[_Track]:
-    """A global track over every block matrix of ``kinds``, plus one per ``(layer, kind)`` in ``matrices``."""
+                 kinds: Iterable[str] | None, matrices: Iterable[tuple[int, str]], global_track: bool) -> list[_Track]:
+    """A global track over every hidden matrix (``layer >= 0``: inside the blocks, or any matrix of a model
+    without blocks but the embedding and output head) of ``kinds`` (None: all), plus one per
+    ``(layer, kind)`` in ``matrices``."""
     if mode not in ("exact", "sketch"):
         raise ValueError("mode must be 'exact' or 'sketch'")
     args = (window, mode, k, seed, store_dtype)
-    kinds = frozenset(kinds)
+    kinds = frozenset(kinds) if kinds is not None else None
     tracks = []
     if global_track:
-        refs = [r for r in catalog if r.layer >= 0 and r.kind in kinds]
+        refs = [r for r in catalog if r.layer >= 0 and (kinds is None or r.kind in kinds)]
         if refs:
             tracks.append(_Track("global", -1, "trajectory", refs, *args))
+        else:
+            log.warning("trajectory: no matrix of kinds %s in the catalog; no global track", sorted(kinds or ()) or "hidden")
     for layer, kind in matrices:
         refs = [r for r in catalog if r.layer == layer and r.kind == kind]
         if not refs:
@@ -78,7 +86,9 @@ def build_tracks(catalog: list[MatrixRef], window: int, mode: str, k: int, seed:
 class Trajectory(Probe):
     """Singular values of the last ``window`` updates ``dtheta_t = theta_{t+1} - theta_t``.
 
-    A global trajectory over every block matrix (``kinds``), plus one per matrix listed in
+    A global trajectory over every hidden matrix of any model (``layer >= 0``: the block matrices,
+    or every matrix of a model without blocks but its embedding and output head; ``kinds``
+    restricts it), plus one per matrix listed in
     ``matrices`` as ``(layer, kind)``. ``mode="exact"`` keeps the updates (``store_dtype``, on the
     CPU); ``mode="sketch"`` keeps ``k``-dim CountSketches (memory O(window * k) for any model).
     Updates are observed at every monitor step; metrics and spectra are written every ``every``.
@@ -88,13 +98,13 @@ class Trajectory(Probe):
     observes_every_step = True
 
     def __init__(self, window: int = 16, every: int = 25, at: Iterable[int] = (), mode: str = "exact", k: int = 4096,
-                 kinds: Iterable[str] = BLOCK_KINDS, matrices: Iterable[tuple[int, str]] = (), global_track: bool = True,
+                 kinds: Iterable[str] | None = None, matrices: Iterable[tuple[int, str]] = (), global_track: bool = True,
                  seed: int = 0, store_dtype: torch.dtype = torch.float32, name: str | None = None):
         super().__init__(every, at, name)
         if mode not in ("exact", "sketch"):
             raise ValueError("mode must be 'exact' or 'sketch'")
         self.window, self.mode, self.k, self.seed, self.store_dtype = window, mode, k, seed, store_dtype
-        self.kinds = frozenset(kinds)
+        self.kinds = frozenset(kinds) if kinds is not None else None
         self.matrices = list(matrices)
         self.global_track = global_track
         self.tracks: list[_Track] = []

@@ -50,7 +50,7 @@ class Weights(Probe):
             spec = spectra[ref.name]
             by_len[len(spec.sv)].append((ref, spec))
             if self.store_spectra:
-                out.spectra.append({"layer": ref.layer, "kind": ref.kind, "name": ref.name, "quantity": "sv",
+                out.spectra.append({"layer": ref.layer, "kind": ref.kind, "part": ref.part, "name": ref.name, "quantity": "sv",
                                     "values": spec.sv.tolist(), "status": spec.status})
         for members in by_len.values():
             sv = np.stack([s.sv for _, s in members])
@@ -59,5 +59,5 @@ class Weights(Probe):
                 sts = table.status[metric]
                 for i, (ref, spec) in enumerate(members):
                     st = spec.status if spec.status != "ok" else sts[i]
-                    out.add_metric(ref.layer, ref.kind, ref.name, metric, float(vals[i]), st)
+                    out.add_metric(ref.layer, ref.kind, ref.name, metric, float(vals[i]), st, ref.part)
         return out

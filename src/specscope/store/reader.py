@@ -18,7 +18,7 @@ from .schema import META_FILE, SCHEMAS, TABLES
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["step", "tokens", "probe", "layer", "kind", "metric", "value", "name", "status", "run_id"]
+METRIC_COLUMNS = ["step", "tokens", "probe", "layer", "kind", "metric", "value", "part", "name", "status", "run_id"]
 
 
 def is_run_dir(path: Path) -> bool:
@@ -57,6 +57,12 @@ def read_table(run_dir: Path, table: str, filters: list | None = None) -> pa.Tab
     return pa.concat_tables(pieces)
 
 
+def _with_part(df: pd.DataFrame) -> pd.DataFrame:
+    """``part`` as int, -1 where a row has none (rows written before the column existed)."""
+    df["part"] = df["part"].fillna(-1).astype("int32") if len(df) else df["part"].astype("int32")
+    return df
+
+
 class Run:
     """A run directory, opened for reading (see :func:`open_run`)."""
 
@@ -84,10 +90,11 @@ class Run:
         return self.meta.get("config", {}) or {}
 
     def metrics(self, probe: str | None = None, metric: str | None = None, kind: str | None = None) -> pd.DataFrame:
-        """Long frame: step, tokens, probe, layer, kind, metric, value (+ name, status, run_id)."""
+        """Long frame: step, tokens, probe, layer, kind, metric, value (+ part, name, status, run_id)."""
         filters = [(c, "=", v) for c, v in (("probe", probe), ("metric", metric), ("kind", kind)) if v is not None]
-        df = read_table(self.dir, "metrics", filters or None).to_pandas()
-        return df[METRIC_COLUMNS].sort_values(["step", "probe", "layer", "kind", "metric"], kind="stable").reset_index(drop=True)
+        df = _with_part(read_table(self.dir, "metrics", filters or None).to_pandas())
+        return df[METRIC_COLUMNS].sort_values(["step", "probe", "layer", "kind", "part", "metric"],
+                                              kind="stable").reset_index(drop=True)
 
     def spectra(
         self,
@@ -96,11 +103,11 @@ class Run:
         kind: str | None = None,
         step: int | None = None,
     ) -> pd.DataFrame:
-        """Full stored spectra: one row per (step, probe, layer, kind, name), ``values`` a float64 array."""
+        """Full stored spectra: one row per (step, probe, layer, kind, part, name), ``values`` a float64 array."""
         filters = [(c, "=", v) for c, v in (("probe", probe), ("layer", layer), ("kind", kind), ("step", step)) if v is not None]
-        df = read_table(self.dir, "spectra", filters or None).to_pandas()
+        df = _with_part(read_table(self.dir, "spectra", filters or None).to_pandas())
         df["values"] = [np.asarray(v, dtype=np.float64) for v in df["values"]]
-        return df.sort_values(["step", "probe", "layer", "kind", "name"], kind="stable").reset_index(drop=True)
+        return df.sort_values(["step", "probe", "layer", "kind", "part", "name"], kind="stable").reset_index(drop=True)
 
     def scalars(self, wide: bool = True) -> pd.DataFrame:
         """Training scalars. Wide (default): one row per step, a column per scalar."""

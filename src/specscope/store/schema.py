@@ -13,6 +13,7 @@ _WHERE = [
     ("layer", pa.int32()),
     ("kind", pa.string()),
     ("name", pa.string()),
+    ("part", pa.int32()),  # expert / gate index where a matrix is one of several; -1 (or null in old runs) otherwise
 ]
 
 SCHEMAS: dict[str, pa.Schema] = {
