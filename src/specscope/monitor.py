@@ -73,7 +73,8 @@ class Monitor:
             raise ValueError(f"probe names must be unique, got {names}")
         self.catalog = catalog if catalog is not None else build_catalog(model)
         self.writer = RunWriter(run_dir, run_id=run_id, config=config)
-        self.writer.write_meta(probes=[p.describe() for p in self.probes])
+        summary = self.catalog.summary() if hasattr(self.catalog, "summary") else {"matrices": len(self.catalog)}
+        self.writer.write_meta(probes=[p.describe() for p in self.probes], catalog=summary)
         self.flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
         self._closed = False

@@ -88,14 +88,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def normalize_name(name: str) -> str | None:
     """A parameter name without wrapper components; None for an adapter's own parameter."""
-    parts = name.split(".")
-    while parts and parts[0] == "module":
-        parts = parts[1:]
-    if parts[:2] == ["base_model", "model"]:
-        parts = parts[2:]
+    parts = [p for p in name.split(".") if p not in _WRAPPER_PARTS]
     if any(p.startswith(_ADAPTER_PREFIXES) for p in parts):
         return None
-    return ".".join(p for p in parts if p not in _WRAPPER_PARTS)
+    while parts[:1] == ["module"] or parts[:2] == ["base_model", "model"]:
+        parts = parts[1:] if parts[0] == "module" else parts[2:]
+    return ".".join(parts)
 
 
 def skip_reason(name: str, shape: tuple[int, ...], dtype: torch.dtype | str) -> str | None:

@@ -208,7 +208,7 @@ def train(
     t_start = time.perf_counter()
     with Monitor(model, run_dir, probes=probes, run_id=run_id, config=config) as mon:
         if start == 0:
-            mon.measure(0, tokens=0)
+            mon.step(0, tokens=0)  # due probes measure, every-step probes see the initial weights
             val_loss = evaluate(model, corpus.val, cfg, seq, device)
             mon.log(0, tokens=0, val_loss=val_loss)
         model.train()
