@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .cli_experiments import cmd_experiment, cmd_findings, cmd_forecast, cmd_prune, cmd_sweep, cmd_taxonomy, fresh_dir
 from .errors import ConfigError, SpecscopeError
+from .models.kinds import KINDS
 
 EXIT_USAGE = 2
 
@@ -129,9 +130,9 @@ def cmd_query(a: argparse.Namespace) -> int:
     return 0
 
 
-TABLE_COLUMNS = ["name", "layer", "kind", "d_out", "d_in", "alpha_mle", "alpha_weighted", "stable_rank", "entropy_norm",
-                 "log_norm", "alpha_tail", "spectral_norm", "status"]
-SERIES_COLUMNS = ["step", "name", "layer", "kind", "alpha_mle", "stable_rank", "alpha_tail", "sd_variation", "cos_sd_final",
+TABLE_COLUMNS = ["name", "layer", "kind", "part", "d_out", "d_in", "slices", "alpha_mle", "alpha_weighted", "stable_rank",
+                 "entropy_norm", "log_norm", "alpha_tail", "spectral_norm", "status"]
+SERIES_COLUMNS = ["step", "name", "layer", "kind", "part", "alpha_mle", "stable_rank", "alpha_tail", "sd_variation", "cos_sd_final",
                   "cos_w_final", "compression", "status"]
 
 
@@ -151,6 +152,9 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     if a.format != "table" and not a.out:
         raise ConfigError(f"--format {a.format} needs --out FILE")
     kinds = a.kinds.split(",") if a.kinds else None
+    unknown = sorted(set(kinds or ()) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"--kinds: unknown kind {', '.join(unknown)}; kinds are {', '.join(KINDS)}")
     if a.trajectory:
         df = trajectory(a.path, window=a.trajectory, mode="sketch" if a.sketch else "exact", k=a.sketch or 4096, kinds=kinds,
                         matrices=a.matrix, run_dir=a.into, progress=not a.no_progress)
@@ -202,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", default=None, help="output file for --format csv|json|parquet")
     an.add_argument("--into", default=None, help="also write into this run store directory (for report / findings)")
     an.add_argument("--method", choices=["gram", "svd"], default="gram")
-    an.add_argument("--kinds", default=None, help="comma-separated kinds to keep (q,k,v,o,mlp_in,mlp_gate,mlp_out,embed,lm_head,other)")
+    an.add_argument("--kinds", default=None, help="comma-separated kinds to keep (" + ",".join(KINDS) + ")")
     an.add_argument("--trajectory", type=int, default=0, metavar="W",
                     help="with a directory of checkpoints: spectra of the last W checkpoint-to-checkpoint updates instead")
     an.add_argument("--sketch", type=int, default=0, metavar="K", help="--trajectory: CountSketch the updates to K dims")
