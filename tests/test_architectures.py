@@ -290,3 +290,36 @@ def test_monitor_records_part_and_catalog_summary(tmp_path):
     assert run.meta["catalog"]["matrices"] == len(ss.catalog(model)) and run.meta["catalog"]["skipped"]["1-D tensors"] == 5
     sp = run.spectra(kind="mlp_out")
     assert sorted(sp["part"]) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_gpt_oss_transposed_interleaved_experts():
+    """GPT-OSS stores experts ``n_experts x d x 2f`` with gate / up in alternate columns."""
+    torch.manual_seed(0)
+    cfg = transformers.GptOssConfig(hidden_size=D, intermediate_size=24, num_hidden_layers=2, num_attention_heads=H,
+                                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=64,
+                                    head_dim=8)
+    model = transformers.GptOssForCausalLM(cfg)
+    by = by_key(ss.catalog(model))
+    experts = model.model.layers[1].mlp.experts
+    x = torch.randn(3, D)
+    for e in range(4):
+        gate_up = x @ experts.gate_up_proj[e]  # how the model computes it
+        torch.testing.assert_close(x @ by[(1, "mlp_gate", e)][0].read().T, gate_up[:, ::2])
+        torch.testing.assert_close(x @ by[(1, "mlp_in", e)][0].read().T, gate_up[:, 1::2])
+        torch.testing.assert_close(gate_up[:, ::2] @ by[(1, "mlp_out", e)][0].read().T, gate_up[:, ::2] @ experts.down_proj[e])
+    assert (1, "router", -1) in by
+
+
+def test_deepseek_dense_then_moe_layers(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.DeepseekV3Config(hidden_size=D, intermediate_size=FF, moe_intermediate_size=24, num_hidden_layers=2,
+                                        num_attention_heads=H, num_key_value_heads=H, n_routed_experts=4,
+                                        num_experts_per_tok=2, first_k_dense_replace=1, n_shared_experts=1, vocab_size=64,
+                                        q_lora_rank=16, kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4,
+                                        v_head_dim=8, n_group=2, topk_group=1)
+    model = transformers.DeepseekV3ForCausalLM(cfg)
+    k = keys(ss.catalog(model))
+    assert {(0, "mlp_gate", -1), (0, "mlp_in", -1), (0, "mlp_out", -1)} <= k and not any(p >= 0 for l, _, p in k if l == 0)
+    assert {(1, kind, e) for kind in ("mlp_gate", "mlp_in", "mlp_out") for e in range(4)} | {(1, "router", -1)} <= k
+    assert (1, "other", -1) in k  # the latent-attention projections (q_a / kv_a ...) have no q / k / v kind
+    assert_live_equals_offline(model, tmp_path)

@@ -11,8 +11,9 @@ or more matrices, each with a ``take`` that maps the stored tensor to the matrix
   rows ``[q; k; v]``.
 - Packed experts (one ``n_experts x d_out x d_in`` parameter under ``experts``, Mixtral /
   Qwen-MoE / DeepSeek in transformers 5): one matrix per expert (``part``), a fused
-  ``gate_up_proj`` split into its gate (first half of the rows) and up halves. Stored
-  ``n_experts x d_in x d_out`` (recognized from the config's hidden size) is transposed.
+  ``gate_up_proj`` split into its gate (first half of the rows) and up halves (alternate
+  rows for GPT-OSS). Stored ``n_experts x d_in x d_out`` (Llama 4, GPT-OSS: recognized from
+  the config's hidden size) is transposed.
 - Recurrent ``weight_ih_l{n}`` / ``weight_hh_l{n}``: one matrix per gate (``part``): LSTM
   ``i f g o``, GRU ``r z n``; the gate count is read off ``weight_hh``'s shape (``G h x h``).
 - Convolutions (a ``weight`` of 3 to 5 dims, ``c_out x c_in x k...``): one ``c_out x c_in``
@@ -41,6 +42,7 @@ _EXPERT_LEAF = {"gate_up_proj": "gate_up", "w13": "gate_up", "gate_up": "gate_up
                 "up_proj": "mlp_in", "w3": "mlp_in", "up": "mlp_in",
                 "down_proj": "mlp_out", "w2": "mlp_out", "down": "mlp_out"}
 GATE_LABELS = {4: "ifgo", 3: "rzn"}
+_INTERLEAVED_GATE_UP = ("gpt_oss",)  # gate / up rows alternate in the fused expert weight
 QKV = ("q", "k", "v")
 _SEPARATE_QKV = {"q_proj_weight": "q", "k_proj_weight": "k", "v_proj_weight": "v"}
 
@@ -70,6 +72,7 @@ class Context:
     hidden: int | None = None
     moe_parents: frozenset[str] = frozenset()
     rnn_gates: dict[tuple[str, int], int] | None = None  # (module, layer) -> gates
+    model_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ def _split_experts(st: Stored, mod: str, leaf: str, ctx: Context) -> list[Part]:
     else:
         transposed = bool(hidden) and b != hidden and a == hidden
     d_out, d_in = (b, a) if transposed else (a, b)
+    interleaved = ctx.model_type in _INTERLEAVED_GATE_UP
 
     def expert(e: int) -> Callable[[torch.Tensor], torch.Tensor]:
         return (lambda t: t[e].T) if transposed else (lambda t: t[e])
@@ -218,8 +222,9 @@ def _split_experts(st: Stored, mod: str, leaf: str, ctx: Context) -> list[Part]:
         if role == "gate_up" and d_out % 2 == 0:
             f = d_out // 2
             for j, (label, kind) in enumerate((("gate", "mlp_gate"), ("up", "mlp_in"))):
+                rows = slice(j, None, 2) if interleaved else slice(j * f, (j + 1) * f)
                 parts.append(Part(f"{st.name}[{e}:{label}]", layer, kind, (f, d_in),
-                                  (lambda t, e=e, j=j: expert(e)(t)[j * f:(j + 1) * f]), unit, part=e))
+                                  (lambda t, e=e, rows=rows: expert(e)(t)[rows]), unit, part=e))
         else:
             kind = role if role in ("mlp_gate", "mlp_in", "mlp_out") else "other"
             parts.append(Part(f"{st.name}[{e}]", layer, kind, (d_out, d_in), expert(e), unit, part=e))
