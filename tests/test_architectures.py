@@ -323,3 +323,31 @@ def test_deepseek_dense_then_moe_layers(tmp_path):
     assert {(1, kind, e) for kind in ("mlp_gate", "mlp_in", "mlp_out") for e in range(4)} | {(1, "router", -1)} <= k
     assert (1, "other", -1) in k  # the latent-attention projections (q_a / kv_a ...) have no q / k / v kind
     assert_live_equals_offline(model, tmp_path)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "neox", "mixtral"])
+def test_spectral_warmup_writes_every_split(family):
+    """Warm-up sets each block matrix through its split (transposed, interleaved, per expert) to the
+    reference's singular values."""
+    from specscope.train.warmup import spectral_warmup
+
+    def make(seed):
+        torch.manual_seed(seed)
+        if family == "gpt2":
+            return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=D, n_head=H, n_layer=2, vocab_size=50,
+                                                                        n_positions=16))
+        if family == "neox":
+            return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+                hidden_size=D, num_hidden_layers=2, num_attention_heads=H, intermediate_size=FF, vocab_size=50))
+        return _moe("mixtral")
+
+    model, reference = make(0), make(1)
+    n = spectral_warmup(model, reference, seed=3)
+    mine, theirs = by_key(ss.catalog(model)), by_key(ss.catalog(reference))
+    block = [k for k in mine if k[0] >= 0]
+    assert n == sum(len(mine[k]) for k in block)
+    for k in block:
+        for a, b in zip(mine[k], theirs[k]):
+            sa = torch.linalg.svdvals(a.read().double())
+            torch.testing.assert_close(sa, torch.linalg.svdvals(b.read().double()), rtol=1e-5, atol=1e-6)
+            assert not torch.allclose(a.read(), b.read())  # new singular vectors

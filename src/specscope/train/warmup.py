@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models import MatrixRef, catalog
+from ..models import MatrixRef, catalog, unwrap
 from ..models.loading import resolve
 from ..spectra import singular_values_lowmem
 
@@ -32,22 +32,16 @@ def _random_orthogonal(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def _write(model: nn.Module, ref: MatrixRef, new: torch.Tensor) -> None:
-    module = model.get_submodule(ref.source)
-    w = module.weight
-    conv = type(module).__name__ == "Conv1D"  # stores d_in x d_out
-    new = new.to(w.dtype)
+    """Set the cataloged matrix ``ref`` of ``model`` to ``new`` (any split: the positions come from ``ref.take``)."""
+    p = unwrap(model).get_parameter(ref.param)
+    where = ref.take(torch.arange(p.numel(), device=p.device).reshape(p.shape)).reshape(-1)
     with torch.no_grad():
-        if ref.out_index is None:
-            (w.T if conv else w).copy_(new)
-        elif conv:
-            w[:, ref.out_index] = new.T
-        else:
-            w[ref.out_index] = new
+        p.view(-1)[where] = new.reshape(-1).to(device=p.device, dtype=p.dtype)
 
 
 def spectral_warmup(model: nn.Module, reference: str | os.PathLike | nn.Module, scale: float = 1.0, seed: int = 0,
                     kinds: set[str] | None = None) -> int:
-    """Re-initialize every block matrix of ``model`` that the reference has at the same (layer, kind).
+    """Re-initialize every block matrix of ``model`` that the reference has at the same (layer, kind, part).
 
     The reference (a model, a checkpoint, or the last of a checkpoint directory) gives each
     matrix's singular values; a reference matrix of another size gives its spectrum resampled
@@ -57,13 +51,13 @@ def spectral_warmup(model: nn.Module, reference: str | os.PathLike | nn.Module, 
         ref_cat = catalog(reference)
     else:
         ref_cat = resolve(reference)[-1].catalog()
-    by_key = {(r.layer, r.kind): r for r in ref_cat if r.layer >= 0}
+    by_key = {(r.layer, r.kind, r.part): r for r in ref_cat if r.layer >= 0 and r.slices == 1}
     gen = torch.Generator().manual_seed(seed)
     done = 0
     for ref in catalog(model):
-        if ref.layer < 0 or (kinds is not None and ref.kind not in kinds):
+        if ref.layer < 0 or ref.slices != 1 or (kinds is not None and ref.kind not in kinds):
             continue
-        src = by_key.get((ref.layer, ref.kind))
+        src = by_key.get((ref.layer, ref.kind, ref.part))
         if src is None:
             continue
         with torch.no_grad():
@@ -75,6 +69,6 @@ def spectral_warmup(model: nn.Module, reference: str | os.PathLike | nn.Module, 
         _write(model, ref, (u * s) @ v.T)
         done += 1
     if done == 0:
-        raise CheckpointError("spectral warm-up: the reference shares no (layer, kind) block matrix with the model")
+        raise CheckpointError("spectral warm-up: the reference shares no (layer, kind, part) block matrix with the model")
     log.info("spectral warm-up: %d matrices set from the reference", done)
     return done
