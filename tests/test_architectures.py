@@ -351,3 +351,41 @@ def test_spectral_warmup_writes_every_split(family):
             sa = torch.linalg.svdvals(a.read().double())
             torch.testing.assert_close(sa, torch.linalg.svdvals(b.read().double()), rtol=1e-5, atol=1e-6)
             assert not torch.allclose(a.read(), b.read())  # new singular vectors
+
+
+class TimmBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Module()
+        self.attn.qkv = nn.Linear(D, 3 * D)
+        self.attn.proj = nn.Linear(D, D)
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(D, FF)
+        self.mlp.fc2 = nn.Linear(FF, D)
+
+
+class TimmViT(nn.Module):
+    """timm's VisionTransformer naming: patch_embed.proj, blocks.N.attn.qkv / proj, blocks.N.mlp.fc1 / fc2, head."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, D, 4, stride=4)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 17, D))
+        self.blocks = nn.Sequential(TimmBlock(), TimmBlock())
+        self.head = nn.Linear(D, 10)
+
+
+def test_timm_vit_qkv_rows():
+    torch.manual_seed(0)
+    model = TimmViT()
+    cat = ss.catalog(model)
+    assert {(l, k, -1) for l in (0, 1) for k in ("q", "k", "v", "o", "mlp_in", "mlp_out")} <= keys(cat)
+    assert {(-1, "conv", -1), (-1, "other", -1)} <= keys(cat)  # patch embedding, position embedding and head
+    by = by_key(cat)
+    qkv = model.blocks[1].attn.qkv
+    x = torch.randn(4, D)
+    for i, k in enumerate(("q", "k", "v")):
+        (ref,) = by[(1, k, -1)]
+        assert ref.hookable and torch.equal(ref.out_index, torch.arange(i * D, (i + 1) * D))
+        torch.testing.assert_close(x @ ref.read().T, qkv(x)[:, i * D:(i + 1) * D] - qkv.bias[i * D:(i + 1) * D])
