@@ -194,6 +194,75 @@ def test_transformer_encoder_in_proj_q_gradient_spectrum_equals_loop_reference()
                          gradient_spectrum_reference(model, pool, "o", 0, **kw), 1e-6)
 
 
+# packed experts, dict pools
+
+
+class PackedExperts(nn.Module):
+    """One ``n_experts x d_out x d_in`` parameter per role, as transformers 5 stores MoE experts (dense mixture)."""
+
+    def __init__(self, e: int = 3, d: int = 6, f: int = 5):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(e, 2 * f, d) * 0.3)
+        self.down_proj = nn.Parameter(torch.randn(e, d, f) * 0.3)
+
+    def forward(self, x, weights):
+        g, u = torch.einsum("btd,efd->btef", x, self.gate_up_proj).chunk(2, dim=-1)
+        y = torch.einsum("btef,edf->bted", F.silu(g) * u, self.down_proj)
+        return (y * weights[..., None]).sum(2)
+
+
+class MoEBlock(nn.Module):
+    def __init__(self, d: int = 6):
+        super().__init__()
+        self.mlp = nn.Module()
+        self.mlp.gate, self.mlp.experts = nn.Linear(d, 3, bias=False), PackedExperts(d=d)
+
+    def forward(self, x):
+        return x + self.mlp.experts(x, self.mlp.gate(x).softmax(-1))
+
+
+class MoENet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([MoEBlock(), MoEBlock()])
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x):
+        for block in self.layers:
+            x = block(x)
+        return self.head(x).mean((1, 2))
+
+
+@pytest.mark.parametrize("matrix,part", [("mlp_gate", 1), ("mlp_in", 2), ("mlp_out", 0), ("router", None)])
+def test_packed_expert_gradient_spectra_equal_loop_reference(matrix, part):
+    torch.manual_seed(0)
+    model = MoENet().double()
+    g = torch.Generator().manual_seed(7)
+    pool = (torch.randn(8, 4, 6, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64))
+    kw = dict(forward_fn=xy_forward, loss_fn=mse_loss, part=part)
+    ref_entry = ss.measure.find_matrix(model, matrix, -1, part=part)
+    assert ref_entry.part == (-1 if part is None else part) and ref_entry.hookable == (matrix == "router")
+    assert_spectra_equal(gradient_spectrum(model, pool, matrix, -1, batch=3, **kw),
+                         gradient_spectrum_reference(model, pool, matrix, -1, **kw), 1e-6)
+
+
+def test_hf_gpt2_on_a_dict_pool_of_int32_ids_equals_the_reference():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=50, n_positions=16)
+    model = transformers.GPT2LMHeadModel(cfg).double()
+    pool = {"input_ids": torch.randint(0, 50, (8, 16), dtype=torch.int32)}  # called as model(**batch)
+
+    def loss(out, batch):
+        return ss.measure.next_token_losses(out, batch["input_ids"])
+
+    for matrix in ("k", "mlp_in"):
+        assert_spectra_equal(gradient_spectrum(model, pool, matrix, -1, batch=3, loss_fn=loss),
+                             gradient_spectrum_reference(model, pool, matrix, -1, loss_fn=loss), 1e-6)
+    assert_spectra_equal(gradient_spectrum(model, pool["input_ids"], "v", 0),  # token tensor: the default loss
+                         gradient_spectrum_reference(model, pool["input_ids"], "v", 0), 1e-6)
+
+
 # the general paths, their fallbacks and the house rules
 
 
