@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from .measure.common import kept_rng
 from .models import MatrixRef, catalog as build_catalog
 from .models.modes import kept_modes
 from .probes.base import Measurement, Probe, ProbeContext
@@ -27,15 +28,8 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
     """No grad; module modes and CPU/CUDA RNG states are restored on exit."""
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    try:
-        with torch.no_grad(), kept_modes(model):
-            yield
-    finally:
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+    with kept_rng(), torch.no_grad(), kept_modes(model):
+        yield
 
 
 def _to_float(x: Any) -> float:

@@ -1,81 +1,164 @@
 """Spectral Lens probes: activation covariance spectra and per-sample gradient spectra.
 
-Both measure a fixed probe pool: the same seeded held-out sequences at every measurement
-(and across runs, when built with the same seed from the same corpus split).
+Both measure a fixed probe pool: the same samples at every measurement (and across runs, when
+built with the same seed from the same data). A pool is a tensor (token ids, float pixels,
+audio, features) or a tuple / dict of tensors batched along dim 0; it is never cast (token ids
+are sent as int64). They work on any model: ``forward_fn(model, batch)`` says how to call it,
+``loss_fn(output, batch)`` gives the per-sample losses of :class:`Gradients` (see
+:mod:`specscope.measure`).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from .. import measure
+from ..measure.common import ForwardFn, LossFn, as_pool, pool_len, pool_rows, pool_shapes, tree_map
+from ..models import unwrap
 from ..spectra import spectrum_metrics
 from .base import Measurement, Probe, ProbeContext
 
 
-def make_pool(tokens, n: int = 64, seq_len: int = 128, seed: int = 0) -> torch.Tensor:
-    """A fixed probe pool: ``n`` windows of ``seq_len`` tokens at seeded positions of ``tokens``."""
-    arr = np.asarray(tokens)
+def make_pool(data: Any, n: int = 64, seq_len: int = 128, seed: int = 0) -> Any:
+    """A fixed, seeded probe pool.
+
+    ``data`` 1-D (a token stream): ``n`` windows of ``seq_len`` tokens at seeded positions, int64.
+    Anything else (samples batched along dim 0: an ``N x ...`` tensor or array, a tuple / dict of
+    them): ``n`` seeded samples drawn without replacement, in data order, dtype kept (``seq_len``
+    is not used).
+    """
+    if isinstance(data, (tuple, Mapping)) or (hasattr(data, "ndim") and data.ndim != 1):
+        data = as_pool(data)
+        total = pool_len(data)
+        idx = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+        rows = torch.from_numpy(idx)
+        return tree_map(lambda t: t[rows.to(t.device)], data)
+    arr = np.asarray(data)
     if len(arr) < seq_len + 1:
         raise ValueError(f"need more than {seq_len} tokens for the probe pool, got {len(arr)}")
     starts = np.random.default_rng(seed).integers(0, len(arr) - seq_len, size=n)
     return torch.from_numpy(np.stack([arr[s : s + seq_len] for s in starts]).astype(np.int64))
 
 
-def _emit(out: Measurement, layer: int, kind: str, name: str, quantity: str, values: np.ndarray) -> None:
+def _emit(out: Measurement, layer: int, kind: str, name: str, quantity: str, values: np.ndarray,
+          part: int = -1) -> None:
     """Full spectrum plus the SPEC section 3 metrics (``values``: singular values or eigenvalues)."""
     sv = np.sqrt(np.clip(values, 0, None)) if quantity == "eig" else values
-    out.spectra.append({"layer": layer, "kind": kind, "name": name, "quantity": quantity, "values": values.tolist(),
-                        "status": "ok" if np.isfinite(values).all() else "non-finite spectrum"})
+    status = "ok" if np.isfinite(values).all() else "non-finite spectrum"
+    out.spectra.append({"layer": layer, "kind": kind, "part": part, "name": name, "quantity": quantity,
+                        "values": values.tolist(), "status": status})
     table = spectrum_metrics(sv[None, :], mle=False)
     for metric, vals in table.values.items():
-        out.add_metric(layer, kind, name, metric, float(vals[0]), str(table.status[metric][0]))
+        out.add_metric(layer, kind, name, metric, float(vals[0]), str(table.status[metric][0]), part)
 
 
 class Activations(Probe):
-    """Covariance spectrum of the residual-stream output of chosen blocks (default: the deepest)."""
+    """Covariance spectrum of activations over the pool (SPEC 1.2).
+
+    Where (see :mod:`specscope.measure.activations`): ``layers`` (block indices, checked at
+    setup: out of range is a ``ValueError``) or ``modules`` (module names, ``"name:input"`` for
+    a module's input), not both; neither: the deepest block, or, in a model without a block
+    list, the input of its output head (found once by running one batch, and logged).
+    ``normalize``: ``"rms"`` (default) or ``"none"``. ``forward_fn(model, batch)``: how to call
+    the model (default ``model(batch)`` / ``model(*batch)`` / ``model(**batch)``).
+    ``feature_dim``: which dim of an activation holds the features (default: the last of a
+    2-D / 3-D activation, dim 1 (channels) of a 4-D / 5-D feature map). Stored rows: kind
+    ``activation``, ``layer`` = block index (or the modules' depth order), ``name`` =
+    ``block{i}`` or the module name.
+    """
 
     name = "activations"
 
-    def __init__(self, pool: torch.Tensor, layers: Iterable[int] = (-1,), every: int = 100, at: Iterable[int] = (),
-                 normalize: str = "rms", batch: int = 16, name: str | None = None):
+    def __init__(self, pool: Any, layers: Iterable[int] | None = None, every: int = 100, at: Iterable[int] = (),
+                 normalize: str = "rms", batch: int = 16, name: str | None = None, *,
+                 modules: Iterable[str] | str | None = None, forward_fn: ForwardFn | None = None,
+                 feature_dim: int | None = None):
         super().__init__(every, at, name)
-        self.pool = torch.as_tensor(pool)
-        self.layers = tuple(layers)
-        self.normalize = normalize
-        self.batch = batch
+        self.pool = as_pool(pool)
+        pool_len(self.pool)
+        if layers is not None and modules is not None:
+            raise ValueError("pass either layers (block indices) or modules (module names), not both")
+        self.layers = None if layers is None else tuple(layers)
+        if self.layers is not None and not all(isinstance(l, (int, np.integer)) for l in self.layers):
+            raise TypeError(f"layers are block indices (integers), got {self.layers}")
+        self.modules = None if modules is None else (modules,) if isinstance(modules, str) else tuple(modules)
+        if normalize not in ("rms", "none"):
+            raise ValueError("normalize must be 'rms' or 'none'")
+        self.normalize, self.batch, self.forward_fn, self.feature_dim = normalize, batch, forward_fn, feature_dim
+        self._default: tuple[int, str] | None = None  # (id of the model, module found by running it)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "layers": list(self.layers), "pool": list(self.pool.shape), "normalize": self.normalize}
+        return {**super().describe(), "layers": None if self.layers is None else list(self.layers),
+                "modules": None if self.modules is None else list(self.modules), "pool": pool_shapes(self.pool),
+                "normalize": self.normalize}
+
+    def setup(self, model: torch.nn.Module) -> None:
+        measure.activation_sites(model, self.layers, self.modules)  # raises on an index out of range, a bad name
+
+    def _modules(self, model: torch.nn.Module) -> tuple[str, ...] | None:
+        if self.layers is not None or self.modules is not None or measure.activation_sites(model) is not None:
+            return self.modules
+        base = unwrap(model)
+        if self._default is None or self._default[0] != id(base):
+            self._default = (id(base), measure.default_site(base, self.pool, self.forward_fn, self.batch).name)
+        return (self._default[1],)
 
     def measure(self, ctx: ProbeContext) -> Measurement:
-        covs = measure.activation_covariances(ctx.model, self.pool, self.layers, self.normalize, self.batch)
+        covs = measure.activation_covariances(ctx.model, self.pool, self.layers, self.normalize, self.batch,
+                                              modules=self._modules(ctx.model), forward_fn=self.forward_fn,
+                                              feature_dim=self.feature_dim)
         out = Measurement()
-        for layer, cov in sorted(covs.items()):
-            lam = measure.desc_eigvalsh(cov.compute())
-            _emit(out, layer, "activation", f"block{layer}", "eig", lam)
+        for site, cov in covs.items():
+            _emit(out, site.layer, "activation", site.name, "eig", measure.desc_eigvalsh(cov.compute()))
         return out
 
 
 class Gradients(Probe):
-    """Singular values of the per-sample gradient matrix of one weight matrix (default: the final block's ``o``)."""
+    """Singular values of the per-sample gradient matrix of one cataloged matrix (SPEC 1.3).
+
+    The matrix: kind ``matrix`` in layer ``layer`` (default: the final block's ``o``), ``part``
+    choosing among several (experts, recurrent gates), or ``matrix_name`` (a catalog entry's
+    ``name``; ``name`` is this probe's own name). ``samples``: the first ``samples`` of the pool.
+    ``loss_fn(output, batch)``: per-sample losses, shape ``(B,)``; the default next-token
+    cross-entropy applies to a pool of token ids only (any other pool without ``loss_fn`` is a
+    ``ValueError`` at setup, recorded as NaN with its status at each measurement).
+    ``forward_fn(model, batch)``: how to call the model. ``method``: ``"auto"`` (hooks on a
+    linear layer, else ``torch.func``, else a loop of single-sample backward passes), or one of
+    ``"hooks"``, ``"func"``, ``"loop"`` (see :mod:`specscope.measure.gradients`).
+    """
 
     name = "gradients"
 
-    def __init__(self, pool: torch.Tensor, matrix: str = "o", layer: int = -1, samples: int | None = None, every: int = 100,
-                 at: Iterable[int] = (), batch: int = 16, chunk: int = 16, name: str | None = None):
+    def __init__(self, pool: Any, matrix: str = "o", layer: int = -1, samples: int | None = None, every: int = 100,
+                 at: Iterable[int] = (), batch: int = 16, chunk: int = 16, name: str | None = None, *,
+                 matrix_name: str | None = None, part: int | None = None, loss_fn: LossFn | None = None,
+                 forward_fn: ForwardFn | None = None, method: str = "auto"):
         super().__init__(every, at, name)
-        pool = torch.as_tensor(pool)
-        self.pool = pool[:samples] if samples else pool
+        pool = as_pool(pool)
+        self.pool = pool_rows(pool, 0, samples) if samples else pool
+        pool_len(self.pool)
+        if method not in measure.METHODS:
+            raise ValueError(f"method must be one of {measure.METHODS}, got {method!r}")
         self.matrix, self.layer, self.batch, self.chunk = matrix, layer, batch, chunk
+        self.matrix_name, self.part, self.method = matrix_name, part, method
+        self.loss_fn, self.forward_fn = loss_fn, forward_fn
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "matrix": self.matrix, "layer": self.layer, "samples": len(self.pool)}
+        return {**super().describe(), "matrix": self.matrix, "layer": self.layer, "matrix_name": self.matrix_name,
+                "part": self.part, "samples": pool_len(self.pool), "pool": pool_shapes(self.pool),
+                "method": self.method}
+
+    def setup(self, model: torch.nn.Module) -> None:
+        measure.find_matrix(model, self.matrix, self.layer, name=self.matrix_name, part=self.part)
+        measure.resolve_loss(self.loss_fn, self.pool)
 
     def measure(self, ctx: ProbeContext) -> Measurement:
-        gram, ref = measure.gradient_gram(ctx.model, self.pool, self.matrix, self.layer, self.batch, self.chunk)
+        gram, ref = measure.gradient_gram(ctx.model, self.pool, self.matrix, self.layer, self.batch, self.chunk,
+                                          name=self.matrix_name, part=self.part, loss_fn=self.loss_fn,
+                                          forward_fn=self.forward_fn, method=self.method, refs=ctx.catalog)
         out = Measurement()
-        _emit(out, ref.layer, ref.kind, ref.name, "sv", np.sqrt(measure.desc_eigvalsh(gram)))
+        _emit(out, ref.layer, ref.kind, ref.name, "sv", np.sqrt(measure.desc_eigvalsh(gram)), ref.part)
         return out

@@ -1,13 +1,36 @@
-"""Per-sample gradient Gram of one linear map (SPEC 1.3), from hooks on that layer only.
+"""Per-sample gradient Gram ``G G^T`` (SPEC 1.3), float64, filled block by block.
 
-For a linear map ``y = W x`` applied at every position, the gradient of sequence ``m``'s loss is
+:class:`PerSampleGradGram`: one linear map, from hooks on that layer only. For ``y = W x``
+applied at every position, the gradient of sequence ``m``'s loss is
 ``g_m = sum_t delta_{m,t} x_{m,t}^T``. The compact factors (``X_m``, ``Delta_m``) of every sample
-are kept; per-sample gradients are materialized a chunk at a time to fill the float64 Gram
-``G G^T`` block by block, so at most two chunks of gradients exist at once.
+are kept; per-sample gradients are materialized a chunk at a time to fill the Gram block by
+block, so at most two chunks of gradients exist at once.
+
+:class:`RowGram`: per-sample gradients already materialized as rows (any parameter, through
+``torch.func`` or a backward loop), kept in their own dtype and converted a chunk at a time.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+
+def blocked_gram(m: int, rows: Callable[[int, int], torch.Tensor], chunk: int, device: torch.device) -> torch.Tensor:
+    """The float64 ``m x m`` Gram of rows ``rows(lo, hi)`` (float64), two chunks of rows at a time."""
+    gram = torch.zeros(m, m, dtype=torch.float64, device=device)
+    c = max(1, int(chunk))
+    for a in range(0, m, c):
+        ga = rows(a, min(m, a + c))
+        gram[a : a + c, a : a + c] = ga @ ga.T
+        for b in range(a + c, m, c):
+            gb = rows(b, min(m, b + c))
+            blk = ga @ gb.T
+            gram[a : a + c, b : b + c] = blk
+            gram[b : b + c, a : a + c] = blk.T
+            del gb
+        del ga
+    return gram
 
 
 class PerSampleGradGram:
@@ -38,17 +61,34 @@ class PerSampleGradGram:
 
     def compute(self) -> torch.Tensor:
         """The float64 Gram ``G G^T`` (M x M) of the flattened per-sample gradients."""
-        m = len(self.inputs)
-        gram = torch.zeros(m, m, dtype=torch.float64, device=self.device)
-        c = max(1, self.chunk)
-        for a in range(0, m, c):
-            ga = self._grads(a, min(m, a + c))
-            gram[a : a + c, a : a + c] = ga @ ga.T
-            for b in range(a + c, m, c):
-                gb = self._grads(b, min(m, b + c))
-                blk = ga @ gb.T
-                gram[a : a + c, b : b + c] = blk
-                gram[b : b + c, a : a + c] = blk.T
-                del gb
-            del ga
-        return gram
+        return blocked_gram(len(self.inputs), self._grads, self.chunk, self.device)
+
+
+class RowGram:
+    """The float64 Gram of per-sample gradient rows added with :meth:`update` (``B x P`` each)."""
+
+    def __init__(self, chunk: int = 16, device: torch.device | str | None = None):
+        self.chunk = int(chunk)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: list[torch.Tensor] = []  # per sample: (P,)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def update(self, rows: torch.Tensor) -> None:
+        """Add samples: ``rows`` (B, P), one flattened gradient per sample."""
+        self.rows.extend(rows.detach().reshape(rows.shape[0], -1).to(self.device))
+
+    def merge(self, other: "RowGram") -> "RowGram":
+        self.rows += other.rows
+        return self
+
+    def _grads(self, lo: int, hi: int) -> torch.Tensor:
+        return torch.stack(self.rows[lo:hi]).to(torch.float64)
+
+    def compute(self) -> torch.Tensor:
+        """The float64 Gram ``G G^T`` (M x M)."""
+        return blocked_gram(len(self.rows), self._grads, self.chunk, self.device)
