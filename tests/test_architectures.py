@@ -58,6 +58,7 @@ def test_torch_transformer_encoder_in_proj_split():
             (ref,) = by[(layer, k, -1)]
             assert torch.equal(ref.read(), attn.in_proj_weight[i * D:(i + 1) * D]) and ref.param.endswith("in_proj_weight")
         assert torch.equal(by[(layer, "o", -1)][0].read(), attn.out_proj.weight)
+        assert not by[(layer, "o", -1)][0].hookable  # attention uses the weight, never calls out_proj
         assert torch.equal(by[(layer, "mlp_in", -1)][0].read(), enc.layers[layer].linear1.weight)
         assert by[(layer, "mlp_out", -1)][0].shape == (D, FF)
     # the split reproduces the attention's own projection

@@ -171,6 +171,9 @@ def _mark_hookable(base: nn.Module, ref: MatrixRef) -> MatrixRef:
     if not ref.param.endswith(".weight") or ref.slices != 1:
         return ref
     mod = base.get_submodule(ref.source)
+    parent = base.get_submodule(ref.source.rpartition(".")[0]) if "." in ref.source else None
+    if isinstance(parent, nn.MultiheadAttention):  # its out_proj weight is used directly, never called as a module
+        return ref
     linear = isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
     return replace(ref, hookable=linear) if linear else ref
 
