@@ -40,5 +40,6 @@ def test_report_of_a_run_without_probe_data(tmp_path):
     run = _spectra_run(tmp_path / "r", [(0, [2.0, 1.0])])
     path = write_report(run.dir, tmp_path / "out" / "rep.html")
     html = path.read_text()
-    assert "Loss" in html and "No data for this figure" in html
+    assert "Loss" in html and "only 1 weight measurement" not in html
+    assert "no weight-probe measurements in this run: SoSD onset needs the Weights probe" in html  # spectra, no metrics
     assert "no probe measurements" in summary(run)

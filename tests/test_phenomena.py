@@ -142,7 +142,13 @@ def test_pruning_rules_and_verdict():
 def test_findings_text_and_json(tmp_path, capsys):
     run = _write(tmp_path / "f", _wave_rows(n_layers=4), scalars=[(s, "loss", 3 - s / 1000) for s in range(1, 601)])
     items = findings(run)
-    assert [f.name for f in items] == ["sosd", "compression_waves", "depth_profile"]
+    # every analysis is listed; the ones this run's data does not allow say what it lacks
+    assert [f.name for f in items] == ["sosd", "compression_waves", "depth_profile", "spectral_edge", "pruning"]
+    assert [f.applies for f in items] == [True, True, False, False, False]
+    by = {f.name: f.verdict["verdict"] for f in items}
+    assert by["spectral_edge"].startswith("no trajectory measurements in this run")
+    assert by["pruning"].startswith("not measured: `specscope prune RUN`")  # q blocks: prunable, but never pruned
+    assert "no alpha_tail of hidden matrices" in by["depth_profile"]
     doc = json.loads(to_json(items))
     assert doc[1]["verdict"]["direction"] == "early -> late"
     assert "Compression waves across depth" in to_text(items)

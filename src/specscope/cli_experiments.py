@@ -218,6 +218,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from .prune import pruning_study, summarize_comparison
     from .train.load import load_model
 
+    _check_prunable(a.path)
     model, family = load_model(a.path)
     seqs = _prune_sequences(a, model, family)
     ks = [int(k) for k in a.k.split(",")] if a.k else None
@@ -240,6 +241,25 @@ def cmd_prune(a: argparse.Namespace) -> int:
     if saved:
         print(f"saved beside the run: {saved} (shown by `specscope findings` and `specscope report`)")
     return 0
+
+
+def _check_prunable(path: str) -> None:
+    """A run directory that cannot be pruned gets one line saying why: no transformer blocks, or no checkpoints."""
+    from .analysis.coverage import contents
+    from .errors import UnsupportedModelError
+    from .models.loading import step_checkpoints
+    from .store.reader import is_run_dir, open_run
+
+    p = Path(path)
+    if not (p.is_dir() and is_run_dir(p)) or (p / "config.json").is_file():
+        return
+    have = contents(open_run(p))
+    why = have.blocks("layer importance needs block skipping") if have.weight_steps else None
+    if why:
+        raise UnsupportedModelError(f"{p}: {why}; specscope prune runs the reference GPT or an HF causal LM")
+    if not step_checkpoints(p) and not any(p.glob("*.safetensors")):
+        raise UnsupportedModelError(f"{p}: the run kept no checkpoints, and prune needs the model: train with --ckpt-every N, "
+                                    "or pass a reference-GPT safetensors checkpoint or an HF model directory")
 
 
 def _save_pruning(path: str, importance, summary, verdict) -> Path | None:

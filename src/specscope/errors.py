@@ -27,3 +27,7 @@ class CheckpointError(SpecscopeError):
 
 class UnsupportedDtypeError(CheckpointError):
     """A weight matrix is stored in a dtype specscope cannot take spectra of (e.g. int8, float8)."""
+
+
+class UnsupportedModelError(SpecscopeError):
+    """A model lacks what an operation needs (e.g. ``prune`` on a model without transformer blocks)."""

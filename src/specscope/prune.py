@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .analysis.pruning import block_alpha, importance_verdict, pruning_verdict, rule_choice
+from .errors import UnsupportedModelError
 from .measure import _batches, _device, find_blocks, sequence_losses
 from .models.modes import kept_modes
 
@@ -29,10 +30,19 @@ def _identity_hook(_mod, args, kwargs, out):
     return h
 
 
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks; :class:`UnsupportedModelError` (one line) when it has none to skip."""
+    try:
+        return find_blocks(model)
+    except ValueError:
+        raise UnsupportedModelError(f"no transformer blocks in this model ({type(model).__name__}): layer importance needs "
+                                    "block skipping (a ModuleList named blocks / h / layers)") from None
+
+
 @contextlib.contextmanager
 def skipped(model: nn.Module, layers: Iterable[int]) -> Iterator[None]:
     """Blocks ``layers`` act as the identity inside the block."""
-    blocks = find_blocks(model)
+    blocks = blocks_of(model)
     handles = [blocks[i].register_forward_hook(_identity_hook, with_kwargs=True) for i in sorted(set(layers))]
     try:
         yield
@@ -57,7 +67,7 @@ def block_importance(model: nn.Module, sequences: torch.Tensor, batch: int = 8) 
     """Per block: held-out loss with that block skipped, and the increase over the full model."""
     base = heldout_loss(model, sequences, batch)
     rows = []
-    for i in range(len(find_blocks(model))):
+    for i in range(len(blocks_of(model))):
         with skipped(model, [i]):
             loss = heldout_loss(model, sequences, batch)
         rows.append({"layer": i, "loss": loss, "delta_loss": loss - base})
@@ -71,7 +81,7 @@ def _ppl(loss: float) -> float:
 def compare_rules(model: nn.Module, sequences: torch.Tensor, alpha: pd.Series, ks: Iterable[int], metric: str = "alpha_tail",
                   random_seeds: int = 5, batch: int = 8, keep_first: bool = True) -> pd.DataFrame:
     """Delta-perplexity of removing k blocks by the spectral rule, Last-N, and random choice (several seeds)."""
-    n = len(find_blocks(model))
+    n = len(blocks_of(model))
     base = heldout_loss(model, sequences, batch)
     rows = []
     for k in ks:
@@ -94,6 +104,7 @@ def pruning_study(model: nn.Module, sequences: torch.Tensor, ks: Iterable[int] |
     """Block importance with each block's alpha, the rule comparison, and the verdict (rho, Last-N / spectral)."""
     from .offline import analyze
 
+    blocks_of(model)  # fails first, in one line, on a model without blocks
     weights = analyze(model, progress=False)
     alpha = block_alpha(weights, metric)
     importance = block_importance(model, sequences, batch).merge(alpha.rename(metric).reset_index(), on="layer", how="left")

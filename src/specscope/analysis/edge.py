@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..store.reader import Run
+from .coverage import join
 
 
 @dataclass
@@ -88,28 +89,45 @@ def gap_events(steps: np.ndarray, gap: np.ndarray, kstar: np.ndarray, open_at: f
     return pd.DataFrame(rows, columns=["step", "event", "gap_ratio", "kstar"])
 
 
+MIN_WINDOWS = 3  # fewest measured windows for phases to mean anything
+
+
 def edge_analysis(run: Run, probe: str = "trajectory", name: str = "global", max_lag: int = 5,
                   rule: PhaseRule = PhaseRule()) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Per-window table (step, gap_ratio, kstar, phase, val_loss), gap events, and a verdict."""
+    """Per-window table (step, gap_ratio, kstar, phase, val_loss), gap events, and a verdict (``missing``: what the
+    run lacked: the trajectory probe, enough windows, a validation loss for the lag correlation)."""
     m = run.metrics(probe=probe)
-    m = m[m["name"] == name]
-    table = m[m["metric"].isin(["gap_ratio", "kstar"])].pivot_table(index="step", columns="metric", values="value")
-    if table.empty:
-        return pd.DataFrame(), pd.DataFrame(), {"verdict": f"no {probe} measurements named {name!r}"}
-    table = table.reset_index()
+    m = m[(m["name"] == name) & m["metric"].isin(["gap_ratio", "kstar"])]
+    table = m.pivot_table(index="step", columns="metric", values="value")
+    if table.empty or "gap_ratio" not in table or not table["gap_ratio"].notna().any():
+        why = (f"no {probe} measurements in this run: trajectory gaps need the Trajectory probe" if m.empty else
+               f"no {probe} window named {name!r} with >= 2 updates: no gap ratio")
+        return pd.DataFrame(), pd.DataFrame(), {"verdict": why, "missing": [why], "applies": False}
+    table = table.reindex(columns=["gap_ratio", "kstar"]).reset_index()
     table["phase"] = phases(table["gap_ratio"].to_numpy(), rule)
     sc = run.scalars()
-    if "val_loss" in sc:
-        v = sc[["step", "val_loss"]].dropna()
-        table["val_loss"] = np.interp(table["step"], v["step"], v["val_loss"]) if len(v) else np.nan
+    v = sc[["step", "val_loss"]].dropna() if "val_loss" in sc else pd.DataFrame()
+    missing = []
+    if len(v):
+        table["val_loss"] = np.interp(table["step"], v["step"], v["val_loss"])
         corr = lagged_correlation(table["gap_ratio"].to_numpy(), table["val_loss"].to_numpy(), max_lag)
         best = corr.loc[corr["corr"].abs().idxmax()] if corr["corr"].notna().any() else None
+        if best is None:
+            missing.append(f"too few windows with a validation loss ({len(table)}) for the lag correlation")
     else:
         best = None
+        missing.append("no validation loss logged: no lagged correlation of the gap ratio with it")
+    n = int(table["gap_ratio"].notna().sum())
+    few = n < MIN_WINDOWS
+    if few:
+        missing.insert(0, f"only {n} window{'s' if n != 1 else ''} with a gap ratio: phases need >= {MIN_WINDOWS}")
     events = gap_events(table["step"].to_numpy(), table["gap_ratio"].to_numpy(), table["kstar"].to_numpy())
     counts = table["phase"].value_counts().to_dict()
-    verdict = {"phases": counts, "peak_gap_ratio": float(table["gap_ratio"].max()),
-               "peak_step": int(table.loc[table["gap_ratio"].idxmax(), "step"]),
+    counts.pop("", None)
+    peak = table.loc[table["gap_ratio"].idxmax()]
+    head = "collapse seen" if counts.get("collapse") else ("plateau reached" if counts.get("plateau") else "rising")
+    head = f"{head} ({n} windows, peak gap ratio {peak['gap_ratio']:.3g} at step {int(peak['step'])})"
+    verdict = {"phases": counts, "peak_gap_ratio": float(peak["gap_ratio"]), "peak_step": int(peak["step"]), "windows": n,
                "best_lag": None if best is None else int(best["lag"]), "best_corr": None if best is None else float(best["corr"]),
-               "verdict": "collapse seen" if counts.get("collapse") else ("plateau reached" if counts.get("plateau") else "rising")}
+               "missing": missing, "applies": not few, "verdict": join(None if few else head, *missing)}
     return table, events, verdict

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..store.artifacts import jsonable, load_artifact
 from ..store.reader import Run, open_run
+from .coverage import RunContents, contents
 from .edge import edge_analysis
 from .lifecycle import compression_waves, depth_profiles
 from .sosd import sosd
@@ -20,44 +21,57 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Finding:
+    """One analysis of a run: its table, its verdict (``verdict["verdict"]`` the sentence, ``missing`` what the run
+    lacked, ``applies`` whether the analysis produced its main result) and auxiliary tables (``extras``)."""
+
     name: str
     title: str
     verdict: dict[str, Any]
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    extras: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def applies(self) -> bool:
+        return bool(self.verdict.get("applies", True))
 
 
-def _weights_steps(run: Run) -> int:
-    m = run.metrics(probe="weights", metric="stable_rank")
-    return int(m["step"].nunique()) if not m.empty else 0
+PRUNE_TITLE = "Layer importance and pruning (spectral rule vs Last-N vs random)"
 
 
-def findings(run: Run | str | os.PathLike, metric: str = "alpha_tail") -> list[Finding]:
-    """Every analysis the run supports: SoSD and the lifecycle (weight probe, >= 3 measurements), the
-    depth profile (weight probe), the spectral edge (trajectory probe), and pruning when
-    ``specscope prune RUN`` has saved its results beside the run."""
-    run = run if isinstance(run, Run) else open_run(run)
-    out: list[Finding] = []
-    n = _weights_steps(run)
-    if n >= 3:
-        table, verdict = sosd(run)
-        out.append(Finding("sosd", "Stability of the singular distribution (SoSD onset vs loss knee)", verdict, table))
-        table, verdict = compression_waves(run)
-        out.append(Finding("compression_waves", "Compression waves across depth", verdict, table))
-    if n >= 1:
-        table, verdict = depth_profiles(run, metric)
-        out.append(Finding("depth_profile", f"Depth profile of {metric}", verdict, table))
-    if not run.metrics(probe="trajectory").empty:
-        table, events, verdict = edge_analysis(run)
-        out.append(Finding("spectral_edge", "Trajectory gap dynamics (spectral edge)", verdict, table))
+def pruning_finding(run: Run, have: RunContents) -> Finding:
+    """The results ``specscope prune RUN`` saved beside the run, or why there are none."""
     saved = load_artifact(run.dir, "pruning")
     if saved is not None:  # written by `specscope prune RUN` (it needs the live model)
         tables, verdict = saved
-        out.append(Finding("pruning", "Layer importance and pruning (spectral rule vs Last-N vs random)", verdict,
-                           tables.get("summary", pd.DataFrame())))
+        return Finding("pruning", PRUNE_TITLE, {"applies": True, "missing": [], **verdict},
+                       tables.get("summary", pd.DataFrame()), {k: v for k, v in tables.items() if k != "summary"})
+    why = ((have.blocks("layer importance needs block skipping") if have.weight_steps else None)
+           or "not measured: `specscope prune RUN` runs the model with each block skipped (it needs the live model)")
+    return Finding("pruning", PRUNE_TITLE, {"verdict": why, "missing": [why], "applies": False})
+
+
+def findings(run: Run | str | os.PathLike, metric: str = "alpha_tail") -> list[Finding]:
+    """Every SPEC section 5 analysis that reads a run, each with its verdict: SoSD, compression waves, the depth
+    profile (weight probe), the spectral edge (trajectory probe), and pruning when ``specscope prune RUN`` has saved
+    its results beside the run. An analysis the run's data does not allow says what is missing in its verdict
+    (``verdict["missing"]``, ``Finding.applies`` False); none raises."""
+    run = run if isinstance(run, Run) else open_run(run)
+    have = contents(run)
+    out: list[Finding] = []
+    table, verdict = sosd(run, have=have)
+    out.append(Finding("sosd", "Stability of the singular distribution (SoSD onset vs loss knee)", verdict, table))
+    table, verdict = compression_waves(run, have=have)
+    out.append(Finding("compression_waves", "Compression waves across depth", verdict, table))
+    table, verdict = depth_profiles(run, metric, have=have)
+    out.append(Finding("depth_profile", f"Depth profile of {metric}", verdict, table))
+    table, events, verdict = edge_analysis(run)
+    out.append(Finding("spectral_edge", "Trajectory gap dynamics (spectral edge)", verdict, table, {"events": events}))
+    out.append(pruning_finding(run, have))
     return out
 
 
 def to_json(items: list[Finding], with_tables: bool = True) -> str:
+    """The findings as a JSON list (name, title, verdict, table records)."""
     doc = []
     for f in items:
         d = {"name": f.name, "title": f.title, "verdict": jsonable(f.verdict)}
@@ -68,13 +82,12 @@ def to_json(items: list[Finding], with_tables: bool = True) -> str:
 
 
 def to_text(items: list[Finding], max_rows: int = 20) -> str:
-    if not items:
-        return "no findings: the run has no weight or trajectory measurements"
+    """Each finding's title, verdict sentence, verdict values and the head of its table."""
     lines = []
     for f in items:
         lines.append(f"== {f.title}")
         lines.append(f"   {f.verdict.get('verdict', '')}")
-        extra = {k: v for k, v in jsonable(f.verdict).items() if k != "verdict"}
+        extra = {k: v for k, v in jsonable(f.verdict).items() if k not in ("verdict", "missing", "applies")}
         if extra:
             lines.append("   " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()))
         if not f.table.empty:

@@ -4,15 +4,19 @@ the Q/K vs V/O asymmetry, and the depth scaling of the alpha range across runs.
 Rules (documented):
 
 - **Compression gradient** at a step: least-squares slope of ``compression`` (mean over the
-  kinds in ``kinds``) against layer index. Its **reversal step**: the first step after the
-  gradient's largest magnitude where its sign is the opposite one.
+  kinds in ``kinds``: the transformer block kinds, or every kind of a model without blocks,
+  whose layers are its matrices' order in depth; several parts of one layer, e.g. experts or
+  recurrent gates, are averaged per layer) against layer index; a wave needs >= 3 layers. Its
+  **reversal step**: the first step after the gradient's largest magnitude where its sign is
+  the opposite one.
 - **Wave front** at a measurement: the layer with the largest compression rate
   (``d compression / d step`` between consecutive measurements). **Velocity**: least-squares
   slope of the front layer against step (layers per step), over the measurements up to the
   reversal step (all of them without a reversal); positive = the wave moves early -> late.
-- **Depth profile**: final ``metric`` (default ``alpha_tail``) per layer and kind; the peak layer;
-  **inverted-U** when the peak is interior (not the first or last layer) and a quadratic fit
-  of the profile has negative curvature.
+- **Depth profile**: final ``metric`` (default ``alpha_tail``) per layer and kind (the parts of
+  one layer averaged: ``parts`` says how many); the peak layer; **inverted-U** when the peak is
+  interior (not the first or last layer) and a quadratic fit of the profile has negative
+  curvature. The shape needs >= 3 layers with a finite value.
 - **Q/K-V/O asymmetry**: mean depth range (max - min over layers) of the final metric for q, k
   over that for v, o.
 - **Depth scaling** across runs of depth ``L``: ``delta_alpha`` = depth range of the final
@@ -20,15 +24,21 @@ Rules (documented):
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from ..models import BLOCK_KINDS
 from ..store.reader import Run
+from .coverage import RunContents, contents, join, nan_reasons
 from .timeseries import across_time
 
-HIDDEN = ("q", "k", "v", "o", "mlp_in", "mlp_gate", "mlp_out")
+log = logging.getLogger(__name__)
+
+HIDDEN = tuple(BLOCK_KINDS)
+MIN_LAYERS = 3  # a wave front or a depth shape needs at least this many layers
 
 
 def compression_frame(run: Run) -> pd.DataFrame:
@@ -63,10 +73,29 @@ def wave_table(comp: pd.DataFrame, kinds: Iterable[str] = HIDDEN) -> pd.DataFram
     return pd.DataFrame({"step": steps.astype(int), "gradient": grad, "front_layer": front})
 
 
-def compression_waves(run: Run, kinds: Iterable[str] = HIDDEN) -> tuple[pd.DataFrame, dict]:
-    """Wave table and verdict: gradient peak, reversal step, front velocity and direction."""
-    table = wave_table(compression_frame(run), kinds)
-    return table, wave_verdict(table)
+def compression_waves(run: Run, kinds: Iterable[str] | None = None,
+                      have: RunContents | None = None) -> tuple[pd.DataFrame, dict]:
+    """Wave table and verdict: gradient peak, reversal step, front velocity and direction.
+
+    ``kinds`` None: the transformer block kinds, or every kind when the run has no blocks.
+    """
+    have = have if have is not None else contents(run)
+    why = have.weights(3, "a compression wave") or have.hidden("a compression wave")
+    if why:
+        return pd.DataFrame(columns=["step", "gradient", "front_layer"]), {"verdict": why, "missing": [why], "applies": False}
+    kinds = list(kinds) if kinds is not None else list(HIDDEN) if have.has_blocks else list(have.kinds)
+    comp = compression_frame(run)
+    comp = comp[comp["kind"].isin(kinds)]
+    table = wave_table(comp, kinds)
+    n_layers = int(comp.dropna(subset=["compression"])["layer"].nunique())
+    notes = [have.depth_note(), have.parts_note(set(kinds))]
+    why = have.layers_missing(MIN_LAYERS, "a compression wave across depth", n_layers)
+    if why:
+        return table, {"verdict": join(why, *notes), "missing": [why], "applies": False, "n_layers": n_layers}
+    verdict = wave_verdict(table)
+    missing = [] if "direction" in verdict else [verdict["verdict"]]
+    return table, {**verdict, "n_layers": n_layers, "missing": missing, "applies": not missing,
+                   "verdict": join(verdict["verdict"], *notes)}
 
 
 def wave_verdict(table: pd.DataFrame) -> dict:
@@ -88,13 +117,16 @@ def wave_verdict(table: pd.DataFrame) -> dict:
 
 
 def final_metric(run: Run, metric: str = "alpha_tail") -> pd.DataFrame:
-    """Final value of ``metric`` per (layer, kind) of the weight probe (mean over matrices of a kind)."""
+    """Final value of ``metric`` per (layer, kind) of the weight probe: the mean over the matrices of a kind in
+    one layer (experts, gates), ``parts`` of them."""
     m = run.metrics(probe="weights", metric=metric)
     m = m[m["layer"] >= 0]
     if m.empty:
-        return pd.DataFrame(columns=["layer", "kind", metric])
+        return pd.DataFrame(columns=["layer", "kind", metric, "parts"])
     m = m[m["step"] == m["step"].max()]
-    return m.groupby(["layer", "kind"], as_index=False)["value"].mean().rename(columns={"value": metric})
+    g = m.groupby(["layer", "kind"], as_index=False)
+    return g["value"].mean().rename(columns={"value": metric}).merge(
+        g["name"].nunique().rename(columns={"name": "parts"}), on=["layer", "kind"])
 
 
 def profile_verdict(layers: np.ndarray, values: np.ndarray) -> dict:
@@ -110,28 +142,50 @@ def profile_verdict(layers: np.ndarray, values: np.ndarray) -> dict:
             "range": float(np.ptp(values))}
 
 
-def depth_profiles(run: Run, metric: str = "alpha_tail") -> tuple[pd.DataFrame, dict]:
-    """Per kind: final metric by layer, peak layer, inverted-U, range; verdict with the Q/K-V/O asymmetry."""
-    fm = final_metric(run, metric)
+def _asymmetry(rng: pd.Series) -> float:
+    """Mean depth range of q, k over that of v, o (NaN without both pairs)."""
+    qk = rng.reindex(["q", "k"]).dropna()
+    vo = rng.reindex(["v", "o"]).dropna()
+    return float(qk.mean() / vo.mean()) if len(qk) and len(vo) and vo.mean() > 0 else float("nan")
+
+
+def depth_profiles(run: Run, metric: str = "alpha_tail", have: RunContents | None = None) -> tuple[pd.DataFrame, dict]:
+    """Per kind: final metric by layer, peak layer, inverted-U, range, parts averaged per layer; verdict with
+    the Q/K-V/O asymmetry, and what the run lacked (``missing``)."""
+    have = have if have is not None else contents(run)
+    why = have.weights(1, f"a depth profile of {metric}") or have.hidden(f"a depth profile of {metric}")
+    fm = final_metric(run, metric) if not why else pd.DataFrame()
+    if fm.empty:
+        why = why or f"no {metric} of hidden matrices (layer >= 0) in this run"
+        return pd.DataFrame(), {"metric": metric, "verdict": why, "missing": [why], "applies": False}
     rows = []
     for kind, g in fm.groupby("kind", sort=True):
         g = g.sort_values("layer")
-        rows.append({"kind": kind, "values": g[metric].round(4).tolist(),
+        rows.append({"kind": kind, "layers": g["layer"].astype(int).tolist(), "values": g[metric].round(4).tolist(),
+                     "parts": int(g["parts"].max()),
                      **profile_verdict(g["layer"].to_numpy(float), g[metric].to_numpy(float))})
     table = pd.DataFrame(rows)
-    if table.empty:
-        return table, {"verdict": f"no {metric} of block matrices"}
-    rng = table.set_index("kind")["range"]
-    qk = rng.reindex(["q", "k"]).dropna()
-    vo = rng.reindex(["v", "o"]).dropna()
-    asym = float(qk.mean() / vo.mean()) if len(qk) and len(vo) and vo.mean() > 0 else float("nan")
+    asym = _asymmetry(table.set_index("kind")["range"])
     mean_profile = fm.groupby("layer")[metric].mean()
+    n_finite = int(mean_profile.notna().sum())
     overall = profile_verdict(mean_profile.index.to_numpy(float), mean_profile.to_numpy(float))
+    nan_why = nan_reasons(run.metrics(probe="weights", metric=metric).query("layer >= 0"), metric)
+    detail = f" with a finite {metric} (of {len(mean_profile)})" if n_finite < len(mean_profile) else ""
+    missing = [w for w in [have.layers_missing(MIN_LAYERS, f"a depth profile of {metric}", n_finite, detail)] if w]
+    kinds = set(fm["kind"])
+    if not (kinds & {"q", "k"} and kinds & {"v", "o"}):
+        missing.append("no q, k and v, o matrices: no Q/K-V/O asymmetry")
+    elif not np.isfinite(asym) and n_finite >= MIN_LAYERS:
+        missing.append(f"no depth range of {metric} for q, k or v, o: no Q/K-V/O asymmetry")
+    notes = [have.depth_note(), have.parts_note(kinds),
+             f"{metric} is NaN at {nan_why}" if nan_why else None]
+    shape = (f"{metric} depth profile {'is' if overall['inverted_u'] else 'is not'} an inverted U "
+             f"(peak at layer {overall['peak_layer']})") if n_finite >= MIN_LAYERS else None
+    ratio = f"Q/K carry {asym:.2g}x the depth range of V/O" if np.isfinite(asym) else None
     verdict = {"metric": metric, "qk_vo_asymmetry": asym, "peak_layer": overall["peak_layer"],
                "inverted_u": overall["inverted_u"], "delta_alpha": overall["range"], "n_layers": int(len(mean_profile)),
-               "inverted_u_kinds": table.loc[table["inverted_u"], "kind"].tolist(),
-               "verdict": (f"{metric} depth profile {'is' if overall['inverted_u'] else 'is not'} an inverted U "
-                           f"(peak at layer {overall['peak_layer']}); Q/K carry {asym:.2g}x the depth range of V/O")}
+               "n_layers_finite": n_finite, "inverted_u_kinds": table.loc[table["inverted_u"], "kind"].tolist(),
+               "missing": missing, "applies": shape is not None, "verdict": join(shape, ratio, *missing, *notes)}
     return table, verdict
 
 

@@ -5,9 +5,11 @@ Rules (documented, configurable through :class:`SosdRule`):
 
 - **Onset** of a matrix: the first measured step after the peak of its ``sd_variation`` from
   which ``sd_variation`` stays below ``theta * peak`` for the rest of the run (None if never).
-- **Loss knee**: the training loss smoothed by a centered moving average over ``smooth_frac``
-  of the run; its decrease rate ``-dL/dstep`` is taken between points ``smooth_frac`` of the run
-  apart; the knee is the first step after the rate's maximum where it falls below
+- **Loss knee**: on the validation loss (the training loss when the run logged fewer than
+  ``coverage.MIN_KNEE_POINTS`` validation evaluations, and the verdict says so), smoothed by a
+  centered moving average over ``smooth_frac`` of the run; its decrease rate per token
+  (per step when the run logged no tokens, said so) is taken between points ``smooth_frac`` of
+  the run apart; the knee is the first step after the rate's maximum where it falls below
   ``knee_frac`` of that maximum.
 - **Floor**: median ``sd_variation_per_step`` over the last ``floor_frac`` of the measurements.
 - **Stability bound** ``lr / ||W||_F`` at each measurement, with the learning rate applied to the
@@ -15,15 +17,19 @@ Rules (documented, configurable through :class:`SosdRule`):
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..store.reader import Run
+from .coverage import RunContents, contents, join
 from .timeseries import across_time, moving_average
 
-ID = ["layer", "kind", "name"]
+log = logging.getLogger(__name__)
+
+ID = ["layer", "kind", "part", "name"]
 
 
 @dataclass
@@ -49,16 +55,26 @@ def onset_step(steps: np.ndarray, sdv: np.ndarray, theta: float = 0.05) -> int |
     return int(steps[i]) if i < len(sdv) else None
 
 
-def loss_knee(steps: np.ndarray, loss: np.ndarray, knee_frac: float = 0.1, smooth_frac: float = 0.05) -> int | None:
-    """The step where the smoothed loss-decrease rate falls below ``knee_frac`` of its maximum (after it)."""
-    ok = np.isfinite(loss)
+def loss_knee(steps: np.ndarray, loss: np.ndarray, knee_frac: float = 0.1, smooth_frac: float = 0.05,
+              tokens: np.ndarray | None = None) -> int | None:
+    """The step where the smoothed loss-decrease rate falls below ``knee_frac`` of its maximum (after it).
+
+    The rate is per token when ``tokens`` (one per step) is given and strictly increasing over
+    the finite losses, else per step.
+    """
+    ok = np.isfinite(np.asarray(loss, float)) & np.isfinite(np.asarray(steps, float))
     steps, loss = np.asarray(steps, float)[ok], np.asarray(loss, float)[ok]
     if len(loss) < 5:
         return None
+    x = steps
+    if tokens is not None:
+        tok = np.asarray(tokens, float)[ok]
+        if np.isfinite(tok).all() and (np.diff(tok) > 0).all():
+            x = tok
     width = max(1, int(round(smooth_frac * len(loss))))
     sm = moving_average(loss, width)
     lag = max(1, width)
-    rate = (sm[:-lag] - sm[lag:]) / (steps[lag:] - steps[:-lag])
+    rate = (sm[:-lag] - sm[lag:]) / (x[lag:] - x[:-lag])
     mid = (steps[:-lag] + steps[lag:]) / 2
     top = int(np.argmax(rate))
     if rate[top] <= 0:
@@ -89,40 +105,74 @@ def stability_bound(run: Run) -> pd.DataFrame:
     return norms.assign(lr=at, bound=at / np.sqrt(norms["frob_sq"].to_numpy()))
 
 
-def sosd(run: Run, rule: SosdRule = SosdRule()) -> tuple[pd.DataFrame, dict]:
-    """Per block matrix: onset step, peak, floor, bound at onset; verdict: loss knee, onsets per kind, distance."""
+def _knee(run: Run, have: RunContents, rule: SosdRule) -> tuple[int | None, list[str]]:
+    """The loss knee on the loss the run allows, and the sentences that say what it had to do without."""
+    col, note = have.loss_for_knee()
+    if col is None:
+        return None, [note]
+    sc = run.scalars()
+    v = sc[["step", "tokens", col]].dropna(subset=[col])
+    knee = loss_knee(v["step"].to_numpy(), v[col].to_numpy(float), rule.knee_frac, rule.smooth_frac,
+                     v["tokens"].to_numpy(float) if have.has_tokens else None)
+    notes = [note, have.tokens_note("loss-decrease rate")]
+    return knee, [n for n in notes if n]
+
+
+def _unavailable(why: str) -> tuple[pd.DataFrame, dict]:
+    return pd.DataFrame(), {"verdict": why, "missing": [why], "applies": False}
+
+
+def sosd(run: Run, rule: SosdRule = SosdRule(), have: RunContents | None = None) -> tuple[pd.DataFrame, dict]:
+    """Per matrix (every part of a layer its own row): onset step, peak, floor, bound at onset; verdict: loss knee,
+    onsets per kind, distance, and what the run lacked (``missing``)."""
+    have = have if have is not None else contents(run)
+    why = have.weights(3, "SoSD onset") or have.hidden("SoSD onset")
+    if why:
+        return _unavailable(why)
     across = across_time(run)
+    across = across[across["layer"] >= 0] if not across.empty else across
     if across.empty:
-        return pd.DataFrame(), {"verdict": "no weight spectra in this run"}
-    across = across[across["layer"] >= 0]
+        return _unavailable("no weight spectra of hidden matrices (layer >= 0) with a fixed length over time")
     wide = across.pivot_table(index=["step", *ID], columns="metric", values="value").reset_index()
+    wide = wide.reindex(columns=[*wide.columns, *(c for c in ("sd_variation", "sd_variation_per_step") if c not in wide)])
     bound = stability_bound(run)
     rows = []
     for key, g in wide.groupby(ID, sort=True):
         g = g.sort_values("step")
-        steps, sdv = g["step"].to_numpy(), g["sd_variation"].to_numpy()
+        steps, sdv = g["step"].to_numpy(), g["sd_variation"].to_numpy(float)
+        finite = np.isfinite(sdv)
         onset = onset_step(steps, sdv, rule.theta)
         n_floor = max(1, int(round(rule.floor_frac * len(g))))
-        b = bound[(bound["layer"] == key[0]) & (bound["name"] == key[2])].set_index("step")["bound"]
+        floor = g["sd_variation_per_step"].to_numpy(float)[-n_floor:]
+        b = bound[(bound["layer"] == key[0]) & (bound["name"] == key[3])].set_index("step")["bound"]
         rows.append({**dict(zip(ID, key)), "onset_step": onset,
-                     "peak_step": int(steps[np.nanargmax(sdv)]) if np.isfinite(sdv).any() else None,
-                     "peak_sd_variation": float(np.nanmax(sdv)) if np.isfinite(sdv).any() else np.nan,
-                     "floor_per_step": float(np.nanmedian(g["sd_variation_per_step"].to_numpy()[-n_floor:])),
+                     "peak_step": int(steps[np.nanargmax(sdv)]) if finite.any() else None,
+                     "peak_sd_variation": float(np.nanmax(sdv)) if finite.any() else np.nan,
+                     "floor_per_step": float(np.nanmedian(floor)) if np.isfinite(floor).any() else np.nan,
                      "bound_at_onset": float(b.get(onset, np.nan)) if onset is not None else np.nan,
                      "bound_final": float(b.iloc[-1]) if len(b) else np.nan})
     table = pd.DataFrame(rows)
-    sc = run.scalars()
-    knee = loss_knee(sc["step"].to_numpy(), sc["loss"].to_numpy(), rule.knee_frac, rule.smooth_frac) if "loss" in sc else None
+    knee, notes = _knee(run, have, rule)
+    if not have.has_lr:
+        notes.append("no learning rate logged: no stability bound lr / ||W||_F")
     last = int(wide["step"].max())
     onsets = table["onset_step"].dropna()
     med = float(onsets.median()) if len(onsets) else None
     dist = abs(med - knee) / last if med is not None and knee is not None and last > 0 else None
     per_kind = table.groupby("kind")["onset_step"].median().dropna().to_dict()
+    floors = table["floor_per_step"].dropna()
+    if med is None:
+        head = f"no SoSD onset found ({len(onsets)} of {len(table)} matrices)"
+    elif knee is None:
+        head = f"median SoSD onset at step {med:g}; no loss knee found"
+    else:
+        head = f"onset {'aligned with' if dist <= 0.1 else 'away from'} the loss knee ({dist:.0%} of the run apart)"
+    if knee is not None and med is None:
+        head += f"; loss knee at step {knee}"
     verdict = {"loss_knee": knee, "median_onset": med, "onset_by_kind": {k: float(v) for k, v in per_kind.items()},
                "distance_frac": dist, "matrices_with_onset": int(len(onsets)), "matrices": int(len(table)),
-               "floor_per_step": float(table["floor_per_step"].median()), "last_step": last,
-               "verdict": ("no SoSD onset found" if med is None else "no loss knee found" if knee is None else
-                           f"onset {'aligned with' if dist <= 0.1 else 'away from'} the loss knee ({dist:.0%} of the run apart)")}
+               "floor_per_step": float(floors.median()) if len(floors) else float("nan"), "last_step": last,
+               "knee_on": have.loss_for_knee()[0], "missing": notes, "applies": True, "verdict": join(head, *notes)}
     return table, verdict
 
 
@@ -136,7 +186,7 @@ def sosd_curves(run: Run) -> pd.DataFrame:
     cw = checkpoint_cosines(run)
     if cw.empty:
         return cs.assign(cos_w_final=np.nan)
-    return cs.merge(cw, on=["step", "layer", "kind", "name"], how="outer").sort_values("step", kind="stable")
+    return cs.merge(cw, on=["step", *ID], how="outer").sort_values("step", kind="stable")
 
 
 def checkpoint_cosines(run: Run) -> pd.DataFrame:
@@ -159,7 +209,7 @@ def checkpoint_cosines(run: Run) -> pd.DataFrame:
             f = final.get(r.name)
             if f is None or r.layer < 0:
                 continue
-            rows.append({"step": ck.step, "layer": r.layer, "kind": r.kind, "name": r.name,
+            rows.append({"step": ck.step, "layer": r.layer, "kind": r.kind, "part": r.part, "name": r.name,
                          "cos_w_final": flat_cosine(r.read().detach(), f.read().detach())})
         ck.release()
     return pd.DataFrame(rows)

@@ -7,7 +7,7 @@ import pandas as pd
 from ..spectra import series_metrics
 from ..store.reader import Run
 
-KEYS = ["probe", "layer", "kind", "name"]
+KEYS = ["probe", "layer", "kind", "part", "name"]
 
 
 def moving_average(y: np.ndarray, width: int) -> np.ndarray:
@@ -20,8 +20,9 @@ def moving_average(y: np.ndarray, width: int) -> np.ndarray:
 
 
 def across_time(run: Run, probe: str = "weights") -> pd.DataFrame:
-    """Long frame (step, tokens, probe, layer, kind, name, metric, value) of ``sd_variation``,
-    ``sd_variation_per_step``, ``cos_sd_final`` and ``compression`` for each measured matrix."""
+    """Long frame (step, tokens, probe, layer, kind, part, name, metric, value) of ``sd_variation``,
+    ``sd_variation_per_step``, ``cos_sd_final`` and ``compression`` for each measured matrix (each part of a
+    layer, e.g. one expert or one gate, its own series)."""
     spec = run.spectra(probe=probe)
     rows: list[pd.DataFrame] = []
     if spec.empty:

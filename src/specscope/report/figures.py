@@ -6,15 +6,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..analysis.timeseries import moving_average
-from ..models import BLOCK_KINDS
+from ..models import KINDS
 from ..spectra import rank_fit, tail_window
 
-KIND_ORDER = list(BLOCK_KINDS) + ["embed", "lm_head", "other"]
+KIND_ORDER = list(KINDS)
 
 
 def _kinds(df: pd.DataFrame) -> list[str]:
+    """The kinds present in ``df``: the catalog's order first, then any other kind by name."""
     present = set(df["kind"].unique())
-    return [k for k in KIND_ORDER if k in present]
+    return [k for k in KIND_ORDER if k in present] + sorted(present.difference(KIND_ORDER))
 
 
 def _grid(n: int, width: float = 3.6, height: float = 2.8, ncols: int = 4) -> tuple[Figure, list]:
@@ -33,17 +34,20 @@ def smooth(y: np.ndarray, frac: float = 0.02) -> np.ndarray:
 
 
 def loss_curves(scalars: pd.DataFrame) -> Figure:
+    """Training (raw and smoothed) and validation loss, and the schedule and throughput, against tokens (steps when
+    the run logged no tokens)."""
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
-    x = scalars["tokens"].to_numpy(dtype=float)
+    xcol = "tokens" if "tokens" in scalars and pd.to_numeric(scalars["tokens"], errors="coerce").notna().any() else "step"
+    x = scalars[xcol].to_numpy(dtype=float)
     if "loss" in scalars:
-        tr = scalars[["tokens", "loss"]].dropna()
-        ax.plot(tr["tokens"], tr["loss"], color="0.75", lw=0.8, label="train (raw)")
-        ax.plot(tr["tokens"], smooth(tr["loss"].to_numpy()), color="C0", lw=1.6, label="train (smoothed)")
+        tr = scalars[[xcol, "loss"]].dropna()
+        ax.plot(tr[xcol], tr["loss"], color="0.75", lw=0.8, label="train (raw)")
+        ax.plot(tr[xcol], smooth(tr["loss"].to_numpy()), color="C0", lw=1.6, label="train (smoothed)")
     if "val_loss" in scalars:
-        va = scalars[["tokens", "val_loss"]].dropna()
-        ax.plot(va["tokens"], va["val_loss"], "o-", color="C3", ms=3, label="validation")
-    ax.set_xlabel("tokens")
+        va = scalars[[xcol, "val_loss"]].dropna()
+        ax.plot(va[xcol], va["val_loss"], "o-", color="C3", ms=3, label="validation")
+    ax.set_xlabel(xcol)
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("Loss")
     ax.legend(fontsize=8)
@@ -54,14 +58,15 @@ def loss_curves(scalars: pd.DataFrame) -> Figure:
         t = ax2.twinx()
         t.plot(x, smooth(scalars["tokens_per_s"].to_numpy(dtype=float), 0.05), color="C1", lw=0.8)
         t.set_ylabel("tokens/s", color="C1")
-    ax2.set_xlabel("tokens")
+    ax2.set_xlabel(xcol)
     ax2.set_title("Schedule and throughput")
     return fig
 
 
 def heatmaps(metrics: pd.DataFrame, metric: str, cmap: str = "viridis") -> Figure | None:
-    """One heatmap per kind of block matrix: layer (rows) x step (columns)."""
-    df = metrics[(metrics["metric"] == metric) & (metrics["layer"] >= 0)]
+    """One heatmap per kind of hidden matrix (layer >= 0): layer (rows) x step (columns), the parts of one layer
+    (experts, gates) averaged; kinds whose values are all NaN are left out (None when every kind's are)."""
+    df = metrics[(metrics["metric"] == metric) & (metrics["layer"] >= 0)].dropna(subset=["value"])
     if df.empty:
         return None
     kinds = _kinds(df)
@@ -106,7 +111,8 @@ def final_spectra(spectra: pd.DataFrame, scale: int | None = None) -> Figure | N
         sub = last[last["kind"] == kind].sort_values("layer")
         cmap = [f"C{i % 10}" for i in range(len(sub))]
         for color, (_, row) in zip(cmap, sub.iterrows()):
-            lbl = f"L{row['layer']}" if row["layer"] >= 0 else row["name"]
+            part = f".{row['part']}" if row.get("part", -1) >= 0 else ""  # L3.2: expert / gate 2 of layer 3
+            lbl = f"L{row['layer']}{part}" if row["layer"] >= 0 else row["name"]
             _plot_distribution(ax, row["values"] ** 2, color, lbl, scale)
         ax.set_title(f"{kind} · step {int(last['step'].iloc[0])}")
         ax.set_xlabel("rank j")

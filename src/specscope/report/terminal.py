@@ -39,8 +39,9 @@ def summary(run: Run) -> str:
                      f"val loss {s.get('final_val_loss', float('nan')):.4f}, {s.get('tokens_per_s', float('nan')):,.0f} tokens/s")
     else:
         sc = run.scalars()
-        if not sc.empty and "loss" in sc:
-            lines.append(f"  last step {int(sc['step'].max())}, last loss {sc['loss'].dropna().iloc[-1]:.4f}")
+        loss = sc["loss"].dropna() if "loss" in sc else pd.Series(dtype=float)
+        if len(loss):
+            lines.append(f"  last step {int(sc['step'].max())}, last loss {loss.iloc[-1]:.4f}")
     metrics = run.metrics()
     if metrics.empty:
         lines.append("  (no probe measurements yet)")

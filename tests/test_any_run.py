@@ -1,0 +1,210 @@
+"""findings / report / prune on runs of models that are not the reference GPT (SPEC section 5: every analysis
+runs on any model's run and says what the run lacks): the README's plain MLP (with and without tokens), a deeper
+MLP, a small CNN (kind ``conv``) and an LSTM (kinds ``rnn_ih`` / ``rnn_hh``, one part per gate)."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import specscope as ss
+from specscope.analysis.edge import edge_analysis
+from specscope.cli import main
+
+STEPS, EVERY = 40, 10  # weight measurements at 0, 10, 20, 30; trajectory windows at 10, 20, 30
+
+
+def _train(model: nn.Module, run_dir, batch, loss_fn, tokens: bool = True, **extra) -> ss.Run:
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    seen = 0
+    probes = [ss.probes.Weights(every=EVERY), ss.probes.Trajectory(window=8, every=EVERY)]
+    with ss.Monitor(model, run_dir, probes=probes) as mon:
+        for step in range(STEPS):
+            x, y = batch()
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(x)
+            mon.step(step, loss=loss.item(), **({"tokens": seen} if tokens else {}), **extra)
+    return ss.open_run(run_dir)
+
+
+def _mlp_batch():
+    x = torch.randn(16, 32)
+    return x, x[:, :8]
+
+
+def _mse(out, y):
+    return (out - y).pow(2).mean()
+
+
+class _CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+class _LSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x)[0][:, -1])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, ss.Run]:
+    root = tmp_path_factory.mktemp("any")
+    torch.manual_seed(0)
+    ce = nn.functional.cross_entropy
+    deep = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(48, 48), nn.GELU())], nn.Linear(48, 48))
+    return {
+        # the README example (plus the trajectory probe)
+        "mlp": _train(nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 8)), root / "mlp", _mlp_batch, _mse),
+        "mlp_notok": _train(nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 8)), root / "mlp_notok", _mlp_batch, _mse,
+                            tokens=False),
+        "deep": _train(deep, root / "deep", lambda: (torch.randn(16, 48), torch.randint(0, 48, (16,))), ce, lr=1e-3),
+        "cnn": _train(_CNN(), root / "cnn", lambda: (torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))), ce),
+        "lstm": _train(_LSTM(), root / "lstm", lambda: (torch.randn(8, 5, 8), torch.randint(0, 4, (8,))), ce),
+    }
+
+
+def _by_name(run) -> dict:
+    return {f.name: f for f in ss.findings(run)}
+
+
+def test_runs_have_the_catalog_the_analyses_rely_on(runs):
+    kinds = {k: set(r.metrics(probe="weights")["kind"]) for k, r in runs.items()}
+    assert kinds["mlp"] == {"other"} and kinds["cnn"] == {"conv", "other"} and kinds["lstm"] == {"rnn_ih", "rnn_hh", "other"}
+    parts = runs["lstm"].metrics(probe="weights", kind="rnn_hh").groupby("layer")["part"].unique()
+    assert sorted(parts.loc[0]) == [0, 1, 2, 3]
+
+
+def test_findings_on_the_readme_mlp_say_what_is_missing(runs):
+    f = _by_name(runs["mlp"])
+    assert list(f) == ["sosd", "compression_waves", "depth_profile", "spectral_edge", "pruning"]
+    sosd = f["sosd"].verdict
+    assert sosd["applies"] and sosd["knee_on"] == "loss" and isinstance(sosd["loss_knee"], int)
+    assert "no validation loss logged: loss knee on the training loss" in sosd["verdict"]
+    assert "no tokens logged" not in sosd["verdict"]
+    assert "no learning rate logged: no stability bound" in sosd["verdict"]
+    assert set(f["sosd"].table["layer"]) == {0, 1} and (f["sosd"].table["part"] == -1).all()
+    waves = f["compression_waves"].verdict
+    assert not waves["applies"] and waves["verdict"].startswith("only 2 layers: a compression wave across depth needs >= 3")
+    assert "no transformer blocks: layers 0..1 are the weight layers in order of depth (kinds other)" in waves["verdict"]
+    prof = f["depth_profile"].verdict
+    # the 64 -> 8 matrix has 8 singular values: no tail window, so alpha_tail is finite at layer 0 only
+    assert not prof["applies"] and prof["n_layers"] == 2 and prof["n_layers_finite"] == 1
+    assert prof["verdict"].startswith("only 1 layer with a finite alpha_tail (of 2): a depth profile of alpha_tail needs >= 3")
+    assert "alpha_tail is NaN at layer 1 (other): no tail window fits a spectrum of length 8" in prof["verdict"]
+    assert "no q, k and v, o matrices: no Q/K-V/O asymmetry" in prof["verdict"]
+    assert f["pruning"].verdict["verdict"] == "no transformer blocks in this run: layer importance needs block skipping"
+    assert "no validation loss logged: no lagged correlation" in f["spectral_edge"].verdict["verdict"]
+
+
+def test_edge_analysis_gives_its_per_window_table_on_the_mlp(runs):
+    run = runs["mlp"]
+    table, events, verdict = edge_analysis(run)
+    assert table["step"].tolist() == [10, 20, 30]  # the window at step 0 holds no update yet
+    stored = run.metrics(probe="trajectory", metric="gap_ratio").query("name == 'global'").dropna(subset=["value"])
+    np.testing.assert_allclose(table["gap_ratio"].to_numpy(), stored.sort_values("step")["value"].to_numpy())
+    assert (table["gap_ratio"] >= 1).all() and (table["kstar"] >= 1).all()
+    assert set(table["phase"]) <= {"rise", "plateau", "decline", "collapse"} and table["phase"].ne("").all()
+    assert verdict["applies"] and verdict["windows"] == 3 and verdict["best_lag"] is None
+    assert verdict["peak_gap_ratio"] == pytest.approx(table["gap_ratio"].max())
+    assert "val_loss" not in table
+
+
+def test_no_tokens_is_said(runs):
+    v = _by_name(runs["mlp_notok"])["sosd"].verdict
+    assert "no tokens logged: loss-decrease rate per step" in v["verdict"]
+    path = ss.write_report(runs["mlp_notok"].dir)
+    assert "no tokens logged: loss against steps" in path.read_text()
+
+
+def test_a_deeper_mlp_gets_its_wave_and_depth_profile(runs):
+    f = _by_name(runs["deep"])
+    waves, prof = f["compression_waves"], f["depth_profile"]
+    assert waves.applies and waves.verdict["n_layers"] == 5 and waves.verdict["direction"] in ("early -> late", "late -> early")
+    assert waves.table["step"].tolist() == [0, 10, 20, 30]
+    assert prof.applies and prof.verdict["n_layers_finite"] == 5 and prof.verdict["peak_layer"] in range(5)
+    assert re.match(r"alpha_tail depth profile is (not )?an inverted U \(peak at layer \d\)", prof.verdict["verdict"])
+    assert "no learning rate logged" not in f["sosd"].verdict["verdict"]  # lr was logged: the bound is there
+    assert f["sosd"].table["bound_final"].gt(0).all()
+
+
+def test_cnn_and_lstm_findings(runs):
+    cnn = _by_name(runs["cnn"])
+    assert cnn["compression_waves"].applies and "kinds conv, other" in cnn["compression_waves"].verdict["verdict"]
+    prof = cnn["depth_profile"]
+    assert prof.verdict["verdict"].startswith("only 2 layers with a finite alpha_tail (of 3)")
+    assert set(prof.table["kind"]) == {"conv", "other"}
+    assert np.isfinite(prof.table.set_index("kind").loc["conv", "values"]).all()  # pooled conv spectra have a tail
+    lstm = _by_name(runs["lstm"])
+    sosd = lstm["sosd"].table
+    assert sorted(sosd.query("kind == 'rnn_hh'")["part"]) == [0, 1, 2, 3]  # one row per gate, never averaged
+    assert lstm["depth_profile"].table.set_index("kind").loc["rnn_ih", "parts"] == 4
+    note = "parts of one layer (experts, gates) averaged per layer: rnn_hh (4 parts), rnn_ih (4 parts)"
+    assert note in lstm["depth_profile"].verdict["verdict"] and note in lstm["compression_waves"].verdict["verdict"]
+    for f in (cnn, lstm):
+        assert f["pruning"].verdict["verdict"] == "no transformer blocks in this run: layer importance needs block skipping"
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lstm"])
+def test_cli_findings_and_report(runs, name, capsys):
+    d = str(runs[name].dir)
+    assert main(["findings", d]) == 0
+    out = capsys.readouterr().out
+    for title in ("Stability of the singular distribution", "Compression waves across depth", "Depth profile of alpha_tail",
+                  "Trajectory gap dynamics", "Layer importance and pruning"):
+        assert f"== {title}" in out
+    assert "no transformer blocks in this run: layer importance needs block skipping" in out
+    assert main(["findings", d, "--json"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["report", d]) == 0
+    page = (runs[name].dir / "report.html").read_text()
+    for section in ("Loss", "Stable rank per layer and step", "SoSD onset and the loss knee", "Compression wave across depth",
+                    "Depth profile of alpha_tail", "Layer importance and pruning", "Trajectory gap ratio and phases"):
+        assert f"<h2>{section}" in page
+    missing = re.findall(r'<p class="note missing">(.*?)</p>', page)
+    assert "no transformer blocks in this run: layer importance needs block skipping" in missing
+    assert any(m.startswith("only ") and "a depth profile of alpha_tail needs &gt;= 3" in m for m in missing)
+    assert page.count("data:image/png;base64") >= 8  # loss, weights, SoSD, compression, trajectory figures
+    if name == "mlp":  # 2 layers: the wave is one line; the CNN (3 layers) gets its figure
+        assert any(m.startswith("only 2 layers: a compression wave") for m in missing)
+    if name == "cnn":
+        assert not any("compression wave" in m for m in missing)
+
+
+def test_prune_refuses_a_model_without_blocks_in_one_line(runs, tmp_path, capsys):
+    assert main(["prune", str(runs["mlp"].dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("specscope: error: ")
+    assert "no transformer blocks in this run: layer importance needs block skipping" in err[0]
+    from safetensors.torch import save_file
+
+    mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 8))
+    save_file({k: v.contiguous() for k, v in mlp.state_dict().items()}, str(tmp_path / "mlp.safetensors"))
+    assert main(["prune", str(tmp_path / "mlp.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a specscope checkpoint" in err[0]
+    with pytest.raises(ss.SpecscopeError, match="no transformer blocks in this model"):
+        ss.prune.pruning_study(mlp, torch.randint(0, 8, (4, 16)))
+
+
+def test_prune_on_a_run_with_blocks_but_no_checkpoints(tmp_path, capsys):
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+    run = _train(nn.Sequential(enc, nn.Flatten(), nn.Linear(4 * 16, 4)), tmp_path / "enc",
+                 lambda: (torch.randn(8, 4, 16), torch.randint(0, 4, (8,))), nn.functional.cross_entropy)
+    f = _by_name(run)
+    assert f["pruning"].verdict["verdict"].startswith("not measured: `specscope prune RUN`")
+    assert main(["prune", str(run.dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the run kept no checkpoints" in err[0]
