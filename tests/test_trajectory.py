@@ -123,3 +123,15 @@ def test_cli_trajectory_over_checkpoints(tmp_path, capsys):
     assert "no matrix of kind 'q' in block 9" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["analyze", str(tmp_path), "--trajectory", "3", "--matrix", "q"])
+
+
+def test_trajectory_with_nothing_to_follow_says_so(tmp_path, caplog):
+    model = torch.nn.ModuleDict({"embed_tokens": torch.nn.Embedding(10, 4), "lm_head": torch.nn.Linear(4, 10)})
+    # only an embedding and an output head: no hidden matrix
+    with caplog.at_level("WARNING"), ss.Monitor(model, tmp_path / "r", probes=[ss.probes.Trajectory(window=4, every=2)]) as mon:
+        for step in range(5):
+            mon.step(step, loss=1.0)
+    m = ss.open_run(tmp_path / "r").metrics(probe="trajectory")
+    assert list(m["step"]) == [0, 2, 4] and m["value"].isna().all()
+    assert m["status"].str.contains("no matrix with layer >= 0").all()
+    assert caplog.text.count("no global track") == 1  # logged once, not at every step

@@ -26,10 +26,6 @@ from ..store.reader import Run
 
 log = logging.getLogger(__name__)
 
-#: Fewest validation evaluations the loss knee is taken on; with fewer, the training loss is used.
-MIN_KNEE_POINTS = 5
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -77,14 +73,14 @@ class RunContents:
         return None if self.has_blocks else f"no transformer blocks in this run: {what}"
 
     def loss_for_knee(self) -> tuple[str | None, str | None]:
-        """``(scalar, note)``: the loss the knee is taken on (None: none logged) and why it is not the validation loss."""
-        if self.val_loss_points >= MIN_KNEE_POINTS:
-            return "val_loss", None
+        """``(scalar, note)``: the loss the knee is taken on (None: none logged), and a note when there is none.
+
+        The knee is taken on the training loss, as the built-in SoSD results in the README were
+        measured; SPEC 5.1's validation-loss knee is the next step of the SoSD analysis.
+        """
         if self.loss_points == 0:
             return None, "no loss logged: no loss knee"
-        why = ("no validation loss logged" if self.val_loss_points == 0
-               else f"validation loss at only {_plural(self.val_loss_points, 'evaluation')} (< {MIN_KNEE_POINTS})")
-        return "loss", f"{why}: loss knee on the training loss"
+        return "loss", None
 
     def tokens_note(self, what: str) -> str | None:
         """Why ``what`` is per step rather than per token, or None."""

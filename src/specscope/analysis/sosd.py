@@ -5,9 +5,7 @@ Rules (documented, configurable through :class:`SosdRule`):
 
 - **Onset** of a matrix: the first measured step after the peak of its ``sd_variation`` from
   which ``sd_variation`` stays below ``theta * peak`` for the rest of the run (None if never).
-- **Loss knee**: on the validation loss (the training loss when the run logged fewer than
-  ``coverage.MIN_KNEE_POINTS`` validation evaluations, and the verdict says so), smoothed by a
-  centered moving average over ``smooth_frac`` of the run; its decrease rate per token
+- **Loss knee**: on the training loss, smoothed by a centered moving average over ``smooth_frac`` of the run; its decrease rate per token
   (per step when the run logged no tokens, said so) is taken between points ``smooth_frac`` of
   the run apart; the knee is the first step after the rate's maximum where it falls below
   ``knee_frac`` of that maximum.

@@ -107,14 +107,14 @@ class Trajectory(Probe):
         self.kinds = frozenset(kinds) if kinds is not None else None
         self.matrices = list(matrices)
         self.global_track = global_track
-        self.tracks: list[_Track] = []
+        self.tracks: list[_Track] | None = None  # built at the first observed step
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "window": self.window, "mode": self.mode, "k": self.k,
                 "matrices": [list(m) for m in self.matrices]}
 
     def observe(self, ctx: ProbeContext) -> None:
-        if not self.tracks:
+        if self.tracks is None:
             self.tracks = build_tracks(ctx.catalog, self.window, self.mode, self.k, self.seed, self.store_dtype,
                                        self.kinds, self.matrices, self.global_track)
         for t in self.tracks:
@@ -122,6 +122,10 @@ class Trajectory(Probe):
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         out = Measurement()
-        for t in self.tracks:
+        if not self.tracks:  # say so in the store rather than record nothing
+            why = ("no step observed yet" if self.tracks is None else
+                   f"no matrix with layer >= 0 of kinds {sorted(self.kinds) if self.kinds else 'any'} in the catalog")
+            out.add_metric(-1, "trajectory", "global", "kstar", float("nan"), why)
+        for t in self.tracks or ():
             t.measure_into(out)
         return out
