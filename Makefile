@@ -1,21 +1,25 @@
 # specscope: `make demo` runs the main job, `make test` runs the tests.
-# Each target creates / refreshes a local virtual environment first.
+# Each target creates / refreshes a local virtual environment first, installing the exact
+# versions in constraints.txt (pyproject.toml keeps the ranges; `make lock` refreshes the pins).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.specscope-installed
 TORCH_PIN ?= torch==2.13.0
+LOCK   ?= constraints.txt
+LOCK_VENV ?= .venv-lock
+LPY    := $(LOCK_VENV)/bin/python
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow bench lock clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, from the pinned CPU build, so the project's range pulls no CUDA wheels
-	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c $(LOCK) "$(TORCH_PIN)"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
 demo: venv
@@ -36,5 +40,24 @@ bench: venv
 	$(PY) benchmarks/covariance.py
 	$(PY) benchmarks/trajectory.py
 
+# Refresh the pins: a throwaway venv gets today's newest versions within pyproject's ranges
+# (torch first, as above), runs the suite, and only if it passes writes its freeze to $(LOCK).
+# Dropped from the freeze: the project itself, pip/wheel, CUDA runtime wheels (they follow the
+# torch build, not the project) and local version tags (`torch==2.13.0` also matches `+cpu`).
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LPY) -m pip install -q --upgrade pip
+	$(LPY) -m pip install -q "$(TORCH_PIN)"
+	$(LPY) -m pip install -q -e ".[test]"
+	$(LPY) -m pytest -q
+	{ echo "# Exact versions \`make test\` passed with, written by \`make lock\` on $$(date -u +%Y-%m-%d) (do not edit by hand)."; \
+	  $(LPY) -m pip freeze --all --exclude-editable \
+	    | grep -viE '^(pip|wheel|distribute|specscope)==|^(nvidia-|triton|cuda-)' \
+	    | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "wrote $(LOCK); the next make target re-installs .venv from it"
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) runs build *.egg-info src/*.egg-info

@@ -14,9 +14,24 @@ Rules (documented):
   slope of the front layer against step (layers per step), over the measurements up to the
   reversal step (all of them without a reversal); positive = the wave moves early -> late.
 - **Depth profile**: final ``metric`` (default ``alpha_tail``) per layer and kind (the parts of
-  one layer averaged: ``parts`` says how many); the peak layer; **inverted-U** when the peak is
-  interior (not the first or last layer) and a quadratic fit of the profile has negative
-  curvature. The shape needs >= 3 layers with a finite value.
+  one layer averaged: ``parts`` says how many); the peak layer;
+  an ordinary least-squares quadratic ``a l^2 + b l + c`` over the layers, with the 95% confidence
+  interval of the curvature ``a`` (and of the slope at the middle layer) from the OLS covariance
+  and Student's t with ``n - 3`` degrees of freedom. A coefficient is **significant** when its
+  interval excludes 0. The standard errors (fitted in depth scaled to [-1, 1]) have a floor at float
+  resolution, 1e-9 of the profile's largest magnitude, so an exact fit of an analytically zero
+  coefficient is not called significant by rounding. The **shape** label (``SHAPES``), checked in
+  this order:
+
+  - ``too few layers``: fewer than 4 finite layers (a quadratic has 3 parameters: no residual
+    left to test it); curvature and interval are NaN;
+  - ``inverted U``: the peak is interior (strictly above the first and the last layer) and the
+    curvature is significantly negative (upper bound < 0); only this sets ``inverted_u``;
+  - ``U``: the minimum is interior (strictly below both ends) and the curvature is significantly
+    positive (lower bound > 0);
+  - ``monotone``: neither, and the slope at the middle layer is significant (a trend over depth,
+    possibly curved, with its extreme at an end);
+  - ``no shape``: nothing significant (flat, noisy, or a zig-zag, whose curvature is zero).
 - **Q/K-V/O asymmetry**: mean depth range (max - min over layers) of the final metric for q, k
   over that for v, o.
 - **Depth scaling** across runs of depth ``L``: ``delta_alpha`` = depth range of the final
@@ -29,6 +44,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 from ..models import BLOCK_KINDS
 from ..store.reader import Run
@@ -38,7 +54,11 @@ from .timeseries import across_time
 log = logging.getLogger(__name__)
 
 HIDDEN = tuple(BLOCK_KINDS)
-MIN_LAYERS = 3  # a wave front or a depth shape needs at least this many layers
+MIN_LAYERS = 3  # a wave front needs at least this many layers
+SHAPES = ("inverted U", "U", "monotone", "no shape", "too few layers")
+MIN_PROFILE_LAYERS = 4
+CI_LEVEL = 0.95
+_FLOAT_RESOLUTION = 1e-9  # relative: a coefficient this small against the profile's magnitude is rounding
 
 
 def compression_frame(run: Run) -> pd.DataFrame:
@@ -129,17 +149,58 @@ def final_metric(run: Run, metric: str = "alpha_tail") -> pd.DataFrame:
         g["name"].nunique().rename(columns={"name": "parts"}), on=["layer", "kind"])
 
 
+def quadratic_fit(layers: np.ndarray, values: np.ndarray, level: float = CI_LEVEL) -> dict[str, float]:
+    """OLS quadratic over depth: curvature ``a`` and the slope at the middle layer, each with its
+    ``level`` confidence interval (OLS covariance, Student's t with ``n - 3`` degrees of freedom).
+
+    Fitted in centered, scaled depth ``u = (l - mid) / h`` (u in [-1, 1]) for conditioning; the
+    coefficients are converted back to layer units. Needs ``n >= 4`` distinct layers."""
+    mid, h = (layers.max() + layers.min()) / 2, np.ptp(layers) / 2
+    u = (layers - mid) / h
+    x = np.column_stack([u**2, u, np.ones_like(u)])
+    coef, *_ = np.linalg.lstsq(x, values, rcond=None)
+    dof = len(values) - 3
+    resid = values - x @ coef
+    cov = float(resid @ resid) / dof * np.linalg.inv(x.T @ x)
+    floor = _FLOAT_RESOLUTION * max(float(np.abs(values).max()), np.finfo(float).tiny)
+    se = np.maximum(np.sqrt(np.diag(cov))[:2], floor)
+    half = float(student_t.ppf(0.5 + level / 2, dof)) * se
+    scale = np.array([h**2, h])  # d^2y/du^2 = h^2 d^2y/dl^2, dy/du = h dy/dl
+    lo, hi = (coef[:2] - half) / scale, (coef[:2] + half) / scale
+    return {"curvature": float(coef[0] / h**2), "curvature_ci_lower": float(lo[0]), "curvature_ci_upper": float(hi[0]),
+            "slope": float(coef[1] / h), "slope_ci_lower": float(lo[1]), "slope_ci_upper": float(hi[1])}
+
+
+def profile_shape(values: np.ndarray, fit: dict[str, float]) -> str:
+    """The shape label of one profile (values in layer order) from its ``quadratic_fit`` (rules in the
+    module docstring)."""
+    interior = slice(1, len(values) - 1)
+    peak_inside = bool(values[interior].max() > max(values[0], values[-1]))
+    trough_inside = bool(values[interior].min() < min(values[0], values[-1]))
+    if peak_inside and fit["curvature_ci_upper"] < 0:
+        return "inverted U"
+    if trough_inside and fit["curvature_ci_lower"] > 0:
+        return "U"
+    if fit["slope_ci_lower"] > 0 or fit["slope_ci_upper"] < 0:
+        return "monotone"
+    return "no shape"
+
+
 def profile_verdict(layers: np.ndarray, values: np.ndarray) -> dict:
-    """Peak layer and the inverted-U test of one depth profile."""
+    """Peak layer, depth range, quadratic curvature with its CI, shape label and inverted-U test of one
+    depth profile (finite values only; fewer than ``MIN_PROFILE_LAYERS`` layers: shape ``too few layers``)."""
     ok = np.isfinite(values)
     layers, values = layers[ok], values[ok]
-    if len(values) < 3:
-        return {"peak_layer": int(layers[np.argmax(values)]) if len(values) else None, "curvature": float("nan"),
-                "inverted_u": False, "range": float(np.ptp(values)) if len(values) else float("nan")}
-    peak = int(np.argmax(values))
-    curv = float(np.polyfit(layers, values, 2)[0])
-    return {"peak_layer": int(layers[peak]), "curvature": curv, "inverted_u": bool(0 < peak < len(values) - 1 and curv < 0),
-            "range": float(np.ptp(values))}
+    out = {"peak_layer": int(layers[np.argmax(values)]) if len(values) else None,
+           "range": float(np.ptp(values)) if len(values) else float("nan"), "n_layers": int(len(values))}
+    if len(values) < MIN_PROFILE_LAYERS:
+        nan = float("nan")
+        return {**out, "curvature": nan, "curvature_ci_lower": nan, "curvature_ci_upper": nan,
+                "shape": "too few layers", "inverted_u": False}
+    fit = quadratic_fit(layers, values)
+    shape = profile_shape(values, fit)
+    return {**out, "curvature": fit["curvature"], "curvature_ci_lower": fit["curvature_ci_lower"],
+            "curvature_ci_upper": fit["curvature_ci_upper"], "shape": shape, "inverted_u": shape == "inverted U"}
 
 
 def _asymmetry(rng: pd.Series) -> float:
@@ -150,8 +211,9 @@ def _asymmetry(rng: pd.Series) -> float:
 
 
 def depth_profiles(run: Run, metric: str = "alpha_tail", have: RunContents | None = None) -> tuple[pd.DataFrame, dict]:
-    """Per kind: final metric by layer, peak layer, inverted-U, range, parts averaged per layer; verdict with
-    the Q/K-V/O asymmetry, and what the run lacked (``missing``)."""
+    """Per kind: final metric by layer, peak layer, range, quadratic curvature with its CI, shape label and
+    inverted-U (parts of one layer averaged); verdict on the profile averaged over kinds, with the Q/K-V/O
+    asymmetry and what the run lacked (``missing``)."""
     have = have if have is not None else contents(run)
     why = have.weights(1, f"a depth profile of {metric}") or have.hidden(f"a depth profile of {metric}")
     fm = final_metric(run, metric) if not why else pd.DataFrame()
@@ -171,21 +233,25 @@ def depth_profiles(run: Run, metric: str = "alpha_tail", have: RunContents | Non
     overall = profile_verdict(mean_profile.index.to_numpy(float), mean_profile.to_numpy(float))
     nan_why = nan_reasons(run.metrics(probe="weights", metric=metric).query("layer >= 0"), metric)
     detail = f" with a finite {metric} (of {len(mean_profile)})" if n_finite < len(mean_profile) else ""
-    missing = [w for w in [have.layers_missing(MIN_LAYERS, f"a depth profile of {metric}", n_finite, detail)] if w]
+    missing = [w for w in [have.layers_missing(MIN_PROFILE_LAYERS, f"a depth profile of {metric}", n_finite, detail)] if w]
     kinds = set(fm["kind"])
     if not (kinds & {"q", "k"} and kinds & {"v", "o"}):
         missing.append("no q, k and v, o matrices: no Q/K-V/O asymmetry")
-    elif not np.isfinite(asym) and n_finite >= MIN_LAYERS:
+    elif not np.isfinite(asym) and n_finite >= MIN_PROFILE_LAYERS:
         missing.append(f"no depth range of {metric} for q, k or v, o: no Q/K-V/O asymmetry")
-    notes = [have.depth_note(), have.parts_note(kinds),
-             f"{metric} is NaN at {nan_why}" if nan_why else None]
-    shape = (f"{metric} depth profile {'is' if overall['inverted_u'] else 'is not'} an inverted U "
-             f"(peak at layer {overall['peak_layer']})") if n_finite >= MIN_LAYERS else None
+    notes = [have.depth_note(), have.parts_note(kinds), f"{metric} is NaN at {nan_why}" if nan_why else None]
+    few = overall["shape"] == "too few layers"
+    shape = None if few else (
+        f"{metric} depth profile: {overall['shape']} (curvature {overall['curvature']:.3g}, {CI_LEVEL:.0%} CI "
+        f"[{overall['curvature_ci_lower']:.3g}, {overall['curvature_ci_upper']:.3g}]), peak at layer {overall['peak_layer']}")
     ratio = f"Q/K carry {asym:.2g}x the depth range of V/O" if np.isfinite(asym) else None
-    verdict = {"metric": metric, "qk_vo_asymmetry": asym, "peak_layer": overall["peak_layer"],
-               "inverted_u": overall["inverted_u"], "delta_alpha": overall["range"], "n_layers": int(len(mean_profile)),
-               "n_layers_finite": n_finite, "inverted_u_kinds": table.loc[table["inverted_u"], "kind"].tolist(),
-               "missing": missing, "applies": shape is not None, "verdict": join(shape, ratio, *missing, *notes)}
+    verdict = {"metric": metric, "status": "too few layers" if few else "ok", "qk_vo_asymmetry": asym,
+               "peak_layer": overall["peak_layer"], "shape": overall["shape"], "inverted_u": overall["inverted_u"],
+               "curvature": overall["curvature"], "curvature_ci_lower": overall["curvature_ci_lower"],
+               "curvature_ci_upper": overall["curvature_ci_upper"], "delta_alpha": overall["range"],
+               "n_layers": int(len(mean_profile)), "n_layers_finite": n_finite,
+               "inverted_u_kinds": table.loc[table["inverted_u"], "kind"].tolist(),
+               "missing": missing, "applies": not few, "verdict": join(shape, ratio, *missing, *notes)}
     return table, verdict
 
 

@@ -252,7 +252,8 @@ def run_lifecycle(cfg: LifecycleExperiment, out_dir: str | Path, progress: bool 
         qk = prof_table.set_index("kind").reindex(["q", "k"])["inverted_u"].fillna(False).astype(bool)
         rows.append({"depth": depth, "wave_direction": wave.get("direction"), "velocity": wave.get("velocity_layers_per_step"),
                      "gradient_reversal_step": wave.get("reversal_step"), "alpha_peak_layer": prof.get("peak_layer"),
-                     "inverted_u": prof.get("inverted_u"), "inverted_u_qk": bool(qk.any()),
+                     "alpha_shape": prof.get("shape", "not measured"), "inverted_u": prof.get("inverted_u"),
+                     "inverted_u_qk": bool(qk.any()),
                      "qk_vo_asymmetry": prof.get("qk_vo_asymmetry"), "delta_alpha": prof.get("delta_alpha"),
                      "rho_importance_alpha": pv.get("rho"), "rho_p": pv.get("p"), "prune_k": pv.get("k"),
                      "dppl_spectral": pv.get("delta_ppl_spectral"), "dppl_last_n": pv.get("delta_ppl_last_n"),
@@ -278,7 +279,7 @@ def lifecycle_claims(table: pd.DataFrame, scaling: dict) -> pd.DataFrame:
                  f"{table['gradient_reversal_step'].notna().sum()}/{n} with a gradient reversal",
          "reproduced": bool((table["wave_direction"] == "early -> late").all())},
         {"claim": "alpha forms an inverted U across depth in deeper models", "paper": "inverted U, peak moves earlier with depth",
-         "ours": "; ".join(f"L{r.depth}: {'yes' if r.inverted_u else 'no'} (peak {r.alpha_peak_layer})" for r in table.itertuples()),
+         "ours": "; ".join(f"L{r.depth}: {r.alpha_shape} (peak {r.alpha_peak_layer})" for r in table.itertuples()),
          "reproduced": bool(table.sort_values("depth")["inverted_u"].iloc[-1])},
         {"claim": "Q/K carry the depth dependence, V/O compress uniformly", "paper": "Q/K range >> V/O range",
          "ours": ", ".join(f"L{r.depth}: {r.qk_vo_asymmetry:.2f}x" for r in table.itertuples()),
