@@ -27,7 +27,7 @@ def test_train_report_query(tmp_path, monkeypatch):
     # depth profile say so in one line each, as do pruning (never run) and the edge analysis (no trajectory probe)
     assert html.count("data:image/png;base64") == 9 and html.count('class="note missing"') == 4
     assert "only 1 layer: a compression wave across depth needs &gt;= 3" in html
-    assert "only 1 layer: a depth profile of alpha_tail needs &gt;= 3" in html and "no q, k and v, o" not in html
+    assert "only 1 layer: a depth profile of alpha_tail needs &gt;= 4" in html and "no q, k and v, o" not in html
     assert "no trajectory measurements in this run" in html
     code, stdout, _ = run_cli("query", "SELECT count(DISTINCT step) AS n FROM metrics", "--runs", str(tmp_path / "runs"), "--format", "csv")
     assert code == 0 and stdout.split() == ["n", "3"]
