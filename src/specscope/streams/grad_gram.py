@@ -33,11 +33,20 @@ def blocked_gram(m: int, rows: Callable[[int, int], torch.Tensor], chunk: int, d
     return gram
 
 
-class PerSampleGradGram:
+class _ChunkedGram:
+    """What both accumulators share: the chunk size of the blocked Gram and its device."""
+
     def __init__(self, chunk: int = 16, device: torch.device | str | None = None):
         self.chunk = int(chunk)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.reset()
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class PerSampleGradGram(_ChunkedGram):
+    """The float64 Gram of the per-sample gradients of one linear map, from its inputs and output gradients."""
 
     def reset(self) -> None:
         self.inputs: list[torch.Tensor] = []  # per sample: (T, d_in)
@@ -64,13 +73,8 @@ class PerSampleGradGram:
         return blocked_gram(len(self.inputs), self._grads, self.chunk, self.device)
 
 
-class RowGram:
+class RowGram(_ChunkedGram):
     """The float64 Gram of per-sample gradient rows added with :meth:`update` (``B x P`` each)."""
-
-    def __init__(self, chunk: int = 16, device: torch.device | str | None = None):
-        self.chunk = int(chunk)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.reset()
 
     def reset(self) -> None:
         self.rows: list[torch.Tensor] = []  # per sample: (P,)
