@@ -77,7 +77,8 @@ class RunWriter:
         self._rows = RowCoercer()
         self._buffers: dict[str, list[dict]] = {t: [] for t in TABLES}
         self._dropped: dict[str, int] = {t: 0 for t in TABLES}
-        self._dropped_logged: dict[str, int] = {t: 0 for t in TABLES}
+        self._drop_warned: set[str] = set()
+        self._dropped_written: dict[str, int] = dict(self._dropped)
         self._seq: dict[str, int] = {}
         self._closed = False
         remove_stale_tmp([self.dir] + [self.dir / t for t in TABLES], STALE_TMP_S)
@@ -140,10 +141,10 @@ class RunWriter:
         if over > 0:
             del buf[:over]
             self._dropped[table] += over
-            if self._dropped_logged[table] == 0:
+            if table not in self._drop_warned:
                 log.error("run store buffer of %s is full (%d rows, flushes failing?): dropping the oldest rows",
                           table, self.max_buffer_rows)
-                self._dropped_logged[table] = 1
+                self._drop_warned.add(table)
 
     def pending(self) -> int:
         """Rows buffered and not yet written."""
@@ -182,9 +183,10 @@ class RunWriter:
                 continue
             self._seq[t] = seq + 1
             self._buffers[t] = []
-        if any(self._dropped[t] > 0 for t in TABLES) and first_error is None:
+        if self._dropped != self._dropped_written and first_error is None:
             log.error("run store %s: rows dropped from full buffers so far: %s", self.dir, self._dropped)
             self.write_meta()
+            self._dropped_written = dict(self._dropped)
         if first_error is not None:
             raise first_error
 
