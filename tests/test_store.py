@@ -32,7 +32,7 @@ def test_roundtrip_flush_and_compaction(tmp_path):
     assert len(list_parts(tmp_path / "r" / "metrics")) == 3
     w.close()
     parts = list_parts(tmp_path / "r" / "metrics")
-    assert [p.path.name for p in parts] == [part_name(0, 2)]
+    assert [p.path.name for p in parts] == [part_name(0, 2, w.writer_id)]
     m = run.metrics()
     assert list(m.columns[:7]) == ["step", "tokens", "probe", "layer", "kind", "metric", "value"]
     assert m["value"].tolist() == [0.0, 1.0, 2.0]
@@ -40,8 +40,8 @@ def test_roundtrip_flush_and_compaction(tmp_path):
     sc = run.scalars()
     assert sc["loss"].tolist() == pytest.approx([1.0, 0.5, 1 / 3]) and sc["tokens"].tolist() == [0, 10, 20]
     assert run.config == {"lr": 1e-3} and run.meta["closed"]
-    # reopening appends after the compacted range
-    w2 = RunWriter(tmp_path / "r")
+    # reopening a finished run appends with resume=True (see test_store_safety for the error without it)
+    w2 = RunWriter(tmp_path / "r", resume=True)
     w2.add("metrics", _metric(3, 3.0))
     w2.close()
     assert run.metrics()["value"].tolist() == [0.0, 1.0, 2.0, 3.0]
@@ -53,11 +53,24 @@ def test_crash_between_compaction_and_cleanup_does_not_duplicate(tmp_path):
         w.add("metrics", _metric(step, float(step)))
         w.flush()
     d = tmp_path / "r" / "metrics"
-    tables = [pq.read_table(d / part_name(i)) for i in range(3)]
+    tables = [pq.read_table(d / part_name(i, writer=w.writer_id)) for i in range(3)]
     import pyarrow as pa
-    pq.write_table(pa.concat_tables(tables), d / part_name(0, 2))  # compacted, parts not yet removed
-    (d / ".part-000003.parquet.abc.tmp").write_bytes(b"half-written garbage")
+    pq.write_table(pa.concat_tables(tables), d / part_name(0, 2, w.writer_id))  # compacted, parts not yet removed
+    (d / f".{part_name(3, writer=w.writer_id)}.abc.tmp").write_bytes(b"half-written garbage")
     assert ss.open_run(tmp_path / "r").metrics()["value"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_old_unnamespaced_layout_still_reads(tmp_path):
+    import pyarrow as pa
+    from specscope.store.schema import SCHEMAS
+    d = tmp_path / "r" / "metrics"
+    d.mkdir(parents=True)
+    rows = [{**_metric(s, float(s)), "run_id": "old"} for s in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows[:3], schema=SCHEMAS["metrics"]), d / part_name(0, 2))
+    pq.write_table(pa.Table.from_pylist(rows[:1], schema=SCHEMAS["metrics"]), d / part_name(0))  # covered by 0-2
+    pq.write_table(pa.Table.from_pylist(rows[3:], schema=SCHEMAS["metrics"]), d / part_name(3))
+    assert [p.path.name for p in list_parts(d)] == [part_name(0, 2), part_name(3)]
+    assert ss.open_run(tmp_path / "r").metrics()["value"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 WRITER = textwrap.dedent("""

@@ -32,22 +32,16 @@ def preserved(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def _to_float(x: Any) -> float:
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        return float(x.item()) if x.numel() == 1 else float("nan")
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 class Monitor:
     """Watch ``model`` during training and write what the probes measure to ``run_dir``.
 
     Call :meth:`step` once per optimizer step (after it). Scalars are flushed every
     ``flush_every_s`` seconds; a probe measurement is flushed at once. Use as a context
     manager or call :meth:`close`.
+
+    ``resume=True`` appends to a run directory that holds a finished run (else that is a
+    :class:`~specscope.errors.ConfigError`); ``rank`` names this writer ``rank{N}`` (each DDP rank
+    may run its own monitor on one run directory).
     """
 
     def __init__(
@@ -59,6 +53,8 @@ class Monitor:
         config: dict | None = None,
         flush_every_s: float = 30.0,
         catalog: list[MatrixRef] | None = None,
+        resume: bool = False,
+        rank: int | None = None,
     ):
         self.model = model
         self.probes = list(probes)
@@ -66,12 +62,13 @@ class Monitor:
         if len(set(names)) != len(names):
             raise ValueError(f"probe names must be unique, got {names}")
         self.catalog = catalog if catalog is not None else build_catalog(model)
-        self.writer = RunWriter(run_dir, run_id=run_id, config=config)
+        self.writer = RunWriter(run_dir, run_id=run_id, config=config, resume=resume, rank=rank)
         summary = self.catalog.summary() if hasattr(self.catalog, "summary") else {"matrices": len(self.catalog)}
         self.writer.write_meta(probes=[p.describe() for p in self.probes], catalog=summary)
         self.flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
         self._closed = False
+        self._warned_closed = False
         self.last_step: int | None = None
         for p in self.probes:
             try:
@@ -90,18 +87,32 @@ class Monitor:
         self.close()
 
     def log(self, step: int, tokens: int | None = None, **scalars: Any) -> None:
-        """Record training scalars (loss, lr, tokens_per_s, ...) without measuring."""
+        """Record training scalars (loss, lr, tokens_per_s, ...) without measuring.
+
+        Values are coerced by the run store: one that is not a number is stored as NaN, with a warning."""
+        if self._is_closed():
+            return
         now = time.time()
-        for name, value in scalars.items():
-            if value is None:
-                continue
-            self.writer.add("scalars", {"step": int(step), "tokens": tokens, "name": name, "value": _to_float(value), "wall_time": now})
+        self.writer.add_many("scalars", [{"step": step, "tokens": tokens, "name": name, "value": value, "wall_time": now}
+                                         for name, value in scalars.items() if value is not None])
+
+    def _is_closed(self) -> bool:
+        """True after :meth:`close` (warning once: calls after close are no-ops, never errors)."""
+        if self._closed and not self._warned_closed:
+            self._warned_closed = True
+            log.warning("monitor of %s is closed: step()/log() after close() are ignored", self.writer.dir)
+        return self._closed
 
     def step(self, step: int, loss: Any = None, tokens: int | None = None, **scalars: Any) -> None:
         """Record this step's scalars and run every probe that is due."""
-        if self._closed:
-            raise RuntimeError("monitor is closed")
-        self.last_step = int(step)
+        if self._is_closed():
+            return
+        try:
+            step = int(step)
+        except (TypeError, ValueError, OverflowError):
+            log.warning("monitor: step %r is not an integer; step ignored", step)
+            return
+        self.last_step = step
         self.log(step, tokens, loss=loss, **scalars)
         for p in self.probes:
             if p.observes_every_step:

@@ -52,9 +52,10 @@ class MonitorDriver:
 
     def _open_monitor(self, model: nn.Module, default_dir: str | os.PathLike, config: dict, step: int,
                       tokens: int | None = None) -> None:
-        """Start the monitor; at ``step == 0`` (a fresh run) record the initial model as step 0."""
+        """Start the monitor; at ``step == 0`` (a fresh run) record the initial model as step 0. At
+        ``step > 0`` the framework resumed from a checkpoint: the monitor appends to the run store."""
         run_dir = Path(self.run_dir) if self.run_dir is not None else Path(default_dir) / "specscope"
-        self.monitor = Monitor(model, run_dir, probes=self.probes, config=config)
+        self.monitor = Monitor(model, run_dir, probes=self.probes, config=config, resume=step > 0)
         self._last_step = int(step)
         if step == 0:
             self._call("step", 0, tokens=tokens)

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from .writer import atomic_write_bytes, atomic_write_table
+from .files import atomic_write_bytes, atomic_write_table
 
 ARTIFACTS = "artifacts"
 

@@ -1,38 +1,141 @@
-"""Names of part files and which of them are live."""
+"""File primitives of the run store: atomic writes, part file names, which parts are live.
+
+A part is ``part-<writer>-<first>.parquet`` (one flush) or ``part-<writer>-<first>-<last>.parquet``
+(that writer's parts ``first..last`` compacted). ``<writer>`` is the writer id (letters, digits,
+``_`` and ``.``, at least one non-digit), so many writers share one run without colliding. Runs
+written before writer ids existed have un-namespaced parts ``part-<first>[-<last>].parquet``; they
+read as the writer ``""``.
+"""
 from __future__ import annotations
 
+import logging
+import os
 import re
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-_PART = re.compile(r"^part-(\d{6,})(?:-(\d{6,}))?\.parquet$")
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+_PART = re.compile(r"^part-(?:(?P<w>[A-Za-z0-9_.]*[A-Za-z_.][A-Za-z0-9_.]*)-)?(?P<a>\d{6,})(?:-(?P<b>\d{6,}))?\.parquet$")
+_TMP_GLOB = ".*.tmp"
 
 
 @dataclass(frozen=True)
 class Part:
+    """One part file: its writer (``""`` for the old un-namespaced layout) and the range it covers."""
+
     path: Path
     first: int
     last: int
+    writer: str = ""
 
 
-def part_name(first: int, last: int | None = None) -> str:
-    return f"part-{first:06d}.parquet" if last is None else f"part-{first:06d}-{last:06d}.parquet"
+def sanitize_writer_id(writer_id: str) -> str:
+    """``writer_id`` with every character outside ``[A-Za-z0-9_.]`` replaced by ``_`` (and a leading
+    ``w`` where it would be all digits), so it can stand in a part file name."""
+    clean = re.sub(r"[^A-Za-z0-9_.]", "_", str(writer_id)) or "w"
+    return clean if re.search(r"[A-Za-z_.]", clean) else "w" + clean
 
 
-def list_parts(table_dir: Path) -> list[Part]:
-    """Live parts of one table, in order: single parts inside a compacted range are skipped."""
-    if not table_dir.is_dir():
+def part_name(first: int, last: int | None = None, writer: str = "") -> str:
+    """The file name of parts ``first..last`` of ``writer`` (``""``: the old un-namespaced layout)."""
+    prefix = f"part-{writer}-" if writer else "part-"
+    return f"{prefix}{first:06d}.parquet" if last is None else f"{prefix}{first:06d}-{last:06d}.parquet"
+
+
+def all_parts(table_dir: Path) -> list[Part]:
+    """Every part file of one table (live or covered by a compacted range), unordered."""
+    try:
+        entries = list(table_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
         return []
     parts = []
-    for p in table_dir.iterdir():
+    for p in entries:
         m = _PART.match(p.name)
         if m:
-            a = int(m.group(1))
-            parts.append(Part(p, a, int(m.group(2)) if m.group(2) else a))
-    ranges = [(p.first, p.last) for p in parts if p.last > p.first]
-    live = []
+            a = int(m.group("a"))
+            parts.append(Part(p, a, int(m.group("b")) if m.group("b") else a, m.group("w") or ""))
+    return parts
+
+
+def list_parts(table_dir: Path, writer: str | None = None) -> list[Part]:
+    """Live parts of one table (of every writer, or of ``writer`` only), ordered by writer and range.
+
+    A part that a compacted range of the same writer covers is skipped, so a reader that lists
+    while a compaction is replacing parts sees the rows once, either way."""
+    parts = [p for p in all_parts(table_dir) if writer is None or p.writer == writer]
+    ranges: dict[str, list[tuple[int, int]]] = {}
     for p in parts:
-        covered = any(a <= p.first and p.last <= b and (a, b) != (p.first, p.last) for a, b in ranges)
-        if not covered:
-            live.append(p)
-    return sorted(live, key=lambda p: (p.first, p.last))
+        if p.last > p.first:
+            ranges.setdefault(p.writer, []).append((p.first, p.last))
+    live = [p for p in parts
+            if not any(a <= p.first and p.last <= b and (a, b) != (p.first, p.last) for a, b in ranges.get(p.writer, ()))]
+    return sorted(live, key=lambda p: (p.writer, p.first, p.last))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a hidden temporary file, fsync, rename onto ``path``."""
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    """Write ``table`` as Parquet to a hidden temporary file, fsync, rename onto ``path``."""
+    tmp = _tmp_name(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_tmp(dirs: list[Path], older_than_s: float) -> int:
+    """Remove hidden ``.*.tmp`` files (left by a crash mid-write) older than ``older_than_s`` in ``dirs``."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for d in dirs:
+        for f in d.glob(_TMP_GLOB) if d.is_dir() else ():
+            try:
+                if f.stat().st_mtime < cutoff:
+                    f.unlink()
+                    removed += 1
+            except OSError:
+                continue
+    if removed:
+        log.info("removed %d stale temporary file(s) under %s", removed, dirs[0] if dirs else "")
+    return removed

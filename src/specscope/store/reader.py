@@ -1,7 +1,6 @@
 """Reading a run store, also while a run is still writing it."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 
 from ..errors import RunNotFoundError
 from .files import list_parts
+from .meta import read_meta
 from .schema import META_FILE, SCHEMAS, TABLES
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,49 @@ def find_runs(roots: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def part_files(run_dir: Path, table: str) -> list[Path]:
-    return [p.path for p in list_parts(run_dir / table)]
+    """Live part files of one table, every writer's; a part whose Parquet footer cannot be read
+    (corrupt, or vanished under a compaction) is left out with a warning naming it."""
+    out = []
+    for p in list_parts(Path(run_dir) / table):
+        try:
+            pq.read_metadata(p.path)
+        except FileNotFoundError:
+            continue
+        except Exception as exc:
+            log.warning("skipping unreadable part %s: %s", p.path, exc)
+            continue
+        out.append(p.path)
+    return out
+
+
+class _Vanished(Exception):
+    """A listed part was gone when read (replaced by a concurrent compaction)."""
+
+
+def _read_parts(run_dir: Path, table: str, filters: list | None, raise_vanished: bool) -> list[pa.Table]:
+    pieces = []
+    for p in list_parts(Path(run_dir) / table):
+        try:
+            pieces.append(pq.read_table(p.path, schema=SCHEMAS[table], filters=filters))
+        except FileNotFoundError as exc:
+            if raise_vanished:
+                raise _Vanished(str(p.path)) from exc
+            log.warning("part %s vanished while reading; skipped", p.path)
+        except Exception as exc:  # a corrupt part costs its rows, not the read
+            log.warning("skipping unreadable part %s: %s", p.path, exc)
+    return pieces
 
 
 def read_table(run_dir: Path, table: str, filters: list | None = None) -> pa.Table:
-    """All live parts of one table; a part that cannot be read is skipped with a warning."""
-    pieces = []
-    for path in part_files(run_dir, table):
-        try:
-            pieces.append(pq.read_table(path, schema=SCHEMAS[table], filters=filters))
-        except Exception as exc:  # e.g. a file vanished under a concurrent compaction
-            log.warning("skipping unreadable part %s: %s", path, exc)
+    """All live parts of one table, every writer's, as one table.
+
+    A part that vanished between listing and reading (a compaction replaced it) makes the read list
+    again, once: the compacted file, written before the parts were removed, then covers it. A
+    corrupt part is skipped with a warning naming it."""
+    try:
+        pieces = _read_parts(run_dir, table, filters, raise_vanished=True)
+    except _Vanished:
+        pieces = _read_parts(run_dir, table, filters, raise_vanished=False)
     if not pieces:
         return SCHEMAS[table].empty_table()
     return pa.concat_tables(pieces)
@@ -78,8 +110,8 @@ class Run:
 
     @property
     def meta(self) -> dict[str, Any]:
-        path = self.dir / META_FILE
-        return json.loads(path.read_text()) if path.exists() else {}
+        """``meta.json``; ``{}`` (with a warning) when missing or invalid."""
+        return read_meta(self.dir)
 
     @property
     def run_id(self) -> str:

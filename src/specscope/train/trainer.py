@@ -206,7 +206,7 @@ def train(
 
         bar = tqdm(total=last, initial=start, desc="train", unit="step", dynamic_ncols=True)
     t_start = time.perf_counter()
-    with Monitor(model, run_dir, probes=probes, run_id=run_id, config=config) as mon:
+    with Monitor(model, run_dir, probes=probes, run_id=run_id, config=config, resume=resume) as mon:
         if start == 0:
             mon.step(0, tokens=0)  # due probes measure, every-step probes see the initial weights
             val_loss = evaluate(model, corpus.val, cfg, seq, device)
