@@ -152,3 +152,14 @@ def test_cli_subprocess_refusal(root, tmp_path):
     assert p.returncode == 2 and p.stdout == ""
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "query refused" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_invalid_meta_json_does_not_break_a_query(tmp_path):
+    from specscope.store.writer import RunWriter
+
+    w = RunWriter(tmp_path / "r")
+    w.add("scalars", {"step": 1, "tokens": None, "name": "loss", "value": 2.0, "wall_time": 0.0})
+    w.close()
+    (tmp_path / "r" / "meta.json").write_text("{not json")
+    df = ss.query("SELECT run_id, count(*) AS n FROM scalars GROUP BY run_id", [tmp_path])
+    assert df["n"].tolist() == [1]

@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..errors import QueryError
 from .reader import find_runs, read_table
-from .schema import META_FILE, SCHEMAS, TABLES
+from .meta import read_meta
+from .schema import SCHEMAS, TABLES
 
 if TYPE_CHECKING:
     import duckdb
@@ -76,7 +77,7 @@ def _runs_frame(runs: list[Path]) -> pd.DataFrame:
     """One row per run: id, path, created/closed times and its config as JSON."""
     meta = []
     for r in runs:
-        m = json.loads((r / META_FILE).read_text()) if (r / META_FILE).exists() else {}
+        m = read_meta(r)
         meta.append({"run_id": m.get("run_id", r.name), "path": str(r), "created": m.get("created"), "closed": m.get("closed"),
                      "config": json.dumps(m.get("config", {}))})
     return pd.DataFrame(meta, columns=["run_id", "path", "created", "closed", "config"])
