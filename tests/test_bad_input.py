@@ -11,7 +11,7 @@ from specscope.cli import main
 from specscope.errors import ConfigError, SpecscopeError
 from specscope.probes import Activations, Gradients, Trajectory, Weights, make_pool
 from specscope.spectra import singular_values, singular_values_many
-from specscope.spectra.compute import singular_values_lowmem, singular_values_streamed
+from specscope.spectra.compute import _group_svals, singular_values_lowmem, singular_values_streamed
 from specscope.train import GPTConfig, TrainConfig
 
 # Placeholders: {file} an existing file, {full} a non-empty directory, {empty} an empty directory,
@@ -214,6 +214,15 @@ def test_huge_and_tiny_finite_entries_get_their_spectrum(factor):
     for spec in (singular_values(w * factor), singular_values_many({"w": torch.tensor(w * factor)})["w"]):
         assert spec.status == "ok"
         np.testing.assert_allclose(spec.sv, exact, rtol=1e-9)
+
+
+def test_batched_gram_scales_each_matrix_of_a_group():
+    """The GPU path's batched Gram (run here on CPU tensors): each matrix scaled by its own power of two."""
+    w = _matrix()
+    exact = np.linalg.svd(w, compute_uv=False)
+    sv = _group_svals([torch.tensor(w * 1e200), torch.tensor(w), torch.tensor(w * 1e-200)], "gram", None)
+    for row, factor in zip(sv, (1e200, 1.0, 1e-200)):
+        np.testing.assert_allclose(row, exact * factor, rtol=1e-9)
 
 
 def test_streamed_gram_overflow_says_entries_too_large():
