@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import cli_args as A
 from .cli_experiments import cmd_experiment, cmd_findings, cmd_forecast, cmd_prune, cmd_sweep, cmd_taxonomy, fresh_dir
 from .errors import ConfigError, SpecscopeError
 from .models.kinds import KINDS
@@ -20,40 +21,41 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--layers", type=int, default=4)
-    g.add_argument("--width", type=int, default=128)
-    g.add_argument("--heads", type=int, default=4)
-    g.add_argument("--seq-len", type=int, default=128)
+    g.add_argument("--layers", type=A.positive_int, default=4)
+    g.add_argument("--width", type=A.positive_int, default=128)
+    g.add_argument("--heads", type=A.positive_int, default=4)
+    g.add_argument("--seq-len", type=A.int_at_least(2), default=128)
     g.add_argument("--positions", choices=["learned", "rope"], default="learned")
     g.add_argument("--untied", action="store_true", help="separate lm_head (default: tied to the embedding)")
     g.add_argument("--norm", choices=["rms", "layer"], default="rms")
     g.add_argument("--activation", choices=["gelu", "relu2"], default="gelu")
     g.add_argument("--qk-norm", action="store_true", help="RMS-normalize queries and keys per head")
-    g.add_argument("--softcap", type=float, default=0.0, help="logit soft-cap (0: off)")
+    g.add_argument("--softcap", type=A.nonneg_float, default=0.0, help="logit soft-cap (0: off)")
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--batch", type=int, default=16, help="micro-batch (sequences)")
-    t.add_argument("--accum", type=int, default=1, help="gradient accumulation steps (effective batch = batch x accum)")
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--warmup", type=int, default=50)
+    t.add_argument("--steps", type=A.positive_int, default=1000)
+    t.add_argument("--batch", type=A.positive_int, default=16, help="micro-batch (sequences)")
+    t.add_argument("--accum", type=A.positive_int, default=1, help="gradient accumulation steps (effective batch = batch x accum)")
+    t.add_argument("--lr", type=A.positive_float, default=3e-3)
+    t.add_argument("--warmup", type=A.nonneg_int, default=50)
     t.add_argument("--schedule", choices=["constant", "cosine", "wsd", "step"], default="cosine",
                    help="wsd: warm-up, stable, linear decay over the last 20%%; step: x0.1 at 50%% and 75%%")
-    t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--weight-decay", type=A.nonneg_float, default=0.1)
     t.add_argument("--decay-on", default="hidden,embed,head", help="parameter groups with weight decay: hidden,embed,head,scalar")
     t.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw", help="muon: Muon on hidden matrices, AdamW on the rest")
-    t.add_argument("--muon-lr", type=float, default=0.02)
-    t.add_argument("--spectral-warmup", default=None, metavar="CHECKPOINT",
+    t.add_argument("--muon-lr", type=A.positive_float, default=0.02)
+    t.add_argument("--spectral-warmup", type=A.existing_path, default=None, metavar="CHECKPOINT",
                    help="initialize block matrices with this reference's singular values (random singular vectors)")
-    t.add_argument("--eval-every", type=int, default=100)
-    t.add_argument("--ckpt-every", type=int, default=0)
-    t.add_argument("--probe-every", type=int, default=25)
+    t.add_argument("--eval-every", type=A.nonneg_int, default=100)
+    t.add_argument("--ckpt-every", type=A.nonneg_int, default=0)
+    t.add_argument("--probe-every", type=A.nonneg_int, default=25)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--corpus", default="stdlib", help="'stdlib' (the Python standard library's sources) or a directory of text files")
+    t.add_argument("--device", type=A.device, default="cpu")
+    t.add_argument("--corpus", type=A.corpus, default="stdlib",
+                   help="'stdlib' (the Python standard library's sources) or a directory of text files")
     t.add_argument("--tokenizer", choices=["byte", "bpe"], default="byte")
-    t.add_argument("--bpe-vocab", type=int, default=2048)
-    t.add_argument("--max-corpus-mb", type=float, default=None)
-    p.add_argument("--out", default=None, help="run directory (default: runs/<name>)")
+    t.add_argument("--bpe-vocab", type=A.positive_int, default=2048)
+    t.add_argument("--max-corpus-mb", type=A.positive_float, default=None)
+    p.add_argument("--out", type=A.new_dir, default=None, help="run directory (default: runs/<name>)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -61,11 +63,8 @@ def _configs(a: argparse.Namespace):
     from .train import GPTConfig, TrainConfig
     from .train.corpus import megabytes
 
-    try:
-        model = GPTConfig(seq_len=a.seq_len, n_layer=a.layers, n_head=a.heads, d_model=a.width, positions=a.positions,
-                          tied=not a.untied, norm=a.norm, activation=a.activation, qk_norm=a.qk_norm, softcap=a.softcap)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    model = GPTConfig(seq_len=a.seq_len, n_layer=a.layers, n_head=a.heads, d_model=a.width, positions=a.positions,
+                      tied=not a.untied, norm=a.norm, activation=a.activation, qk_norm=a.qk_norm, softcap=a.softcap)
     train = TrainConfig(steps=a.steps, micro_batch=a.batch, grad_accum=a.accum, lr=a.lr, warmup=a.warmup,
                         schedule=a.schedule, weight_decay=a.weight_decay, optimizer=a.optimizer, muon_lr=a.muon_lr,
                         decay_on=tuple(x for x in a.decay_on.split(",") if x), spectral_warmup=a.spectral_warmup, eval_every=a.eval_every,
@@ -80,10 +79,8 @@ def _train_and_report(a: argparse.Namespace, default_out: str) -> int:
     from .store import open_run
     from .train import train
 
-    model_cfg, train_cfg = _configs(a)
+    model_cfg, train_cfg = _configs(a)  # validated before anything is written (--out: an absent or empty directory)
     out = Path(a.out or default_out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"run directory {out} is not empty; pass --out for a new one")
     res = train(model_cfg, train_cfg, out, progress=not a.no_progress)
     path = write_report(res.run_dir)
     print(summary(open_run(res.run_dir)))
@@ -151,10 +148,13 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
     if a.format != "table" and not a.out:
         raise ConfigError(f"--format {a.format} needs --out FILE")
-    kinds = a.kinds.split(",") if a.kinds else None
-    unknown = sorted(set(kinds or ()) - set(KINDS))
-    if unknown:
-        raise ConfigError(f"--kinds: unknown kind {', '.join(unknown)}; kinds are {', '.join(KINDS)}")
+    if a.out and a.format == "table":
+        raise ConfigError("--out needs --format csv|json|parquet")
+    if a.trajectory == 1:
+        raise ConfigError("--trajectory W needs a window of at least 2 updates")
+    if (a.sketch or a.matrix) and not a.trajectory:
+        raise ConfigError("--sketch and --matrix go with --trajectory W")
+    kinds = a.kinds
     if a.trajectory:
         df = trajectory(a.path, window=a.trajectory, mode="sketch" if a.sketch else "exact", k=a.sketch or 4096, kinds=kinds,
                         matrices=a.matrix, run_dir=a.into, progress=not a.no_progress)
@@ -169,10 +169,8 @@ def cmd_analyze(a: argparse.Namespace) -> int:
             df.to_csv(out, index=False)
         elif a.format == "json":
             df.to_json(out, orient="records", indent=1)
-        elif a.format == "parquet":
-            df.to_parquet(out, index=False)
         else:
-            raise ConfigError("--out needs --format csv|json|parquet")
+            df.to_parquet(out, index=False)
         print(f"wrote {len(df)} rows to {out}")
     if a.format == "table" or not a.out:
         import pandas as pd
@@ -197,95 +195,103 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(t)
     t.set_defaults(func=cmd_train)
     r = sub.add_parser("report", help="write the HTML report of runs and print their summaries")
-    r.add_argument("runs", nargs="+")
-    r.add_argument("--out", default=None, help="HTML file (one run only; default RUN/report.html)")
+    r.add_argument("runs", nargs="+", type=A.existing_path)
+    r.add_argument("--out", type=A.out_file, default=None, help="HTML file (one run only; default RUN/report.html)")
     r.set_defaults(func=cmd_report)
     an = sub.add_parser("analyze", help="weight spectra of a model, checkpoint, or directory of step-numbered checkpoints")
-    an.add_argument("path", help="HF model directory, .safetensors, torch checkpoint (.pt .pth .bin .ckpt), or a directory of checkpoints")
+    an.add_argument("path", type=A.existing_path,
+                    help="HF model directory, .safetensors, torch checkpoint (.pt .pth .bin .ckpt), or a directory of checkpoints")
     an.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
-    an.add_argument("--out", default=None, help="output file for --format csv|json|parquet")
-    an.add_argument("--into", default=None, help="also write into this run store directory (for report / findings)")
+    an.add_argument("--out", type=A.out_file, default=None, help="output file for --format csv|json|parquet")
+    an.add_argument("--into", type=A.out_dir, default=None, help="also write into this run store directory (for report / findings)")
     an.add_argument("--method", choices=["gram", "svd"], default="gram")
-    an.add_argument("--kinds", default=None, help="comma-separated kinds to keep (" + ",".join(KINDS) + ")")
-    an.add_argument("--trajectory", type=int, default=0, metavar="W",
+    an.add_argument("--kinds", type=A.kinds_list, default=None, help="comma-separated kinds to keep (" + ",".join(KINDS) + ")")
+    an.add_argument("--trajectory", type=A.nonneg_int, default=0, metavar="W",
                     help="with a directory of checkpoints: spectra of the last W checkpoint-to-checkpoint updates instead")
-    an.add_argument("--sketch", type=int, default=0, metavar="K", help="--trajectory: CountSketch the updates to K dims")
+    an.add_argument("--sketch", type=A.nonneg_int, default=0, metavar="K", help="--trajectory: CountSketch the updates to K dims")
     an.add_argument("--matrix", type=_matrix_arg, action="append", default=[], metavar="LAYER:KIND",
                     help="--trajectory: also a trajectory of this one matrix (repeatable), e.g. 0:q")
-    an.add_argument("--max-rows", type=int, default=60)
+    an.add_argument("--max-rows", type=A.positive_int, default=60)
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(func=cmd_analyze)
     ex = sub.add_parser("experiment", help="built-in experiments: grokking, sosd (schedules / weight decay / Muon), "
                                            "lifecycle (depths 4 / 8 / 12 and pruning), lens (token efficiency across batch sizes), "
                                            "taxonomy (baseline -> RoPE -> Muon -> untied)")
     ex.add_argument("name", choices=["grokking", "sosd", "lifecycle", "lens", "taxonomy"])
-    ex.add_argument("--target", type=float, default=None,
+    ex.add_argument("--target", type=A.finite_float, default=None,
                     help="lens / taxonomy: validation loss target (default: the loosest every run reached)")
-    ex.add_argument("--tokens", type=int, default=None, help="lens / taxonomy: training tokens per run")
+    ex.add_argument("--tokens", type=A.positive_int, default=None, help="lens / taxonomy: training tokens per run")
     ex.add_argument("--sweep", action="store_true", help="lens: pick each tier's learning rate by successive halving first")
     ex.add_argument("--local", action="store_true", help="lens --sweep: run the trials in this process, without Ray")
     ex.add_argument("--chain", default=None, help="taxonomy: comma-separated cumulative stages, e.g. baseline,rope,muon,untied,softcap")
     ex.add_argument("--quick", action="store_true", help="a tiny configuration (for tests)")
-    ex.add_argument("--steps", type=int, default=None)
-    ex.add_argument("--seeds", type=int, default=None, help="number of seeds per weight-decay setting")
-    ex.add_argument("--p", type=int, default=None, help="modulus")
+    ex.add_argument("--steps", type=A.positive_int, default=None)
+    ex.add_argument("--seeds", type=A.positive_int, default=None, help="number of seeds per weight-decay setting")
+    ex.add_argument("--p", type=A.int_at_least(2), default=None, help="modulus")
     ex.add_argument("--task", choices=["add", "dyck1"], default="add", help="grokking: modular addition or Dyck-1")
-    ex.add_argument("--out", default=None)
+    ex.add_argument("--out", type=A.out_dir, default=None)
     ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(func=cmd_experiment)
     f = sub.add_parser("findings", help="the SPEC section 5 analyses a run's data allows: tables and verdicts")
-    f.add_argument("runs", nargs="+")
+    f.add_argument("runs", nargs="+", type=A.existing_path)
     f.add_argument("--json", action="store_true")
     f.add_argument("--metric", default="alpha_tail", help="alpha of the depth profile (alpha_tail, alpha_mle, ...)")
-    f.add_argument("--max-rows", type=int, default=20)
+    f.add_argument("--max-rows", type=A.positive_int, default=20)
     f.set_defaults(func=cmd_findings)
     pr = sub.add_parser("prune", help="layer importance and pruning: spectral rule vs Last-N vs random (delta perplexity)")
-    pr.add_argument("path", help="a run directory or safetensors checkpoint of the reference GPT, or an HF model directory")
-    pr.add_argument("--k", default=None, help="comma-separated numbers of blocks to remove (default 1..L/2)")
+    pr.add_argument("path", type=A.existing_path,
+                    help="a run directory or safetensors checkpoint of the reference GPT, or an HF model directory")
+    pr.add_argument("--k", type=A.positive_int_list, default=None, help="comma-separated numbers of blocks to remove (default 1..L/2)")
     pr.add_argument("--metric", default="alpha_tail")
-    pr.add_argument("--sequences", type=int, default=64, help="held-out sequences (stdlib probe split)")
-    pr.add_argument("--seq-len", type=int, default=128)
-    pr.add_argument("--random-seeds", type=int, default=5)
+    pr.add_argument("--sequences", type=A.positive_int, default=64, help="held-out sequences (stdlib probe split)")
+    pr.add_argument("--seq-len", type=A.int_at_least(2), default=128)
+    pr.add_argument("--random-seeds", type=A.nonneg_int, default=5)
     pr.add_argument("--allow-first", action="store_true", help="let the spectral rule remove block 0")
-    pr.add_argument("--max-corpus-mb", type=float, default=8.0)
+    pr.add_argument("--max-corpus-mb", type=A.positive_float, default=8.0)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prune)
     fc = sub.add_parser("forecast", help="rank batch sizes by early activation alpha_tail (flatter = fewer tokens to target)")
-    fc.add_argument("runs", nargs="+", help="runs of one or more families (differing only in batch size), roots holding them, "
-                                            "or a sweep's output directory (its winners)")
-    fc.add_argument("--target", type=float, default=None, help="validation loss target (for T(B), eps_tok and rho)")
-    fc.add_argument("--budget", type=float, default=None, help="early token budget (default: --budget-frac of the median T)")
-    fc.add_argument("--budget-frac", type=float, default=0.2)
+    fc.add_argument("runs", nargs="+", type=A.existing_path,
+                    help="runs of one or more families (differing only in batch size), roots holding them, "
+                         "or a sweep's output directory (its winners)")
+    fc.add_argument("--target", type=A.finite_float, default=None, help="validation loss target (for T(B), eps_tok and rho)")
+    fc.add_argument("--budget", type=A.positive_float, default=None, help="early token budget (default: --budget-frac of the median T)")
+    fc.add_argument("--budget-frac", type=A.fraction, default=0.2)
     fc.add_argument("--json", action="store_true")
-    fc.add_argument("--report", default=None, help="also write an HTML report here (needs --target)")
+    fc.add_argument("--report", type=A.out_file, default=None, help="also write an HTML report here (needs --target)")
     fc.set_defaults(func=cmd_forecast)
     tx = sub.add_parser("taxonomy", help="intervention taxonomy of a chain of runs (baseline -> variant -> ...)")
-    tx.add_argument("runs", nargs="+")
-    tx.add_argument("--target", type=float, default=None,
+    tx.add_argument("runs", nargs="+", type=A.existing_path)
+    tx.add_argument("--target", type=A.finite_float, default=None,
                     help="validation loss target (matched loss; default: the loosest every run reached)")
-    tx.add_argument("--figure", default=None, help="write the token-gain vs throughput-gain scatter here (PNG)")
-    tx.add_argument("--report", default=None, help="also write an HTML report here")
+    tx.add_argument("--figure", type=A.out_file, default=None, help="write the token-gain vs throughput-gain scatter here (PNG)")
+    tx.add_argument("--report", type=A.out_file, default=None, help="also write an HTML report here")
     tx.set_defaults(func=cmd_taxonomy)
     sw = sub.add_parser("sweep", help="batch tiers x learning rates, filtered by synchronized successive halving, on Ray Tune")
-    sw.add_argument("config", help="sweep config (TOML or JSON; see specscope.train.sweep_run)")
-    sw.add_argument("--out", default=None)
+    sw.add_argument("config", type=A.existing_file, help="sweep config (TOML or JSON; see specscope.train.sweep_run)")
+    sw.add_argument("--out", type=A.out_dir, default=None)
     sw.add_argument("--address", default=None, help="a Ray cluster address (default: a local Ray)")
     sw.add_argument("--local", action="store_true", help="run the trials in this process, without Ray")
-    sw.add_argument("--cpus-per-trial", type=float, default=1.0)
+    sw.add_argument("--cpus-per-trial", type=A.positive_float, default=1.0)
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(func=cmd_sweep)
     q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
     q.add_argument("sql")
-    q.add_argument("--runs", nargs="+", default=["runs"], help="run directories or roots holding runs (default: runs)")
+    q.add_argument("--runs", nargs="+", type=A.existing_path, default=["runs"],
+                   help="run directories or roots holding runs (default: runs)")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    q.add_argument("--max-rows", type=int, default=200)
+    q.add_argument("--max-rows", type=A.positive_int, default=200)
     q.set_defaults(func=cmd_query)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (an argparse error or any :class:`SpecscopeError`) is one line on stderr and exit 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0), or one error line (2, see _Parser.error); returned, not raised
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

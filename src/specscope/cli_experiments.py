@@ -221,7 +221,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     _check_prunable(a.path)
     model, family = load_model(a.path)
     seqs = _prune_sequences(a, model, family)
-    ks = [int(k) for k in a.k.split(",")] if a.k else None
+    ks = a.k  # a list of ints >= 1 (cli_args.positive_int_list), or None
     torch.manual_seed(0)
     importance, comparison, verdict = pruning_study(model, seqs, ks=ks, metric=a.metric, random_seeds=a.random_seeds,
                                                     keep_first=not a.allow_first)

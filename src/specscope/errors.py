@@ -17,8 +17,8 @@ class CorpusError(SpecscopeError):
     """A corpus directory is missing or holds no text."""
 
 
-class ConfigError(SpecscopeError):
-    """An option or configuration value is invalid."""
+class ConfigError(SpecscopeError, ValueError):
+    """An option or configuration value is invalid (a ``ValueError`` too, for callers that catch those)."""
 
 
 class CheckpointError(SpecscopeError):

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from .. import measure
+from ..errors import ConfigError
 from ..measure.common import ForwardFn, LossFn, as_pool, pool_len, pool_rows, pool_shapes, tree_map
 from ..models import unwrap
 from ..spectra import spectrum_metrics
-from .base import Measurement, Probe, ProbeContext
+from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
 
 
 def make_pool(data: Any, n: int = 64, seq_len: int = 128, seed: int = 0) -> Any:
@@ -38,9 +39,16 @@ def make_pool(data: Any, n: int = 64, seq_len: int = 128, seed: int = 0) -> Any:
         return tree_map(lambda t: t[rows.to(t.device)], data)
     arr = np.asarray(data)
     if len(arr) < seq_len + 1:
-        raise ValueError(f"need more than {seq_len} tokens for the probe pool, got {len(arr)}")
+        raise ConfigError(f"the probe pool needs more than {seq_len} tokens (seq_len), got {len(arr)}: "
+                          "use a larger corpus or a shorter sequence length")
     starts = np.random.default_rng(seed).integers(0, len(arr) - seq_len, size=n)
     return torch.from_numpy(np.stack([arr[s : s + seq_len] for s in starts]).astype(np.int64))
+
+
+def _check_callable(what: str, fn: Any) -> None:
+    """``fn`` is None or callable, else a :class:`ConfigError`."""
+    if fn is not None and not callable(fn):
+        raise ConfigError(f"{what} must be callable (or None), got {fn!r}")
 
 
 def _emit(out: Measurement, layer: int, kind: str, name: str, quantity: str, values: np.ndarray,
@@ -80,14 +88,19 @@ class Activations(Probe):
         self.pool = as_pool(pool)
         pool_len(self.pool)
         if layers is not None and modules is not None:
-            raise ValueError("pass either layers (block indices) or modules (module names), not both")
+            raise ConfigError("Activations: pass either layers (block indices) or modules (module names), not both")
         self.layers = None if layers is None else tuple(layers)
-        if self.layers is not None and not all(isinstance(l, (int, np.integer)) for l in self.layers):
-            raise TypeError(f"layers are block indices (integers), got {self.layers}")
+        if self.layers is not None and not all(isinstance(l, (int, np.integer)) and not isinstance(l, bool) for l in self.layers):
+            raise ConfigError(f"Activations: layers are block indices (integers), got {self.layers}")
         self.modules = None if modules is None else (modules,) if isinstance(modules, str) else tuple(modules)
-        if normalize not in ("rms", "none"):
-            raise ValueError("normalize must be 'rms' or 'none'")
-        self.normalize, self.batch, self.forward_fn, self.feature_dim = normalize, batch, forward_fn, feature_dim
+        if self.modules is not None and not all(isinstance(m, str) and m for m in self.modules):
+            raise ConfigError(f"Activations: modules are module names (non-empty strings), got {self.modules}")
+        self.normalize = check_choice("Activations: normalize", normalize, ("rms", "none"))
+        self.batch = check_int("Activations: batch", batch, 1)
+        if feature_dim is not None and (isinstance(feature_dim, bool) or not isinstance(feature_dim, (int, np.integer))):
+            raise ConfigError(f"Activations: feature_dim must be an integer (a dim) or None, got {feature_dim!r}")
+        _check_callable("Activations: forward_fn", forward_fn)
+        self.forward_fn, self.feature_dim = forward_fn, feature_dim
         self._default: tuple[int, str] | None = None  # (id of the model, module found by running it)
 
     def describe(self) -> dict[str, Any]:
@@ -137,11 +150,21 @@ class Gradients(Probe):
                  matrix_name: str | None = None, part: int | None = None, loss_fn: LossFn | None = None,
                  forward_fn: ForwardFn | None = None, method: str = "auto"):
         super().__init__(every, at, name)
+        check_choice("Gradients: method", method, measure.METHODS)
+        if samples is not None:
+            check_int("Gradients: samples", samples, 1)
+        batch, chunk = check_int("Gradients: batch", batch, 1), check_int("Gradients: chunk", chunk, 1)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise ConfigError(f"Gradients: layer must be a block index (an integer; -1: the last), got {layer!r}")
+        if part is not None:
+            check_int("Gradients: part", part, 0)
+        if matrix_name is None:
+            check_kinds([matrix])
+        _check_callable("Gradients: loss_fn", loss_fn)
+        _check_callable("Gradients: forward_fn", forward_fn)
         pool = as_pool(pool)
         self.pool = pool_rows(pool, 0, samples) if samples else pool
         pool_len(self.pool)
-        if method not in measure.METHODS:
-            raise ValueError(f"method must be one of {measure.METHODS}, got {method!r}")
         self.matrix, self.layer, self.batch, self.chunk = matrix, layer, batch, chunk
         self.matrix_name, self.part, self.method = matrix_name, part, method
         self.loss_fn, self.forward_fn = loss_fn, forward_fn

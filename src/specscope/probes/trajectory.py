@@ -8,14 +8,25 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..models import MatrixRef
 from ..spectra import spectrum_metrics
 from ..streams import CountSketch, TrajectoryWindow
-from .base import Measurement, Probe, ProbeContext
+from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
 
 log = logging.getLogger(__name__)
 
+MODES = ("exact", "sketch")
 TRAJECTORY_METRICS = ("kstar", "gap_ratio", "gap12", "ratio[1]", "ratio[2]", "ratio[3]", "ratio[4]", "k95", "stable_rank")
+
+
+def _matrix_entry(m: Any) -> tuple[int, str]:
+    """One ``(layer, kind)`` of ``Trajectory(matrices=...)``, checked."""
+    if not (isinstance(m, (tuple, list)) and len(m) == 2):
+        raise ConfigError(f"Trajectory: matrices takes (layer, kind) pairs, got {m!r}")
+    layer, kind = m
+    check_kinds([kind])
+    return check_int("Trajectory: a matrix's layer", layer, 0), kind
 
 
 class _Track:
@@ -64,8 +75,7 @@ def build_tracks(catalog: list[MatrixRef], window: int, mode: str, k: int, seed:
     """A global track over every hidden matrix (``layer >= 0``: inside the blocks, or any matrix of a model
     without blocks but the embedding and output head) of ``kinds`` (None: all), plus one per
     ``(layer, kind)`` in ``matrices``."""
-    if mode not in ("exact", "sketch"):
-        raise ValueError("mode must be 'exact' or 'sketch'")
+    check_choice("trajectory: mode", mode, MODES)
     args = (window, mode, k, seed, store_dtype)
     kinds = frozenset(kinds) if kinds is not None else None
     tracks = []
@@ -101,11 +111,15 @@ class Trajectory(Probe):
                  kinds: Iterable[str] | None = None, matrices: Iterable[tuple[int, str]] = (), global_track: bool = True,
                  seed: int = 0, store_dtype: torch.dtype = torch.float32, name: str | None = None):
         super().__init__(every, at, name)
-        if mode not in ("exact", "sketch"):
-            raise ValueError("mode must be 'exact' or 'sketch'")
-        self.window, self.mode, self.k, self.seed, self.store_dtype = window, mode, k, seed, store_dtype
-        self.kinds = frozenset(kinds) if kinds is not None else None
-        self.matrices = list(matrices)
+        self.window = check_int("Trajectory: window", window, 2)
+        self.mode = check_choice("Trajectory: mode", mode, MODES)
+        self.k = check_int("Trajectory: k", k, 1)
+        self.seed = check_int("Trajectory: seed", seed, 0)
+        self.store_dtype = store_dtype
+        if not isinstance(store_dtype, torch.dtype) or not store_dtype.is_floating_point:
+            raise ConfigError(f"Trajectory: store_dtype must be a floating torch dtype, got {store_dtype!r}")
+        self.kinds = check_kinds(kinds)
+        self.matrices = [_matrix_entry(m) for m in matrices]
         self.global_track = global_track
         self.tracks: list[_Track] | None = None  # built at the first observed step
 

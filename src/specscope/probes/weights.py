@@ -7,7 +7,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..spectra import singular_values_many, spectrum_metrics
-from .base import Measurement, Probe, ProbeContext
+from ..spectra.compute import METHODS
+from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
 
 
 class Weights(Probe):
@@ -32,9 +33,9 @@ class Weights(Probe):
         name: str | None = None,
     ):
         super().__init__(every, at, name)
-        self.kinds = frozenset(kinds) if kinds is not None else None
-        self.method = method
-        self.scale = scale
+        self.kinds = check_kinds(kinds)
+        self.method = check_choice("Weights: method", method, METHODS)
+        self.scale = None if scale is None else check_int("Weights: scale", scale, 1)
         self.store_spectra = store_spectra
         self.knee = knee
 

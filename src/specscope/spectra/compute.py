@@ -78,18 +78,50 @@ class NonFinite(ValueError):
     """The matrix holds NaN or Inf."""
 
 
+# Entries whose squares (summed over a row) would overflow or underflow the float64 Gram: the matrix is
+# divided by a power of two first (exact) and the singular values multiplied back.
+_GRAM_BIG, _GRAM_SMALL = 2.0**400, 2.0**-400
+
+
+def gram_scale(amax: float) -> float:
+    """The power of two to divide a matrix by before its float64 Gram (1.0 when its largest ``|w|`` needs none)."""
+    if _GRAM_SMALL <= amax <= _GRAM_BIG or amax == 0:
+        return 1.0
+    return float(2.0 ** np.floor(np.log2(amax)))
+
+
+def failure_status(exc: BaseException) -> str:
+    """A status a person can act on for a spectrum whose solver raised ``exc``."""
+    if isinstance(exc, (np.linalg.LinAlgError, torch.linalg.LinAlgError)):
+        return f"eigensolver did not converge ({type(exc).__name__}); try method='svd'"
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc):
+        return f"out of memory computing the spectrum ({type(exc).__name__}); try singular_values_lowmem"
+    return f"spectrum computation failed ({type(exc).__name__}: {exc})"
+
+
+def too_large_status(amax: float) -> str:
+    """Status of a matrix whose float64 Gram overflowed although every entry is finite."""
+    return f"entries too large for the float64 Gram (max |w| = {amax:.3g}); use method='svd'"
+
+
 def _svals_np(x: np.ndarray) -> np.ndarray:
     """Descending singular values of a float64 matrix (or a stack, pooled): Gram on the short side + eigvalsh.
 
-    A NaN/Inf entry anywhere makes a diagonal entry of the Gram non-finite (each is the
-    sum of squares of one row or column), so checking the diagonal is a complete check.
+    A matrix with huge (or tiny) entries is divided by a power of two first (:func:`gram_scale`),
+    so its Gram neither overflows nor underflows. A NaN/Inf entry anywhere makes the max non-finite.
     """
+    amax = max(float(x.max()), -float(x.min())) if x.size else 0.0
+    if not np.isfinite(amax):
+        raise NonFinite("non-finite entries")
+    scale = gram_scale(amax)
+    if scale != 1.0:
+        x = x / scale
     xt = np.swapaxes(x, -1, -2)
     g = x @ xt if x.shape[-2] <= x.shape[-1] else xt @ x
     if not np.isfinite(np.diagonal(g, axis1=-2, axis2=-1)).all():
         raise NonFinite("non-finite entries")
     lam = np.linalg.eigvalsh(g)
-    sv = np.sqrt(np.clip(lam, 0.0, None))
+    sv = np.sqrt(np.clip(lam, 0.0, None)) * scale
     return _descending(sv) if x.ndim == 3 else sv[::-1]
 
 
@@ -117,8 +149,14 @@ def _group_svals(mats: Sequence[torch.Tensor], method: str, device: torch.device
         s = torch.linalg.svdvals(x)
     else:
         m, n = x.shape[-2:]
+        flat = x.flatten(1)
+        amax = torch.maximum(flat.amax(dim=1), -flat.amin(dim=1)).cpu().numpy()
+        scales = [gram_scale(float(a)) for a in amax]
+        scale = torch.tensor(scales, dtype=x.dtype, device=x.device).reshape(-1, *[1] * (x.ndim - 1))
+        if any(c != 1.0 for c in scales):
+            x = x / scale  # exact (powers of two): huge or tiny entries neither overflow nor underflow the Gram
         g = x @ x.transpose(-1, -2) if m <= n else x.transpose(-1, -2) @ x
-        s = torch.linalg.eigvalsh(g).clamp_min_(0.0).sqrt_()  # batched solver
+        s = torch.linalg.eigvalsh(g).clamp_min_(0.0).sqrt_() * scale.reshape(-1, *[1] * (g.ndim - 2))  # batched solver
     s = s.reshape(s.shape[0], -1)  # a stack's slices pooled
     return torch.sort(s, dim=-1, descending=True).values.cpu().numpy()
 
@@ -163,7 +201,7 @@ def singular_values_many(
                 except Exception as exc:  # solver failure etc.: record, never raise
                     log.warning("spectrum failed for shape %s: %s", shape, exc)
                     for name, _ in chunk:
-                        out[name] = Spectrum(np.full(_rank(shape), np.nan), f"solver failed: {exc}", shape)
+                        out[name] = Spectrum(np.full(_rank(shape), np.nan), failure_status(exc), shape)
                     continue
                 for (name, _), sv in zip(chunk, svals):
                     out[name] = Spectrum(sv, "ok", shape)
@@ -179,7 +217,7 @@ def singular_values_many(
                 return Spectrum(np.full(_rank(shape), np.nan), str(exc), shape)
             except Exception as exc:
                 log.warning("spectrum failed for %s: %s", name, exc)
-                return Spectrum(np.full(_rank(shape), np.nan), f"solver failed: {exc}", shape)
+                return Spectrum(np.full(_rank(shape), np.nan), failure_status(exc), shape)
 
         for (name, _), spec in zip(flat, parallel_map(one, flat)):
             out[name] = spec
@@ -234,11 +272,13 @@ def singular_values_lowmem(w: torch.Tensor, method: str = "gram", chunk_elems: i
             del blk
         if x.is_cuda:
             g = g.cpu().numpy()
+        if not np.isfinite(np.diagonal(g)).all():  # every entry was finite: the Gram overflowed
+            return Spectrum(np.full(r, np.nan), too_large_status(float(w.abs().max())), shape)
         lam = _eigvalsh_inplace(g)[::-1]
         return Spectrum(np.sqrt(np.clip(lam, 0.0, None)), "ok", shape)
     except Exception as exc:  # LAPACK failure etc.: record, never raise
         log.warning("spectrum failed for shape %s: %s", shape, exc)
-        return Spectrum(np.full(r, np.nan), f"solver failed: {exc}", shape)
+        return Spectrum(np.full(r, np.nan), failure_status(exc), shape)
 
 
 def gram_accumulate(g: np.ndarray, b: np.ndarray) -> None:
@@ -267,14 +307,17 @@ def singular_values_streamed(blocks: Iterator[torch.Tensor], shape: tuple[int, i
         return Spectrum(np.full(0, np.nan), "empty matrix", shape)
     try:
         g = np.zeros((n, n), order="F")
+        amax = 0.0
         for blk in blocks:
             b = blk.to(torch.float64).numpy()
+            amax = max(amax, float(np.abs(b).max()) if b.size else 0.0)
             gram_accumulate(g, b)
             del b, blk
         if not np.isfinite(np.diagonal(g)).all():
-            return Spectrum(np.full(min(shape), np.nan), "non-finite entries", shape)
+            why = too_large_status(amax) if np.isfinite(amax) else "non-finite entries"
+            return Spectrum(np.full(min(shape), np.nan), why, shape)
         lam = _eigvalsh_inplace(g)[::-1][: min(shape)]
         return Spectrum(np.sqrt(np.clip(lam, 0.0, None)), "ok", shape)
     except Exception as exc:
         log.warning("spectrum failed for shape %s: %s", shape, exc)
-        return Spectrum(np.full(min(shape), np.nan), f"solver failed: {exc}", shape)
+        return Spectrum(np.full(min(shape), np.nan), failure_status(exc), shape)

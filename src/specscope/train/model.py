@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 @dataclass
 class GPTConfig:
@@ -32,16 +34,25 @@ class GPTConfig:
     softcap: float = 0.0  # > 0: logits = softcap * tanh(logits / softcap)
 
     def __post_init__(self) -> None:
+        """Every field checked here, so a bad configuration fails before a model is built (a ``ConfigError``)."""
+        for name, low in (("vocab_size", 1), ("seq_len", 2), ("n_layer", 1), ("n_head", 1), ("d_model", 1), ("mlp_ratio", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.d_model % self.n_head:
-            raise ValueError("d_model must be divisible by n_head")
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.positions == "rope" and (self.d_model // self.n_head) % 2:
+            raise ConfigError(f"rope needs an even head dimension, got d_model / n_head = {self.d_model // self.n_head}")
         if self.positions not in ("learned", "rope"):
-            raise ValueError("positions must be 'learned' or 'rope'")
+            raise ConfigError("positions must be 'learned' or 'rope'")
         if self.norm not in ("rms", "layer"):
-            raise ValueError("norm must be 'rms' or 'layer'")
+            raise ConfigError("norm must be 'rms' or 'layer'")
         if self.activation not in ("gelu", "relu2"):
-            raise ValueError("activation must be 'gelu' or 'relu2'")
-        if self.softcap < 0:
-            raise ValueError("softcap must be >= 0")
+            raise ConfigError("activation must be 'gelu' or 'relu2'")
+        if not (math.isfinite(self.softcap) and self.softcap >= 0):
+            raise ConfigError(f"softcap must be a finite number >= 0, got {self.softcap!r}")
+        if not (math.isfinite(self.dropout) and 0 <= self.dropout < 1):
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

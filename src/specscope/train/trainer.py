@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -65,9 +66,18 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
         if not set(self.decay_on) <= set(DECAY_GROUPS):
             raise ConfigError(f"decay_on takes {DECAY_GROUPS}, got {list(self.decay_on)}")
-        for name in ("steps", "micro_batch", "grad_accum", "eval_batches", "eval_batch"):
+        for name in ("steps", "micro_batch", "grad_accum", "eval_batches", "eval_batch", "pool_size", "grad_samples"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("warmup", "eval_every", "ckpt_every", "probe_every", "lens_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: off), got {getattr(self, name)!r}")
+        for name in ("lr", "muon_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "grad_clip", "min_lr_ratio"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
 
     @property
     def effective_batch(self) -> int:
