@@ -75,6 +75,7 @@ MALFORMED = [  # (id, header, data, length prefix, what the message must say)
     ("more than the data", with_(a__shape=[10**12, 10**12]), bytes(24), None, "need more than the 24-byte data"),
     ("sub-byte remainder", with_(b__dtype="F4", b__shape=[3], b__data_offsets=[16, 18]), bytes(18), None,
      "not a whole number of bytes"),
+    ("data but no tensors", {}, bytes(8), None, "8-byte data section but no tensors"),
     ("non-dict entry", with_(a=[0, 16]), bytes(24), None, "tensor 'a': entry is a list, not an object"),
     ("missing key", with_(a={"dtype": "F32", "shape": [2, 2]}), bytes(24), None, "missing ['data_offsets']"),
     ("extra key", with_(a__extra=1), bytes(24), None, "unexpected ['extra']"),

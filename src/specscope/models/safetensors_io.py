@@ -97,7 +97,7 @@ def _parse(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant)
     except ValueError as exc:
-        raise _fail(path, f"header is not valid JSON ({str(exc).splitlines()[0]})") from None
+        raise _fail(path, f"header is not valid JSON ({' '.join(str(exc).split())})") from None
     except RecursionError:
         raise _fail(path, "header is not valid JSON (nested too deeply)") from None
     if not isinstance(header, dict):
@@ -118,7 +118,7 @@ def _metadata(path: Path, meta: Any) -> dict[str, str]:
 
 
 def _numel(shape: tuple[int, ...], cap: int) -> int:
-    """Product of ``shape``, stopping once past ``cap`` (then any value > cap is as wrong)."""
+    """Product of ``shape``, or a partial product once it exceeds ``cap`` (any such value is too big)."""
     if 0 in shape:
         return 0
     n = 1
@@ -172,6 +172,9 @@ def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_len: int) 
             raise _fail(path, f"tensor {_show(name)} starts at {b}, leaving a hole [{pos}, {b}) in the data"
                               " (tensors must cover the data section contiguously)")
         pos, prev = e, name
+    if pos != data_len and prev is None:
+        raise _fail(path, f"{data_len}-byte data section but no tensors (tensors must cover the data section"
+                          " contiguously)")
     if pos != data_len:
         raise _fail(path, f"{data_len - pos} bytes after the last tensor ({_show(prev)} ends at {pos} of a "
                           f"{data_len}-byte data section; tensors must cover the data section contiguously)")
