@@ -5,9 +5,16 @@ until the mapping goes, so analyzing a file larger than RAM would fill memory wi
 pages. Reading explicit byte ranges keeps the resident set to what is being used: one
 tensor, or one block of rows of it.
 
-Format: 8-byte little-endian header length N, N bytes of JSON
-(``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``),
+Format: 8-byte little-endian header length N, N bytes of UTF-8 JSON
+(``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``),
 then the data; offsets are relative to the end of the header.
+
+The header is untrusted input: :func:`read_header` validates all of it before any tensor
+is read, with the rules of the reference (Rust) reader: known dtypes, non-negative integer
+shapes and offsets, ``end - begin == numel * dtype size``, and offsets that tile the data
+section exactly (sorted by offset, each tensor starts where the previous one ends and the
+last ends at the end of the file: no overlaps, no holes, no trailing bytes). Every violation
+is a one-line :class:`CheckpointError` naming the file and the entry.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -25,13 +32,19 @@ from ..errors import CheckpointError
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
-SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-         "F8_E4M3": 1, "F8_E5M2": 1}
+# Bits per element of every dtype the format defines (what safetensors 0.8 accepts); sub-byte
+# types (F4, F6_*) are packed, so their element count times bits must be a whole number of bytes.
+BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+        "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+        "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 MAX_HEADER = 100 * 2**20
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """Where one tensor lies in its file: dtype, shape and absolute byte range ``[begin, end)``."""
+
     path: Path
     dtype: str
     shape: tuple[int, ...]
@@ -40,57 +53,182 @@ class TensorInfo:
 
     @property
     def row_bytes(self) -> int:
+        """Bytes per index of the first dimension (0 for a scalar or an empty tensor)."""
         return (self.end - self.begin) // self.shape[0] if self.shape and self.shape[0] else 0
 
 
-def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
-    """Tensor infos and metadata; a truncated or corrupted file raises :class:`CheckpointError`."""
+def _show(value: Any, limit: int = 60) -> str:
+    """A short one-line ``repr`` of a header value or name for an error message."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _fail(path: Path, problem: str) -> CheckpointError:
+    """The error for a malformed file (every message starts ``cannot read safetensors file``)."""
+    return CheckpointError(f"cannot read safetensors file {path}: {problem}")
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative JSON integer (``bool`` is an ``int`` in Python but not in JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook: a repeated key would make a tensor's meaning ambiguous."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {_show(k)}")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    """``json`` hook: NaN and Infinity are not JSON."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+    """The header bytes as a JSON object (strict UTF-8, no duplicate keys)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"header is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        header = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise _fail(path, f"header is not valid JSON ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise _fail(path, "header is not valid JSON (nested too deeply)") from None
+    if not isinstance(header, dict):
+        raise _fail(path, f"header is a JSON {type(header).__name__}, not an object")
+    return header
+
+
+def _metadata(path: Path, meta: Any) -> dict[str, str]:
+    """``__metadata__``: absent (or null, as the reference reader allows) or a str -> str object."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise _fail(path, f"__metadata__ is a {type(meta).__name__}, not an object of strings")
+    for k, v in meta.items():
+        if not isinstance(v, str):
+            raise _fail(path, f"__metadata__ entry {_show(k)} is {_show(v)}, not a string")
+    return meta
+
+
+def _numel(shape: tuple[int, ...], cap: int) -> int:
+    """Product of ``shape``, or a partial product once it exceeds ``cap`` (any such value is too big)."""
+    if 0 in shape:
+        return 0
+    n = 1
+    for s in shape:
+        n *= s
+        if n > cap:
+            return n
+    return n
+
+
+def _entry(path: Path, name: str, h: Any, data_len: int) -> tuple[str, tuple[int, ...], int, int]:
+    """One tensor entry checked on its own: ``(dtype, shape, begin, end)`` relative to the data."""
+    where = f"tensor {_show(name)}"
+    if not isinstance(h, dict):
+        raise _fail(path, f"{where}: entry is a {type(h).__name__}, not an object")
+    if set(h) != _ENTRY_KEYS:
+        missing, extra = sorted(_ENTRY_KEYS - set(h)), sorted(set(h) - _ENTRY_KEYS)
+        raise _fail(path, f"{where}: entry must have exactly dtype, shape, data_offsets"
+                          f" (missing {missing}, unexpected {_show(extra)})")
+    dtype, shape, offsets = h["dtype"], h["shape"], h["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in BITS:
+        raise _fail(path, f"{where}: unknown dtype {_show(dtype)}")
+    if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+        raise _fail(path, f"{where}: shape {_show(shape)} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise _fail(path, f"{where}: data_offsets {_show(offsets)} is not a list of two non-negative integers")
+    b, e = offsets
+    if b > e:
+        raise _fail(path, f"{where}: data_offsets begin {b} > end {e}")
+    if e > data_len:
+        raise _fail(path, f"{where}: ends at data byte {e}, past the {data_len}-byte data section (truncated file?)")
+    bits = _numel(tuple(shape), 8 * data_len) * BITS[dtype]
+    if bits > 8 * data_len:
+        raise _fail(path, f"{where}: dtype {dtype} and shape {_show(shape)} need more than the "
+                          f"{data_len}-byte data section")
+    if bits % 8:
+        raise _fail(path, f"{where}: dtype {dtype} and shape {_show(shape)} are not a whole number of bytes")
+    if e - b != bits // 8:
+        raise _fail(path, f"{where}: data_offsets span {e - b} bytes, but dtype {dtype} and shape "
+                          f"{_show(shape)} need {bits // 8}")
+    return dtype, tuple(shape), b, e
+
+
+def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_len: int) -> None:
+    """Sorted by offset, the tensors must cover ``[0, data_len)`` exactly: no overlap, no hole."""
+    pos, prev = 0, None
+    for b, e, name in sorted(spans):
+        if b < pos:
+            raise _fail(path, f"tensor {_show(name)} [{b}, {e}) overlaps tensor {_show(prev)} ending at {pos}")
+        if b > pos:
+            raise _fail(path, f"tensor {_show(name)} starts at {b}, leaving a hole [{pos}, {b}) in the data"
+                              " (tensors must cover the data section contiguously)")
+        pos, prev = e, name
+    if pos != data_len and prev is None:
+        raise _fail(path, f"{data_len}-byte data section but no tensors (tensors must cover the data section"
+                          " contiguously)")
+    if pos != data_len:
+        raise _fail(path, f"{data_len - pos} bytes after the last tensor ({_show(prev)} ends at {pos} of a "
+                          f"{data_len}-byte data section; tensors must cover the data section contiguously)")
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Tensor infos and metadata of a validated header; any malformed file raises :class:`CheckpointError`."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CheckpointError(f"cannot read safetensors file {path}: shorter than its 8-byte header length")
+            raise _fail(path, "shorter than its 8-byte header length")
         (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"cannot read safetensors file {path}: header length {n} does not fit a {size}-byte file")
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, UnicodeDecodeError):
-            raise CheckpointError(f"cannot read safetensors file {path}: header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"cannot read safetensors file {path}: header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
-    start = 8 + n
-    infos = {}
-    for name, h in header.items():
-        try:
-            dtype, shape, (b, e) = h["dtype"], tuple(int(s) for s in h["shape"]), h["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"cannot read safetensors file {path}: bad entry for {name}") from None
-        numel = 1
-        for s in shape:
-            numel *= s
-        if dtype in SIZES and e - b != numel * SIZES[dtype]:
-            raise CheckpointError(f"cannot read safetensors file {path}: {name} has {e - b} bytes for shape {shape}")
-        if start + e > size:
-            raise CheckpointError(f"cannot read safetensors file {path}: truncated ({name} ends past the end of the file)")
-        infos[name] = TensorInfo(path, dtype, shape, start + b, start + e)
+        if n == 0:
+            raise _fail(path, "header length is 0")
+        if n > MAX_HEADER:
+            raise _fail(path, f"header length {n} exceeds the {MAX_HEADER}-byte limit")
+        if 8 + n > size:
+            raise _fail(path, f"header length {n} does not fit a {size}-byte file")
+        raw = f.read(n)
+    if len(raw) != n:
+        raise _fail(path, "file shrank while its header was read")
+    header = _parse(path, raw)
+    meta = _metadata(path, header.pop("__metadata__", None))
+    start, data_len = 8 + n, size - 8 - n
+    entries = {name: _entry(path, name, h, data_len) for name, h in header.items()}
+    _check_tiling(path, [(b, e, name) for name, (_, _, b, e) in entries.items()], data_len)
+    infos = {name: TensorInfo(path, dtype, shape, start + b, start + e) for name, (dtype, shape, b, e) in entries.items()}
     return infos, meta
 
 
 def read_rows(info: TensorInfo, r0: int, r1: int) -> torch.Tensor:
-    """Rows ``[r0, r1)`` of a tensor (all of it for ``0, shape[0]``), read with ``pread``."""
+    """Rows ``[r0, r1)`` of a tensor (all of it for ``0, shape[0]``), read with ``pread``.
+
+    Reads only inside ``[info.begin, info.end)``; a row range outside ``[0, shape[0]]`` is a
+    caller bug (``ValueError``), a byte range outside the tensor a corrupt ``TensorInfo``.
+    """
     if info.dtype not in DTYPES:
         raise CheckpointError(f"cannot read dtype {info.dtype} of {info.path}")
+    if not info.shape or not 0 <= r0 <= r1 <= info.shape[0]:
+        raise ValueError(f"rows [{r0}, {r1}) out of range for shape {info.shape} of {info.path}")
     rb = info.row_bytes
-    nbytes = (r1 - r0) * rb
+    lo, hi = info.begin + r0 * rb, info.begin + r1 * rb
+    if not info.begin <= lo <= hi <= info.end:
+        raise CheckpointError(f"cannot read {info.path}: rows [{r0}, {r1}) lie outside tensor bytes "
+                              f"[{info.begin}, {info.end})")
+    nbytes = hi - lo
     buf = bytearray(nbytes)
     fd = os.open(info.path, os.O_RDONLY)
     try:
         view = memoryview(buf)
         got = 0
         while got < nbytes:
-            k = os.preadv(fd, [view[got:]], info.begin + r0 * rb + got)
+            k = os.preadv(fd, [view[got:]], lo + got)
             if k <= 0:
                 raise CheckpointError(f"cannot read {info.path}: unexpected end of file")
             got += k
