@@ -37,9 +37,9 @@ def test_train_report_query(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args,needle", [
     (["report", "/no/such/run"], "no such"),
     (["query", "SELEC nonsense", "--runs", "."], "query failed"),
-    (["train", "--steps", "0"], "steps must be >= 1"),
+    (["train", "--steps", "0"], "--steps: must be an integer >= 1"),
     (["train", "--width", "30", "--heads", "4"], "divisible"),
-    (["train", "--corpus", "/no/such/dir", "--steps", "1"], "corpus directory not found"),
+    (["train", "--corpus", "/no/such/dir", "--steps", "1"], "--corpus: /no/such/dir: expected 'stdlib' or a directory of text files"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
