@@ -146,3 +146,29 @@ def test_catalog_generic_fallback():
     assert [(r.name, r.layer, r.kind) for r in cat] == [("enc", 0, "other"), ("stack.0", 1, "other"),
                                                         ("stack.1", 2, "other"), ("conv", 3, "conv")]
     assert cat.skipped == {"1-D tensors": 4}  # the biases
+
+
+def test_probe_that_measures_nothing_or_fails_to_observe_says_so(tmp_path, caplog):
+    class Broken(ss.probes.Probe):
+        name = "broken"
+        observes_every_step = True
+
+        def observe(self, ctx):
+            raise RuntimeError("shape mismatch")
+
+        def measure(self, ctx):
+            return ss.probes.base.Measurement()
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with caplog.at_level("WARNING"), ss.Monitor(model, tmp_path / "r", probes=[
+            ss.probes.Weights(every=2, kinds=["q", "k"]), Broken(every=0)]) as mon:
+        for step in range(4):
+            mon.step(step, loss=1.0)
+    run = ss.open_run(tmp_path / "r")
+    w = run.metrics(probe="weights")
+    assert list(w["step"]) == [0, 2] and w["value"].isna().all()
+    assert w["status"].str.contains(r"no cataloged matrix of kinds \['k', 'q'\] in this model").all()
+    b = run.metrics(probe="broken")
+    assert list(b["metric"]) == ["probe_error"] and b["status"].iloc[0] == "observe failed: RuntimeError: shape mismatch"
+    assert run.scalars()["probe_failed/broken"].tolist() == [1.0] * 4
+    assert caplog.text.count("failed to observe") == 1 and caplog.text.count("no cataloged matrix") == 1

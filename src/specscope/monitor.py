@@ -70,6 +70,7 @@ class Monitor:
         self._closed = False
         self._warned_closed = False
         self.last_step: int | None = None
+        self._observe_errors: dict[str, set[str]] = {}  # probe -> reasons already recorded
         for p in self.probes:
             try:
                 p.setup(model)
@@ -119,13 +120,26 @@ class Monitor:
                 try:
                     with preserved(self.model):
                         p.observe(ProbeContext(self.model, self.catalog, int(step), tokens))
-                except Exception as exc:  # never break the user's training
-                    log.warning("probe %s failed to observe step %s: %s", p.name, step, exc)
+                except Exception as exc:  # never break the user's training: record it, say it once
+                    self._observe_failed(p, step, tokens, exc)
         due = [p for p in self.probes if p.due(int(step))]
         if due:
             self.measure(step, tokens, due)
         elif time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
+
+    def _observe_failed(self, probe: Probe, step: int, tokens: int | None, exc: Exception) -> None:
+        """A failed observe: a ``probe_error`` row (NaN and the reason) the first time each reason occurs,
+        a warning then, and a ``probe_failed/<probe>`` scalar at every failing step."""
+        why = f"observe failed: {type(exc).__name__}: {exc}"
+        seen = self._observe_errors.setdefault(probe.name, set())
+        if why not in seen:
+            seen.add(why)
+            log.warning("probe %s failed to observe step %s: %s (recorded; said once)", probe.name, step, exc)
+            self.writer.add("metrics", {"step": step, "tokens": tokens, "probe": probe.name, "layer": -1, "kind": "other",
+                                        "part": -1, "name": "", "metric": "probe_error", "value": math.nan,
+                                        "status": why})
+        self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
 
     def measure(self, step: int, tokens: int | None = None, probes: Iterable[Probe] | None = None) -> None:
         """Run probes now (default: all) and flush."""

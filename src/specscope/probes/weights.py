@@ -1,6 +1,7 @@
 """The weight probe: SPEC section 3 metrics and full spectra of every cataloged matrix."""
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -9,6 +10,8 @@ import numpy as np
 from ..spectra import singular_values_many, spectrum_metrics
 from ..spectra.compute import METHODS
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+
+log = logging.getLogger(__name__)
 
 
 class Weights(Probe):
@@ -38,12 +41,22 @@ class Weights(Probe):
         self.scale = None if scale is None else check_int("Weights: scale", scale, 1)
         self.store_spectra = store_spectra
         self.knee = knee
+        self._said_empty = False
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "kinds": sorted(self.kinds) if self.kinds else None, "method": self.method}
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         refs = [r for r in ctx.catalog if self.kinds is None or r.kind in self.kinds]
+        if not refs:  # say so in the store rather than record nothing
+            out = Measurement()
+            have = sorted({r.kind for r in ctx.catalog})
+            why = f"no cataloged matrix of kinds {sorted(self.kinds or ())} in this model (it has {have})"
+            out.add_metric(-1, "other", "", "stable_rank", float("nan"), why)
+            if not self._said_empty:
+                self._said_empty = True
+                log.warning("probe %s: %s; nothing measured", self.name, why)
+            return out
         spectra = singular_values_many([(r.name, r.read()) for r in refs], method=self.method)
         out = Measurement()
         by_len: dict[int, list] = defaultdict(list)
