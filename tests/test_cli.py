@@ -37,6 +37,7 @@ def test_train_report_query(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args,needle", [
     (["report", "/no/such/run"], "no such"),
     (["query", "SELEC nonsense", "--runs", "."], "query failed"),
+    (["query", "select 1", "--runs", "/etc/passwd"], "not a directory"),
     (["train", "--steps", "0"], "--steps: must be an integer >= 1"),
     (["train", "--width", "30", "--heads", "4"], "divisible"),
     (["train", "--corpus", "/no/such/dir", "--steps", "1"], "--corpus: /no/such/dir: expected 'stdlib' or a directory of text files"),

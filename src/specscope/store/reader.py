@@ -32,6 +32,8 @@ def find_runs(roots: Iterable[str | os.PathLike]) -> list[Path]:
         root = Path(root)
         if not root.exists():
             raise RunNotFoundError(f"no such directory: {root}")
+        if not root.is_dir():
+            raise RunNotFoundError(f"not a directory: {root} (a run directory, or a directory holding runs)")
         if is_run_dir(root):
             found.append(root)
             continue
