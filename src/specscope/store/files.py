@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -95,26 +96,11 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file, fsync, rename onto ``path``."""
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a hidden temporary file, fsync it, rename it onto ``path`` (removed again on failure)."""
     tmp = _tmp_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_table(path: Path, table: pa.Table) -> None:
-    """Write ``table`` as Parquet to a hidden temporary file, fsync, rename onto ``path``."""
-    tmp = _tmp_name(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
+        write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -122,6 +108,16 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the whole new one)."""
+    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    """Write ``table`` as Parquet to ``path`` atomically."""
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def remove_stale_tmp(dirs: list[Path], older_than_s: float) -> int:
