@@ -16,9 +16,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .measure.common import kept_rng
 from .models import MatrixRef, catalog as build_catalog
-from .models.modes import kept_modes
+from .models.modes import kept_modes, kept_rng
 from .probes.base import Measurement, Probe, ProbeContext
 from .store.writer import RunWriter
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.modes import kept_modes
+from ..models.modes import kept_modes, kept_rng
 
 Pool = Union[torch.Tensor, tuple, Mapping]
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -168,19 +168,6 @@ def per_sample(losses: Any, n: int) -> torch.Tensor:
                              f"got shape {tuple(losses.shape)} (use reduction='none' and average over all but the "
                              "batch dim)")
     return losses.reshape(n)
-
-
-@contextlib.contextmanager
-def kept_rng() -> Iterator[None]:
-    """Restore the CPU and (initialized) CUDA RNG states on exit."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,10 @@
-"""Keeping a model's train/eval modes across a measurement."""
+"""Keeping a model's train/eval modes and the RNG states across a measurement."""
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
+import torch
 from torch import nn
 
 
@@ -18,3 +19,16 @@ def kept_modes(model: nn.Module, eval: bool = False) -> Iterator[None]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+@contextlib.contextmanager
+def kept_rng() -> Iterator[None]:
+    """Restore the CPU and (initialized) CUDA RNG states on exit."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
