@@ -130,7 +130,7 @@ def test_lens_experiment_quick(tmp_path, capsys):
 
 
 def test_lens_experiment_with_a_sweep(tmp_path):
-    from specscope.train.lens_experiment import LensExperiment, run_lens
+    from specscope.experiments.lens import LensExperiment, run_lens
 
     cfg = LensExperiment.quick()
     cfg.batches, cfg.tokens, cfg.sweep, cfg.executor, cfg.multipliers, cfg.rung_fracs = (1, 2), 6_000, True, "local", (1.0, 2.0), (0.5,)

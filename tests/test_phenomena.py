@@ -223,7 +223,7 @@ def test_findings_text_and_json(tmp_path, capsys):
 
 
 def test_block_skipping_is_the_identity_and_importance(tmp_path):
-    from specscope.prune import block_importance, pruning_study, skipped
+    from specscope.experiments.pruning import block_importance, pruning_study, skipped
     from specscope.train import GPT, GPTConfig
 
     torch.manual_seed(0)
@@ -259,7 +259,7 @@ HF_TINY = {
 def test_block_skipping_on_hf_models(family):
     transformers = pytest.importorskip("transformers")
     from specscope.measure import find_blocks
-    from specscope.prune import heldout_loss, skipped
+    from specscope.experiments.pruning import heldout_loss, skipped
 
     torch.manual_seed(0)
     model = HF_TINY[family](transformers).eval()

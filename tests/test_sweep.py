@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from specscope.train.sweep import Candidate, lr_candidates, one_at_a_time, successive_halving
+from specscope.experiments.halving import Candidate, lr_candidates, one_at_a_time, successive_halving
 
 
 def test_lr_candidates_both_rules_deduplicated():
@@ -87,7 +87,7 @@ def test_sweep_of_two_tiny_trials(tmp_path, executor, monkeypatch):
     winner = table[(table["rung"] == 1)]["name"].iloc[0]
     assert ss.open_run(tmp_path / "s" / "trials" / winner).scalars()["tokens"].max() == 1024  # resumed to the 2nd rung
     assert main(args + ["--local"]) == 0  # resumable: finished rungs return from the stored state
-    from specscope.train.sweep_run import sweep_winners
+    from specscope.experiments.sweep import sweep_winners
 
     assert [p.name for p in sweep_winners(tmp_path / "s")] == [winner] and sweep_winners(tmp_path) == []
     assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
@@ -98,7 +98,7 @@ def test_step_counts_given_in_tokens_are_converted_per_tier(tmp_path, monkeypatc
 
     import specscope as ss
     from specscope.errors import ConfigError
-    from specscope.train.sweep_run import SweepConfig, run_trial
+    from specscope.experiments.sweep import SweepConfig, run_trial
 
     monkeypatch.setenv("SPECSCOPE_CACHE", str(tmp_path / "cache"))
     cfg = SweepConfig(batches=[1, 4], ref_batch=1, micro_batch=2, rungs=[640], max_corpus_mb=1.0,

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from specscope.train import GPT, GPTConfig
-from specscope.train.toy import (accuracy, band_concentration, cyclic_shift, dyck1, fourier_energy, modular_arithmetic,
+from specscope.experiments.toy import (accuracy, band_concentration, cyclic_shift, dyck1, fourier_energy, modular_arithmetic,
                                  peak_concentration)
 
 

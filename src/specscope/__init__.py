@@ -23,7 +23,7 @@ _LAZY = {
     "findings": ("specscope.analysis.findings", "findings"),
     "forecast": ("specscope.analysis.lens", "forecast"),
     "align": ("specscope.analysis.lens", "align"),
-    "prune": ("specscope.prune", None),
+    "prune": ("specscope.experiments.pruning", None),
     "measure": ("specscope.measure", None),
     "query": ("specscope.store.query", "query"),
     "catalog": ("specscope.models", "catalog"),

@@ -1,6 +1,7 @@
 """What to read from a live model. ``ss.probes.Weights(every=25)``."""
 from .base import Measurement, Probe, ProbeContext
-from .lens import Activations, Gradients, make_pool
+from .activations import Activations, make_pool
+from .gradients import Gradients
 from .trajectory import Trajectory
 from .weights import Weights
 

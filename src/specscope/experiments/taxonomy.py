@@ -22,8 +22,8 @@ import pandas as pd
 from ..analysis.lens import chain_stages, common_target, taxonomy
 from ..errors import ConfigError
 from ..store.reader import is_run_dir, open_run
-from .experiments import ExperimentResult
-from .sweep_run import BudgetedRuns, SweepConfig, run_trial, trial_dir
+from .common import ExperimentResult
+from .sweep import BudgetedRuns, SweepConfig, run_trial, trial_dir
 
 # stage -> (GPTConfig switches, TrainConfig switches)
 STAGES: dict[str, tuple[dict, dict]] = {

@@ -22,7 +22,7 @@ import torch
 from ..monitor import Monitor
 from ..probes import Trajectory, Weights
 from ..store.reader import open_run
-from .model import GPT, GPTConfig
+from ..train import GPT, GPTConfig
 from .toy import ToyData, accuracy, band_concentration, dyck1, fourier_energy, modular_arithmetic, peak_concentration
 
 log = logging.getLogger(__name__)

@@ -1,22 +1,14 @@
-"""The ``specscope`` command line. Bad input gets one clear line and exit code 2."""
+"""Commands on runs and models: ``demo``, ``train``, ``report``, ``query``, ``analyze``."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from . import cli_args as A
-from .cli_experiments import cmd_experiment, cmd_findings, cmd_forecast, cmd_prune, cmd_sweep, cmd_taxonomy, fresh_dir
-from .errors import ConfigError, SpecscopeError
-from .models.kinds import KINDS
-
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + traceback
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+from ..errors import ConfigError
+from ..models.kinds import KINDS
+from . import args as A
+from .args import fresh_dir
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -60,8 +52,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _configs(a: argparse.Namespace):
-    from .train import GPTConfig, TrainConfig
-    from .train.corpus import megabytes
+    from ..train import GPTConfig, TrainConfig
+    from ..train.corpus import megabytes
 
     model = GPTConfig(seq_len=a.seq_len, n_layer=a.layers, n_head=a.heads, d_model=a.width, positions=a.positions,
                       tied=not a.untied, norm=a.norm, activation=a.activation, qk_norm=a.qk_norm, softcap=a.softcap)
@@ -75,9 +67,9 @@ def _configs(a: argparse.Namespace):
 
 
 def _train_and_report(a: argparse.Namespace, default_out: str) -> int:
-    from .report import summary, write_report
-    from .store import open_run
-    from .train import train
+    from ..report import summary, write_report
+    from ..store import open_run
+    from ..train import train
 
     model_cfg, train_cfg = _configs(a)  # validated before anything is written (--out: an absent or empty directory)
     out = Path(a.out or default_out)
@@ -98,8 +90,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import summary, write_report
-    from .store import open_run
+    from ..report import summary, write_report
+    from ..store import open_run
 
     if a.out and len(a.runs) > 1:
         raise ConfigError("--out takes one run; omit it to write report.html inside each run")
@@ -112,7 +104,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_query(a: argparse.Namespace) -> int:
-    from .store.query import query
+    from ..store.query import query
 
     df = query(a.sql, a.runs)
     if a.format == "csv":
@@ -144,7 +136,7 @@ def _matrix_arg(text: str) -> tuple[int, str]:
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
-    from .offline import analyze, analyze_into, trajectory
+    from ..offline import analyze, analyze_into, trajectory
 
     if a.format != "table" and not a.out:
         raise ConfigError(f"--format {a.format} needs --out FILE")
@@ -184,10 +176,8 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="specscope", description="Watch the spectra of a neural network while it trains.")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def register(sub) -> None:
+    """Add this group's subcommands to the ``specscope`` parser's subparsers ``sub``."""
     d = sub.add_parser("demo", help="train the reference GPT on the stdlib corpus with the weight probe, then report")
     _add_model_args(d)
     d.set_defaults(func=cmd_demo, steps=1200, eval_every=100)
@@ -214,67 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-rows", type=A.positive_int, default=60)
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(func=cmd_analyze)
-    ex = sub.add_parser("experiment", help="built-in experiments: grokking, sosd (schedules / weight decay / Muon), "
-                                           "lifecycle (depths 4 / 8 / 12 and pruning), lens (token efficiency across batch sizes), "
-                                           "taxonomy (baseline -> RoPE -> Muon -> untied)")
-    ex.add_argument("name", choices=["grokking", "sosd", "lifecycle", "lens", "taxonomy"])
-    ex.add_argument("--target", type=A.finite_float, default=None,
-                    help="lens / taxonomy: validation loss target (default: the loosest every run reached)")
-    ex.add_argument("--tokens", type=A.positive_int, default=None, help="lens / taxonomy: training tokens per run")
-    ex.add_argument("--sweep", action="store_true", help="lens: pick each tier's learning rate by successive halving first")
-    ex.add_argument("--local", action="store_true", help="lens --sweep: run the trials in this process, without Ray")
-    ex.add_argument("--chain", default=None, help="taxonomy: comma-separated cumulative stages, e.g. baseline,rope,muon,untied,softcap")
-    ex.add_argument("--quick", action="store_true", help="a tiny configuration (for tests)")
-    ex.add_argument("--steps", type=A.positive_int, default=None)
-    ex.add_argument("--seeds", type=A.positive_int, default=None, help="number of seeds per weight-decay setting")
-    ex.add_argument("--p", type=A.int_at_least(2), default=None, help="modulus")
-    ex.add_argument("--task", choices=["add", "dyck1"], default="add", help="grokking: modular addition or Dyck-1")
-    ex.add_argument("--out", type=A.out_dir, default=None)
-    ex.add_argument("--no-progress", action="store_true")
-    ex.set_defaults(func=cmd_experiment)
-    f = sub.add_parser("findings", help="the SPEC section 5 analyses a run's data allows: tables and verdicts")
-    f.add_argument("runs", nargs="+", type=A.existing_path)
-    f.add_argument("--json", action="store_true")
-    f.add_argument("--metric", default="alpha_tail", help="alpha of the depth profile (alpha_tail, alpha_mle, ...)")
-    f.add_argument("--max-rows", type=A.positive_int, default=20)
-    f.set_defaults(func=cmd_findings)
-    pr = sub.add_parser("prune", help="layer importance and pruning: spectral rule vs Last-N vs random (delta perplexity)")
-    pr.add_argument("path", type=A.existing_path,
-                    help="a run directory or safetensors checkpoint of the reference GPT, or an HF model directory")
-    pr.add_argument("--k", type=A.positive_int_list, default=None, help="comma-separated numbers of blocks to remove (default 1..L/2)")
-    pr.add_argument("--metric", default="alpha_tail")
-    pr.add_argument("--sequences", type=A.positive_int, default=64, help="held-out sequences (stdlib probe split)")
-    pr.add_argument("--seq-len", type=A.int_at_least(2), default=128)
-    pr.add_argument("--random-seeds", type=A.nonneg_int, default=5)
-    pr.add_argument("--allow-first", action="store_true", help="let the spectral rule remove block 0")
-    pr.add_argument("--max-corpus-mb", type=A.positive_float, default=8.0)
-    pr.add_argument("--json", action="store_true")
-    pr.set_defaults(func=cmd_prune)
-    fc = sub.add_parser("forecast", help="rank batch sizes by early activation alpha_tail (flatter = fewer tokens to target)")
-    fc.add_argument("runs", nargs="+", type=A.existing_path,
-                    help="runs of one or more families (differing only in batch size), roots holding them, "
-                         "or a sweep's output directory (its winners)")
-    fc.add_argument("--target", type=A.finite_float, default=None, help="validation loss target (for T(B), eps_tok and rho)")
-    fc.add_argument("--budget", type=A.positive_float, default=None, help="early token budget (default: --budget-frac of the median T)")
-    fc.add_argument("--budget-frac", type=A.fraction, default=0.2)
-    fc.add_argument("--json", action="store_true")
-    fc.add_argument("--report", type=A.out_file, default=None, help="also write an HTML report here (needs --target)")
-    fc.set_defaults(func=cmd_forecast)
-    tx = sub.add_parser("taxonomy", help="intervention taxonomy of a chain of runs (baseline -> variant -> ...)")
-    tx.add_argument("runs", nargs="+", type=A.existing_path)
-    tx.add_argument("--target", type=A.finite_float, default=None,
-                    help="validation loss target (matched loss; default: the loosest every run reached)")
-    tx.add_argument("--figure", type=A.out_file, default=None, help="write the token-gain vs throughput-gain scatter here (PNG)")
-    tx.add_argument("--report", type=A.out_file, default=None, help="also write an HTML report here")
-    tx.set_defaults(func=cmd_taxonomy)
-    sw = sub.add_parser("sweep", help="batch tiers x learning rates, filtered by synchronized successive halving, on Ray Tune")
-    sw.add_argument("config", type=A.existing_file, help="sweep config (TOML or JSON; see specscope.train.sweep_run)")
-    sw.add_argument("--out", type=A.out_dir, default=None)
-    sw.add_argument("--address", default=None, help="a Ray cluster address (default: a local Ray)")
-    sw.add_argument("--local", action="store_true", help="run the trials in this process, without Ray")
-    sw.add_argument("--cpus-per-trial", type=A.positive_float, default=1.0)
-    sw.add_argument("--no-progress", action="store_true")
-    sw.set_defaults(func=cmd_sweep)
     q = sub.add_parser("query", help="SQL over run stores (views: metrics, spectra, scalars, runs)")
     q.add_argument("sql")
     q.add_argument("--runs", nargs="+", type=A.existing_path, default=["runs"],
@@ -282,26 +211,3 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.add_argument("--max-rows", type=A.positive_int, default=200)
     q.set_defaults(func=cmd_query)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one command. Bad input (an argparse error or any :class:`SpecscopeError`) is one line on stderr and exit 2."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0), or one error line (2, see _Parser.error); returned, not raised
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except SpecscopeError as exc:
-        print(f"specscope: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("specscope: interrupted; everything flushed so far is kept", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

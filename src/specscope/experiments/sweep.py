@@ -1,5 +1,5 @@
 """Batch-size sweeps (``specscope sweep CONFIG``): per batch tier the learning-rate candidates of
-:func:`~specscope.train.sweep.lr_candidates`, filtered by synchronized successive halving; each
+:func:`~specscope.experiments.halving.lr_candidates`, filtered by synchronized successive halving; each
 rung runs every surviving trial as one Ray Tune run (a local Ray by default, a cluster with
 ``address``), or in this process with ``executor="local"``.
 
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from .sweep import MULTIPLIERS, Candidate, lr_candidates, one_at_a_time, successive_halving
+from .halving import MULTIPLIERS, Candidate, lr_candidates, one_at_a_time, successive_halving
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class SweepConfig:
                 raise ConfigError(f"batch {b} is not a multiple of micro_batch {micro}")
         if not self.rungs or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])):
             raise ConfigError("rungs must be increasing token counts")
-        from .trainer import TrainConfig
+        from ..train import TrainConfig
 
         bad = (set(self.train) | set(self.train_tokens)) - set(TrainConfig.__dataclass_fields__)
         if bad:
@@ -145,9 +145,9 @@ def _steps(tokens: float, batch: int, seq_len: int) -> int:
 def run_trial(spec: dict, cand: dict, rung_tokens: float, out_dir: str, progress: bool = False) -> float:
     """Train (or resume) one candidate to ``rung_tokens``; its validation loss there (NaN on failure)."""
     from ..store.reader import open_run
-    from .corpus import megabytes
-    from .model import GPTConfig
-    from .trainer import TrainConfig, train
+    from ..train.corpus import megabytes
+    from ..train import GPTConfig
+    from ..train import TrainConfig, train
 
     cfg = SweepConfig(**spec)
     model_cfg = GPTConfig(**cfg.model)

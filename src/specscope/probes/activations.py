@@ -1,4 +1,5 @@
-"""Spectral Lens probes: activation covariance spectra and per-sample gradient spectra.
+"""Spectral Lens probes: activation covariance spectra and per-sample gradient spectra (this module: the
+pool, the spectrum emitter and :class:`Activations`; :mod:`.gradients`: :class:`Gradients`).
 
 Both measure a fixed probe pool: the same samples at every measurement (and across runs, when
 built with the same seed from the same data). A pool is a tensor (token ids, float pixels,
@@ -17,10 +18,10 @@ import torch
 
 from .. import measure
 from ..errors import ConfigError
-from ..measure.common import ForwardFn, LossFn, as_pool, pool_len, pool_rows, pool_shapes, tree_map
+from ..measure.common import ForwardFn, as_pool, pool_len, pool_shapes, tree_map
 from ..models import unwrap
 from ..spectra import spectrum_metrics
-from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+from .base import Measurement, Probe, ProbeContext, check_choice, check_int
 
 
 def make_pool(data: Any, n: int = 64, seq_len: int = 128, seed: int = 0) -> Any:
@@ -126,62 +127,4 @@ class Activations(Probe):
         out = Measurement()
         for site, cov in covs.items():
             _emit(out, site.layer, "activation", site.name, "eig", measure.desc_eigvalsh(cov.compute()))
-        return out
-
-
-class Gradients(Probe):
-    """Singular values of the per-sample gradient matrix of one cataloged matrix (SPEC 1.3).
-
-    The matrix: kind ``matrix`` in layer ``layer`` (default: the final block's ``o``), ``part``
-    choosing among several (experts, recurrent gates), or ``matrix_name`` (a catalog entry's
-    ``name``; ``name`` is this probe's own name). ``samples``: the first ``samples`` of the pool.
-    ``loss_fn(output, batch)``: per-sample losses, shape ``(B,)``; the default next-token
-    cross-entropy applies to a pool of token ids only (any other pool without ``loss_fn`` is a
-    ``ValueError`` at setup, recorded as NaN with its status at each measurement).
-    ``forward_fn(model, batch)``: how to call the model. ``method``: ``"auto"`` (hooks on a
-    linear layer, else ``torch.func``, else a loop of single-sample backward passes), or one of
-    ``"hooks"``, ``"func"``, ``"loop"`` (see :mod:`specscope.measure.gradients`).
-    """
-
-    name = "gradients"
-
-    def __init__(self, pool: Any, matrix: str = "o", layer: int = -1, samples: int | None = None, every: int = 100,
-                 at: Iterable[int] = (), batch: int = 16, chunk: int = 16, name: str | None = None, *,
-                 matrix_name: str | None = None, part: int | None = None, loss_fn: LossFn | None = None,
-                 forward_fn: ForwardFn | None = None, method: str = "auto"):
-        super().__init__(every, at, name)
-        check_choice("Gradients: method", method, measure.METHODS)
-        if samples is not None:
-            check_int("Gradients: samples", samples, 1)
-        batch, chunk = check_int("Gradients: batch", batch, 1), check_int("Gradients: chunk", chunk, 1)
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise ConfigError(f"Gradients: layer must be a block index (an integer; -1: the last), got {layer!r}")
-        if part is not None:
-            check_int("Gradients: part", part, 0)
-        if matrix_name is None:
-            check_kinds([matrix])
-        _check_callable("Gradients: loss_fn", loss_fn)
-        _check_callable("Gradients: forward_fn", forward_fn)
-        pool = as_pool(pool)
-        self.pool = pool_rows(pool, 0, samples) if samples else pool
-        pool_len(self.pool)
-        self.matrix, self.layer, self.batch, self.chunk = matrix, layer, batch, chunk
-        self.matrix_name, self.part, self.method = matrix_name, part, method
-        self.loss_fn, self.forward_fn = loss_fn, forward_fn
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "matrix": self.matrix, "layer": self.layer, "matrix_name": self.matrix_name,
-                "part": self.part, "samples": pool_len(self.pool), "pool": pool_shapes(self.pool),
-                "method": self.method}
-
-    def setup(self, model: torch.nn.Module) -> None:
-        measure.find_matrix(model, self.matrix, self.layer, name=self.matrix_name, part=self.part)
-        measure.resolve_loss(self.loss_fn, self.pool)
-
-    def measure(self, ctx: ProbeContext) -> Measurement:
-        gram, ref = measure.gradient_gram(ctx.model, self.pool, self.matrix, self.layer, self.batch, self.chunk,
-                                          name=self.matrix_name, part=self.part, loss_fn=self.loss_fn,
-                                          forward_fn=self.forward_fn, method=self.method, refs=ctx.catalog)
-        out = Measurement()
-        _emit(out, ref.layer, ref.kind, ref.name, "sv", np.sqrt(measure.desc_eigvalsh(gram)), ref.part)
         return out

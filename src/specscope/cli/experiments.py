@@ -6,7 +6,9 @@ import json
 import logging
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from . import args as A
+from .args import fresh_dir
 
 
 def _print_table(df, cols=None) -> None:
@@ -22,7 +24,7 @@ TAXONOMY_COLUMNS = ["transition", "target", "T_a", "T_b", "tok_gain", "thr_gain"
 
 
 def _grokking(a: argparse.Namespace) -> int:
-    from .train.grokking import GrokConfig, run_grokking
+    from ..experiments.grokking import GrokConfig, run_grokking
 
     cfg = GrokConfig.quick() if a.quick else GrokConfig()
     if a.steps:
@@ -43,18 +45,22 @@ def _grokking(a: argparse.Namespace) -> int:
 
 
 def _phenomena(a: argparse.Namespace) -> int:
-    from .train import experiments as ex
+    from ..experiments.common import with_overrides
 
     if a.name == "sosd":
-        cfg = ex.SosdExperiment.quick() if a.quick else ex.SosdExperiment()
-        cfg = ex.with_overrides(cfg, steps=a.steps)
-        res = ex.run_sosd(cfg, a.out or fresh_dir("runs/sosd"), progress=not a.no_progress)
+        from ..experiments.sosd import SosdExperiment, run_sosd
+
+        cfg = SosdExperiment.quick() if a.quick else SosdExperiment()
+        cfg = with_overrides(cfg, steps=a.steps)
+        res = run_sosd(cfg, a.out or fresh_dir("runs/sosd"), progress=not a.no_progress)
         _print_table(res.table, ["variant", "loss_knee", "median_onset", "distance_frac", "floor_per_step", "sd_drop_at_mid",
                                  "sd_stable_step", "w_stable_step", "final_val_loss"])
     else:
-        cfg = ex.LifecycleExperiment.quick() if a.quick else ex.LifecycleExperiment()
-        cfg = ex.with_overrides(cfg, steps=a.steps)
-        res = ex.run_lifecycle(cfg, a.out or fresh_dir("runs/lifecycle"), progress=not a.no_progress)
+        from ..experiments.lifecycle import LifecycleExperiment, run_lifecycle
+
+        cfg = LifecycleExperiment.quick() if a.quick else LifecycleExperiment()
+        cfg = with_overrides(cfg, steps=a.steps)
+        res = run_lifecycle(cfg, a.out or fresh_dir("runs/lifecycle"), progress=not a.no_progress)
         _print_table(res.table, ["depth", "wave_direction", "velocity", "gradient_reversal_step", "alpha_peak_layer", "inverted_u",
                                  "qk_vo_asymmetry", "delta_alpha", "rho_importance_alpha", "dppl_spectral", "dppl_last_n",
                                  "dppl_random", "last_n_over_spectral", "final_val_loss"])
@@ -66,8 +72,8 @@ def _phenomena(a: argparse.Namespace) -> int:
 
 
 def _lens(a: argparse.Namespace) -> int:
-    from .train.experiments import with_overrides
-    from .train.lens_experiment import LensExperiment, run_lens
+    from ..experiments.common import with_overrides
+    from ..experiments.lens import LensExperiment, run_lens
 
     cfg = LensExperiment.quick() if a.quick else LensExperiment()
     cfg = with_overrides(cfg, target=a.target, tokens=a.tokens, sweep=a.sweep or None, executor="local" if a.local else None)
@@ -86,8 +92,8 @@ def _lens(a: argparse.Namespace) -> int:
 
 
 def _taxonomy(a: argparse.Namespace) -> int:
-    from .train.experiments import with_overrides
-    from .train.taxonomy_experiment import TaxonomyExperiment, run_taxonomy
+    from ..experiments.common import with_overrides
+    from ..experiments.taxonomy import TaxonomyExperiment, run_taxonomy
 
     cfg = TaxonomyExperiment.quick() if a.quick else TaxonomyExperiment()
     chain = tuple(s.strip() for s in a.chain.split(",")) if a.chain else None
@@ -104,7 +110,7 @@ def _taxonomy(a: argparse.Namespace) -> int:
 
 
 def _comparison_report(res, chain: bool = False) -> Path:
-    from .report.compare import write_comparison
+    from ..report.compare import write_comparison
 
     return write_comparison(res.extra["runs"], res.out_dir / "report.html", target=res.extra["target"], chain=chain)
 
@@ -120,8 +126,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
 
 def cmd_findings(a: argparse.Namespace) -> int:
-    from .analysis.findings import findings, to_json, to_text
-    from .store import open_run
+    from ..analysis.findings import findings, to_json, to_text
+    from ..store import open_run
 
     for r in a.runs:
         items = findings(open_run(r), metric=a.metric)
@@ -131,20 +137,20 @@ def cmd_findings(a: argparse.Namespace) -> int:
 
 def _runs(paths: list[str]):
     """Runs at or below the paths; a sweep's output directory stands for its winners (one per tier)."""
-    from .store.reader import find_runs, open_run
-    from .train.sweep_run import sweep_winners
+    from ..store.reader import find_runs, open_run
+    from ..experiments.sweep import sweep_winners
 
     expanded = [str(w) for p in paths for w in (sweep_winners(p) or [p])]
     runs = [open_run(p) for p in find_runs(expanded)]
     if not runs:
-        from .errors import RunNotFoundError
+        from ..errors import RunNotFoundError
 
         raise RunNotFoundError(f"no runs under {' '.join(paths)}")
     return runs
 
 
 def cmd_forecast(a: argparse.Namespace) -> int:
-    from .analysis.lens import forecast
+    from ..analysis.lens import forecast
 
     if a.target is None and a.budget is None:
         raise ConfigError("give --target LOSS (runs that reached it) or --budget TOKENS (runs trained only that far)")
@@ -156,7 +162,7 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if a.json:
-        from .store.artifacts import jsonable
+        from ..store.artifacts import jsonable
 
         print(json.dumps({"table": json.loads(table.to_json(orient="records")), "verdict": jsonable(verdict)}, indent=1))
         return 0
@@ -165,15 +171,15 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     print(verdict["verdict"] + ("" if rho is None else f"; Spearman rho vs eps_tok within family = {rho:.2f}"
                                                       f" (pooled {verdict['rho_pooled']:.2f})"))
     if a.report:
-        from .report.compare import write_comparison
+        from ..report.compare import write_comparison
 
         print(f"report: {write_comparison(runs, a.report, target=a.target)}")
     return 0
 
 
 def cmd_taxonomy(a: argparse.Namespace) -> int:
-    from .analysis.lens import taxonomy
-    from .store.reader import open_run
+    from ..analysis.lens import taxonomy
+    from ..store.reader import open_run
 
     chain = [open_run(p) for p in a.runs]
     if len(chain) < 2:
@@ -186,20 +192,20 @@ def cmd_taxonomy(a: argparse.Namespace) -> int:
     print(f"target loss {a.target}" if a.target is not None else "each transition at the loosest loss both runs reached")
     _print_table(table, TAXONOMY_COLUMNS)
     if a.figure:
-        from .report.lens_figures import taxonomy_scatter
+        from ..report.lens_figures import taxonomy_scatter
 
         Path(a.figure).parent.mkdir(parents=True, exist_ok=True)
         taxonomy_scatter(table).savefig(a.figure, dpi=110)
         print(f"figure: {a.figure}")
     if a.report:
-        from .report.compare import write_comparison
+        from ..report.compare import write_comparison
 
         print(f"report: {write_comparison(chain, a.report, target=a.target, chain=True, names=names)}")
     return 0
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from .train.sweep_run import SweepConfig, run_sweep
+    from ..experiments.sweep import SweepConfig, run_sweep
 
     cfg = SweepConfig.load(a.config)
     out = a.out or fresh_dir(f"runs/sweep-{cfg.name}")
@@ -215,8 +221,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 def cmd_prune(a: argparse.Namespace) -> int:
     import torch
 
-    from .prune import pruning_study, summarize_comparison
-    from .train.load import load_model
+    from ..experiments.pruning import pruning_study, summarize_comparison
+    from ..train.load import load_model
 
     _check_prunable(a.path)
     model, family = load_model(a.path)
@@ -228,7 +234,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     summary = summarize_comparison(comparison)
     saved = _save_pruning(a.path, importance, summary, verdict)
     if a.json:
-        from .store.artifacts import jsonable
+        from ..store.artifacts import jsonable
 
         print(json.dumps({"importance": json.loads(importance.to_json(orient="records")),
                           "comparison": json.loads(summary.to_json(orient="records")),
@@ -245,10 +251,10 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
 def _check_prunable(path: str) -> None:
     """A run directory that cannot be pruned gets one line saying why: no transformer blocks, or no checkpoints."""
-    from .analysis.coverage import contents
-    from .errors import UnsupportedModelError
-    from .models.loading import step_checkpoints
-    from .store.reader import is_run_dir, open_run
+    from ..analysis.coverage import contents
+    from ..errors import UnsupportedModelError
+    from ..models.loading import step_checkpoints
+    from ..store.reader import is_run_dir, open_run
 
     p = Path(path)
     if not (p.is_dir() and is_run_dir(p)) or (p / "config.json").is_file():
@@ -264,8 +270,8 @@ def _check_prunable(path: str) -> None:
 
 def _save_pruning(path: str, importance, summary, verdict) -> Path | None:
     """When ``path`` is a run directory, keep the results there for `findings` and the report."""
-    from .store.artifacts import save_artifact
-    from .store.reader import is_run_dir
+    from ..store.artifacts import save_artifact
+    from ..store.reader import is_run_dir
 
     p = Path(path)
     if not (p.is_dir() and is_run_dir(p)):
@@ -278,8 +284,8 @@ def _prune_sequences(a: argparse.Namespace, model, family: str):
     import numpy as np
     import torch
 
-    from .probes import make_pool
-    from .train.corpus import load_corpus, megabytes
+    from ..probes import make_pool
+    from ..train.corpus import load_corpus, megabytes
 
     n_ctx = getattr(getattr(model, "cfg", None), "seq_len", None) or getattr(model.config, "n_positions", None) or \
         getattr(model.config, "max_position_embeddings", 1024)
@@ -287,7 +293,7 @@ def _prune_sequences(a: argparse.Namespace, model, family: str):
     if family == "reference":
         corpus = load_corpus("stdlib", max_bytes=megabytes(a.max_corpus_mb))
         return make_pool(corpus.probe, n=a.sequences, seq_len=seq_len, seed=1)
-    from .train.corpus import read_documents, stdlib_root
+    from ..train.corpus import read_documents, stdlib_root
 
     docs = read_documents(stdlib_root(), stdlib=True, max_bytes=megabytes(a.max_corpus_mb))["probe"]
     text = b"".join(docs).decode("utf-8")
@@ -303,12 +309,66 @@ def _prune_sequences(a: argparse.Namespace, model, family: str):
     return make_pool(np.asarray(ids), n=a.sequences, seq_len=seq_len, seed=1).to(torch.long)
 
 
-def fresh_dir(base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``... when it already holds files."""
-    p = Path(base)
-    if not p.exists() or not any(p.iterdir()):
-        return base
-    i = 2
-    while Path(f"{base}-{i}").exists():
-        i += 1
-    return f"{base}-{i}"
+def register(sub) -> None:
+    """Add this group's subcommands to the ``specscope`` parser's subparsers ``sub``."""
+    ex = sub.add_parser("experiment", help="built-in experiments: grokking, sosd (schedules / weight decay / Muon), "
+                                           "lifecycle (depths 4 / 8 / 12 and pruning), lens (token efficiency across batch sizes), "
+                                           "taxonomy (baseline -> RoPE -> Muon -> untied)")
+    ex.add_argument("name", choices=["grokking", "sosd", "lifecycle", "lens", "taxonomy"])
+    ex.add_argument("--target", type=A.finite_float, default=None,
+                    help="lens / taxonomy: validation loss target (default: the loosest every run reached)")
+    ex.add_argument("--tokens", type=A.positive_int, default=None, help="lens / taxonomy: training tokens per run")
+    ex.add_argument("--sweep", action="store_true", help="lens: pick each tier's learning rate by successive halving first")
+    ex.add_argument("--local", action="store_true", help="lens --sweep: run the trials in this process, without Ray")
+    ex.add_argument("--chain", default=None, help="taxonomy: comma-separated cumulative stages, e.g. baseline,rope,muon,untied,softcap")
+    ex.add_argument("--quick", action="store_true", help="a tiny configuration (for tests)")
+    ex.add_argument("--steps", type=A.positive_int, default=None)
+    ex.add_argument("--seeds", type=A.positive_int, default=None, help="number of seeds per weight-decay setting")
+    ex.add_argument("--p", type=A.int_at_least(2), default=None, help="modulus")
+    ex.add_argument("--task", choices=["add", "dyck1"], default="add", help="grokking: modular addition or Dyck-1")
+    ex.add_argument("--out", type=A.out_dir, default=None)
+    ex.add_argument("--no-progress", action="store_true")
+    ex.set_defaults(func=cmd_experiment)
+    f = sub.add_parser("findings", help="the SPEC section 5 analyses a run's data allows: tables and verdicts")
+    f.add_argument("runs", nargs="+", type=A.existing_path)
+    f.add_argument("--json", action="store_true")
+    f.add_argument("--metric", default="alpha_tail", help="alpha of the depth profile (alpha_tail, alpha_mle, ...)")
+    f.add_argument("--max-rows", type=A.positive_int, default=20)
+    f.set_defaults(func=cmd_findings)
+    pr = sub.add_parser("prune", help="layer importance and pruning: spectral rule vs Last-N vs random (delta perplexity)")
+    pr.add_argument("path", type=A.existing_path,
+                    help="a run directory or safetensors checkpoint of the reference GPT, or an HF model directory")
+    pr.add_argument("--k", type=A.positive_int_list, default=None, help="comma-separated numbers of blocks to remove (default 1..L/2)")
+    pr.add_argument("--metric", default="alpha_tail")
+    pr.add_argument("--sequences", type=A.positive_int, default=64, help="held-out sequences (stdlib probe split)")
+    pr.add_argument("--seq-len", type=A.int_at_least(2), default=128)
+    pr.add_argument("--random-seeds", type=A.nonneg_int, default=5)
+    pr.add_argument("--allow-first", action="store_true", help="let the spectral rule remove block 0")
+    pr.add_argument("--max-corpus-mb", type=A.positive_float, default=8.0)
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prune)
+    fc = sub.add_parser("forecast", help="rank batch sizes by early activation alpha_tail (flatter = fewer tokens to target)")
+    fc.add_argument("runs", nargs="+", type=A.existing_path,
+                    help="runs of one or more families (differing only in batch size), roots holding them, "
+                         "or a sweep's output directory (its winners)")
+    fc.add_argument("--target", type=A.finite_float, default=None, help="validation loss target (for T(B), eps_tok and rho)")
+    fc.add_argument("--budget", type=A.positive_float, default=None, help="early token budget (default: --budget-frac of the median T)")
+    fc.add_argument("--budget-frac", type=A.fraction, default=0.2)
+    fc.add_argument("--json", action="store_true")
+    fc.add_argument("--report", type=A.out_file, default=None, help="also write an HTML report here (needs --target)")
+    fc.set_defaults(func=cmd_forecast)
+    tx = sub.add_parser("taxonomy", help="intervention taxonomy of a chain of runs (baseline -> variant -> ...)")
+    tx.add_argument("runs", nargs="+", type=A.existing_path)
+    tx.add_argument("--target", type=A.finite_float, default=None,
+                    help="validation loss target (matched loss; default: the loosest every run reached)")
+    tx.add_argument("--figure", type=A.out_file, default=None, help="write the token-gain vs throughput-gain scatter here (PNG)")
+    tx.add_argument("--report", type=A.out_file, default=None, help="also write an HTML report here")
+    tx.set_defaults(func=cmd_taxonomy)
+    sw = sub.add_parser("sweep", help="batch tiers x learning rates, filtered by synchronized successive halving, on Ray Tune")
+    sw.add_argument("config", type=A.existing_file, help="sweep config (TOML or JSON; see specscope.experiments.sweep)")
+    sw.add_argument("--out", type=A.out_dir, default=None)
+    sw.add_argument("--address", default=None, help="a Ray cluster address (default: a local Ray)")
+    sw.add_argument("--local", action="store_true", help="run the trials in this process, without Ray")
+    sw.add_argument("--cpus-per-trial", type=A.positive_float, default=1.0)
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(func=cmd_sweep)

@@ -4,7 +4,7 @@ activation and gradient probes at common token counts.
 
 Learning rates: by default each tier trains once at the square-root rule's rate ``lr0 *
 sqrt(B / B0)`` (the center of the sweep's candidates); with ``sweep=True`` each tier's rate is
-chosen by the sweep itself (:func:`~specscope.train.sweep_run.run_sweep`: the rule's candidates,
+chosen by the sweep itself (:func:`~specscope.experiments.sweep.run_sweep`: the rule's candidates,
 synchronized successive halving over rungs that end at the full budget), and the tier's winner is
 the run analysed. Either way the runs are sweep trials (``OUT/trials/<name>``), resumable.
 
@@ -23,9 +23,9 @@ import pandas as pd
 
 from ..analysis.lens import common_target, lens_summary
 from ..store.reader import is_run_dir, open_run
-from .experiments import ExperimentResult
-from .sweep import MULTIPLIERS
-from .sweep_run import BudgetedRuns, SweepConfig, run_sweep, run_trial, sweep_winners, trial_dir
+from .common import ExperimentResult
+from .halving import MULTIPLIERS
+from .sweep import BudgetedRuns, SweepConfig, run_sweep, run_trial, sweep_winners, trial_dir
 
 
 @dataclass

@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .analysis.pruning import block_alpha, importance_verdict, pruning_verdict, rule_choice
-from .errors import UnsupportedModelError
-from .measure import _batches, _device, find_blocks, sequence_losses
-from .models.modes import kept_modes
+from ..analysis.pruning import block_alpha, importance_verdict, pruning_verdict, rule_choice
+from ..errors import UnsupportedModelError
+from ..measure import _batches, _device, find_blocks, sequence_losses
+from ..models.modes import kept_modes
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def compare_rules(model: nn.Module, sequences: torch.Tensor, alpha: pd.Series, k
 def pruning_study(model: nn.Module, sequences: torch.Tensor, ks: Iterable[int] | None = None, metric: str = "alpha_tail",
                   random_seeds: int = 5, batch: int = 8, keep_first: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Block importance with each block's alpha, the rule comparison, and the verdict (rho, Last-N / spectral)."""
-    from .offline import analyze
+    from ..offline import analyze
 
     blocks_of(model)  # fails first, in one line, on a model without blocks
     weights = analyze(model, progress=False)

@@ -84,7 +84,7 @@ def positive_int_list(text: str) -> list[int]:
 
 def kinds_list(text: str) -> list[str]:
     """Comma-separated matrix kinds, each one of :data:`specscope.models.KINDS`."""
-    from .models.kinds import KINDS
+    from ..models.kinds import KINDS
 
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(KINDS))
@@ -169,3 +169,14 @@ def corpus(text: str) -> str:
     if text != "stdlib" and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text}: expected 'stdlib' or a directory of text files")
     return text
+
+
+def fresh_dir(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``... when it already holds files."""
+    p = Path(base)
+    if not p.exists() or not any(p.iterdir()):
+        return base
+    i = 2
+    while Path(f"{base}-{i}").exists():
+        i += 1
+    return f"{base}-{i}"
