@@ -1,4 +1,4 @@
-"""Reference trainer, corpora and model: a client of the monitor's public API."""
+"""The reference trainer only: model, corpora, schedules, Muon, spectral warm-up and the training loop (a client of the monitor; the studies are in :mod:`specscope.experiments`)."""
 from .corpus import Corpus, load_corpus
 from .model import GPT, GPTConfig
 from .trainer import TrainConfig, TrainResult, train
