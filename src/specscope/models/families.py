@@ -145,7 +145,8 @@ def _rows(i: int, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def split(st: Stored, ctx: Context) -> list[Part]:
     """The cataloged matrices of one stored parameter (of 2 or more dims): a list of :class:`Part`, several for a
-    fused (q/k/v, gate/up), per-expert, recurrent-gate or convolution weight, else one."""
+    fused (q/k/v, gate/up), per-expert or recurrent-gate weight, else one (a convolution: one part whose kernel
+    positions are its slices)."""
     mod, leaf = split_name(st.name)
     shape = st.shape
     rnn = _RNN.match(leaf)
