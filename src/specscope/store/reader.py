@@ -119,7 +119,8 @@ class Run:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """``meta.json``; ``{}`` (with a warning) when missing or invalid."""
+        """The run's ``meta.json`` as a dict (run id, config, summary, writers...), read afresh; ``{}`` (with a
+        warning) when missing or invalid."""
         return read_meta(self.dir)
 
     @property
