@@ -28,7 +28,7 @@ BPE_EOS = "<|endoftext|>"
 
 
 def megabytes(mb: float | None) -> int | None:
-    """A corpus size limit given in MiB, as an int of bytes (None or 0: no limit, None)."""
+    """A corpus size limit given in MiB, as an int of bytes; None (no limit) for None or 0."""
     return int(mb * 2**20) if mb else None
 
 
