@@ -10,7 +10,7 @@ LOCK   ?= constraints.txt
 LOCK_VENV ?= .venv-lock
 LPY    := $(LOCK_VENV)/bin/python
 
-.PHONY: venv demo test test-slow bench lock clean
+.PHONY: venv demo test test-slow bench docs lock clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ bench: venv
 	$(PY) benchmarks/gradient_spectrum.py
 	$(PY) benchmarks/covariance.py
 	$(PY) benchmarks/trajectory.py
+
+# docs/api.md: every public module, class and function with its signature and docstring
+docs: venv
+	$(PY) docs/make_api.py
 
 # Refresh the pins: a throwaway venv gets today's newest versions within pyproject's ranges
 # (torch first, as above), runs the suite, and only if it passes writes its freeze to $(LOCK).

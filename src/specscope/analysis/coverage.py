@@ -32,7 +32,11 @@ def _plural(n: int, word: str) -> str:
 
 @dataclass(frozen=True)
 class RunContents:
-    """A run's inventory: weight-probe measurements, layers and kinds, scalars, trajectory tracks."""
+    """A run's inventory: ``weight_steps`` (weight-probe measurements), ``layers`` and ``kinds`` of the hidden
+    matrices (layer >= 0), ``outside_kinds`` (kinds only outside the blocks, layer < 0), ``has_blocks``, ``parts``
+    (most matrices of one kind in one layer), ``loss_points`` and ``val_loss_points`` (logged values), ``has_tokens``,
+    ``has_lr`` and ``trajectory_windows`` (measured global trajectory windows). Its methods return the sentence
+    naming what an analysis lacks, or None."""
 
     weight_steps: int = 0
     layers: tuple[int, ...] = ()
@@ -104,7 +108,8 @@ class RunContents:
 
 
 def contents(run: Run) -> RunContents:
-    """The inventory of ``run`` (weight probe, scalars, global trajectory windows)."""
+    """The inventory of ``run`` (weight probe, scalars, global trajectory windows), read once: a
+    :class:`RunContents`."""
     m = run.metrics(probe="weights")
     hidden = m[m["layer"] >= 0]
     parts = (hidden.groupby(["layer", "kind"])["name"].nunique().groupby(level="kind").max().astype(int).to_dict()
@@ -139,5 +144,5 @@ def nan_reasons(metrics: pd.DataFrame, metric: str) -> str:
 
 
 def join(*parts: str | None) -> str:
-    """The non-empty sentences joined with '; '."""
+    """The non-empty sentences joined with ``"; "``: one string, ``""`` when all are empty or None."""
     return "; ".join(p for p in parts if p)

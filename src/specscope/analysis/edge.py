@@ -20,12 +20,17 @@ from .coverage import join
 
 @dataclass
 class PhaseRule:
+    """The thresholds of the phase rule: ``smooth`` is the running-median width (measurements),
+    ``plateau_frac`` and ``collapse_frac`` are fractions of the peak smoothed gap ratio (dimensionless)."""
+
     smooth: int = 3
     plateau_frac: float = 0.8
     collapse_frac: float = 0.5
 
 
 def running_median(x: np.ndarray, width: int) -> np.ndarray:
+    """Centered running median of ``x`` over ``width`` points (edges padded with the end values, NaN skipped):
+    a float array as long as ``x``; a copy of ``x`` when ``width <= 1`` or ``x`` has fewer than 3 points."""
     if width <= 1 or len(x) < 3:
         return x.copy()
     h = width // 2
@@ -34,7 +39,8 @@ def running_median(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def phases(gap: np.ndarray, rule: PhaseRule = PhaseRule()) -> np.ndarray:
-    """A phase label per measurement: ``rise``, ``plateau``, ``decline`` or ``collapse``."""
+    """A phase label per measurement of the gap-ratio series (rule in the module docstring): an object array as long
+    as ``gap`` of ``rise``, ``plateau``, ``decline`` or ``collapse``; all ``""`` when no gap ratio is finite."""
     gap = np.asarray(gap, dtype=float)
     labels = np.full(len(gap), "", dtype=object)
     if len(gap) == 0 or not np.isfinite(gap).any():
@@ -58,7 +64,9 @@ def phases(gap: np.ndarray, rule: PhaseRule = PhaseRule()) -> np.ndarray:
 
 
 def lagged_correlation(x: np.ndarray, y: np.ndarray, max_lag: int) -> pd.DataFrame:
-    """Pearson correlation of ``x[t]`` with ``y[t + lag]`` for ``lag`` in ``[-max_lag, max_lag]`` (in samples)."""
+    """Pearson correlation of ``x[t]`` with ``y[t + lag]`` for ``lag`` in ``[-max_lag, max_lag]`` (in samples): a
+    DataFrame with columns ``lag`` (samples), ``corr`` (Pearson r; NaN with fewer than 3 finite pairs or a constant
+    side) and ``n`` (pairs used), one row per lag, ascending."""
     rows = []
     n = len(x)
     for lag in range(-max_lag, max_lag + 1):
@@ -71,7 +79,9 @@ def lagged_correlation(x: np.ndarray, y: np.ndarray, max_lag: int) -> pd.DataFra
 
 
 def gap_events(steps: np.ndarray, gap: np.ndarray, kstar: np.ndarray, open_at: float = 1.5, close_at: float = 1.2) -> pd.DataFrame:
-    """Openings (gap ratio rises to ``open_at``), collapses (falls below ``close_at`` after an opening), ``kstar`` shifts."""
+    """Openings (gap ratio rises to ``open_at``), collapses (falls below ``close_at`` after an opening) and ``kstar``
+    shifts, in step order: a DataFrame with columns ``step``, ``event`` (``opening``, ``collapse`` or
+    ``kstar A -> B``), ``gap_ratio`` (dimensionless) and ``kstar`` (modes); NaN gap ratios are skipped."""
     rows = []
     is_open = False
     for i, (step, g) in enumerate(zip(steps, gap)):
@@ -94,8 +104,15 @@ MIN_WINDOWS = 3  # fewest measured windows for phases to mean anything
 
 def edge_analysis(run: Run, probe: str = "trajectory", name: str = "global", max_lag: int = 5,
                   rule: PhaseRule = PhaseRule()) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Per-window table (step, gap_ratio, kstar, phase, val_loss), gap events, and a verdict (``missing``: what the
-    run lacked: the trajectory probe, enough windows, a validation loss for the lag correlation)."""
+    """``(table, events, verdict)`` of the trajectory window ``name`` of ``probe``.
+
+    ``table``: one row per measured window, columns ``step``, ``gap_ratio``, ``kstar``, ``phase`` and, when a
+    validation loss is logged, ``val_loss`` (interpolated to the window's step). ``events``: as :func:`gap_events`.
+    ``verdict``: a dict with ``phases`` (count per phase), ``peak_gap_ratio``, ``peak_step``, ``windows``,
+    ``best_lag`` (windows; positive = the gap ratio leads the loss) and ``best_corr`` (Pearson r) of
+    :func:`lagged_correlation`, ``missing`` (what the run lacked: the trajectory probe, enough windows, a
+    validation loss), ``applies`` and ``verdict`` (the sentence). Without any gap ratio: two empty frames and a
+    verdict with only ``verdict``, ``missing`` and ``applies``. Never raises for want of data."""
     m = run.metrics(probe=probe)
     m = m[(m["name"] == name) & m["metric"].isin(["gap_ratio", "kstar"])]
     table = m.pivot_table(index="step", columns="metric", values="value")

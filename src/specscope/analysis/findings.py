@@ -32,6 +32,7 @@ class Finding:
 
     @property
     def applies(self) -> bool:
+        """Whether the analysis produced its main result (``verdict["applies"]``, True when absent)."""
         return bool(self.verdict.get("applies", True))
 
 
@@ -39,7 +40,8 @@ PRUNE_TITLE = "Layer importance and pruning (spectral rule vs Last-N vs random)"
 
 
 def pruning_finding(run: Run, have: RunContents) -> Finding:
-    """The results ``specscope prune RUN`` saved beside the run, or why there are none."""
+    """The pruning :class:`Finding`: the tables and verdict ``specscope prune RUN`` saved beside the run, or a
+    finding that does not apply and says why there are none."""
     saved = load_artifact(run.dir, "pruning")
     if saved is not None:  # written by `specscope prune RUN` (it needs the live model)
         tables, verdict = saved
@@ -53,8 +55,9 @@ def pruning_finding(run: Run, have: RunContents) -> Finding:
 def findings(run: Run | str | os.PathLike, metric: str = "alpha_tail") -> list[Finding]:
     """Every SPEC section 5 analysis that reads a run, each with its verdict: SoSD, compression waves, the depth
     profile (weight probe), the spectral edge (trajectory probe), and pruning when ``specscope prune RUN`` has saved
-    its results beside the run. An analysis the run's data does not allow says what is missing in its verdict
-    (``verdict["missing"]``, ``Finding.applies`` False); none raises."""
+    its results beside the run: a list of five :class:`Finding` in that order. ``run``: a :class:`Run` or a run
+    directory; ``metric``: the metric of the depth profile. An analysis the run's data does not allow says what is
+    missing in its verdict (``verdict["missing"]``, ``Finding.applies`` False); none raises."""
     run = run if isinstance(run, Run) else open_run(run)
     have = contents(run)
     out: list[Finding] = []
@@ -71,7 +74,8 @@ def findings(run: Run | str | os.PathLike, metric: str = "alpha_tail") -> list[F
 
 
 def to_json(items: list[Finding], with_tables: bool = True) -> str:
-    """The findings as a JSON list (name, title, verdict, table records)."""
+    """The findings as a JSON string: a list of objects with ``name``, ``title``, ``verdict`` and (``with_tables``,
+    non-empty tables only) ``table`` as a list of row records."""
     doc = []
     for f in items:
         d = {"name": f.name, "title": f.title, "verdict": jsonable(f.verdict)}
@@ -82,7 +86,8 @@ def to_json(items: list[Finding], with_tables: bool = True) -> str:
 
 
 def to_text(items: list[Finding], max_rows: int = 20) -> str:
-    """Each finding's title, verdict sentence, verdict values and the head of its table."""
+    """Plain text for a terminal: each finding's title, verdict sentence, verdict values and the first ``max_rows``
+    rows of its table; one string."""
     lines = []
     for f in items:
         lines.append(f"== {f.title}")

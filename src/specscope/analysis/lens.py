@@ -34,6 +34,8 @@ from ..store.reader import Run
 
 
 def effective_batch(run: Run) -> int | None:
+    """Sequences per optimizer step of ``run``: ``train.micro_batch`` x ``train.grad_accum`` from its config, else
+    its ``batch`` config key; None when neither is set."""
     tr = run.config.get("train", {})
     if "micro_batch" in tr:
         return int(tr["micro_batch"]) * int(tr.get("grad_accum", 1))
@@ -41,7 +43,8 @@ def effective_batch(run: Run) -> int | None:
 
 
 def family_of(run: Run) -> str:
-    """Runs of one family differ only in batch size: the explicit ``family`` config key, else the model config."""
+    """The family name of ``run`` (runs of one family differ only in batch size): the explicit ``family`` config key,
+    else the model config as ``"k=v,..."`` (vocabulary size left out), else ``"default"``."""
     if "family" in run.config:
         return str(run.config["family"])
     model = run.config.get("model", {})
@@ -56,13 +59,16 @@ def _evals(run: Run) -> pd.DataFrame:
 
 
 def tokens_to_target(run: Run, target: float) -> float | None:
-    """Tokens at the first evaluation with validation loss <= ``target`` (None if never)."""
+    """Training tokens at the first evaluation with validation loss <= ``target`` (same units as the logged loss),
+    as a float; None if the run never reached it."""
     ev = _evals(run)
     hit = ev[ev["val_loss"] <= target]
     return float(hit["tokens"].iloc[0]) if len(hit) else None
 
 
 def throughput(run: Run) -> float:
+    """Training throughput ``Q`` of ``run`` in tokens per second: the run summary's ``tokens_per_s``, else the
+    median of the logged ``tokens_per_s`` scalar; NaN when neither exists."""
     summ = run.meta.get("summary", {})
     if summ.get("tokens_per_s"):
         return float(summ["tokens_per_s"])
@@ -71,7 +77,9 @@ def throughput(run: Run) -> float:
 
 
 def efficiency(runs: Sequence[Run], target: float) -> pd.DataFrame:
-    """Per run: family, batch, ``T``, ``eps_tok`` (within its family), throughput ``Q``."""
+    """One row per run: a DataFrame with columns ``run``, ``family``, ``batch`` (sequences per step), ``T`` (tokens to
+    ``target``; None if never reached), ``Q`` (tokens per second) and ``eps_tok`` (``T`` over its family's least
+    ``T``; 1 = the most token-efficient batch)."""
     rows = [{"run": r.run_id, "family": family_of(r), "batch": effective_batch(r), "T": tokens_to_target(r, target),
              "Q": throughput(r)} for r in runs]
     df = pd.DataFrame(rows)
@@ -81,7 +89,10 @@ def efficiency(runs: Sequence[Run], target: float) -> pd.DataFrame:
 
 def align(runs: Sequence[Run], loss: float | None = None, tokens: float | None = None,
           fraction: float | None = None) -> pd.DataFrame:
-    """The step and tokens where each run reaches a matched loss, a matched token count, or a matched fraction."""
+    """The step and tokens where each run reaches a matched validation loss (first evaluation at or below
+    ``loss``), a matched token count (the logged step nearest ``tokens``) or a matched fraction of its last step:
+    a DataFrame with columns ``run``, ``batch``, ``step`` and ``tokens`` (None where a run never matched). Give
+    exactly one of the three, else ValueError."""
     if sum(x is not None for x in (loss, tokens, fraction)) != 1:
         raise ValueError("give exactly one of loss, tokens, fraction")
     rows = []
@@ -112,7 +123,8 @@ def _deepest_activation(run: Run, metric: str) -> pd.Series:
 
 
 def early_alpha(run: Run, budget: float, metric: str = "alpha_tail") -> float:
-    """``metric`` of the deepest activation spectrum at the first measurement with >= ``budget`` tokens."""
+    """``metric`` of the deepest probed layer's activation spectrum at the first measurement with >= ``budget``
+    tokens (mean over that layer's series): a float, NaN when there is none."""
     s = _deepest_activation(run, metric)
     s = s[s.index >= budget]
     return float(s.iloc[0]) if len(s) else float("nan")
@@ -125,7 +137,14 @@ def _minmax(x: pd.Series) -> pd.Series:
 
 def forecast(runs: Sequence[Run], target: float | None = None, budget: float | None = None, budget_frac: float = 0.2,
              metric: str = "alpha_tail") -> tuple[pd.DataFrame, dict]:
-    """Rank batch sizes by early ``alpha_tail`` (flatter first) and, where ``T`` is known, Spearman rho vs ``eps_tok``."""
+    """Rank batch sizes by early ``metric`` (flatter first) and, where ``T`` is known, Spearman rho vs ``eps_tok``.
+
+    Returns ``(table, verdict)``. ``table``: :func:`efficiency`'s columns plus ``budget`` (tokens),
+    ``early_alpha``, ``early_alpha_norm`` (min-max within the family, in [0, 1]) and ``predicted_rank`` (1 = the
+    predicted most token-efficient), sorted by family and rank. ``verdict``: ``rho_within_family`` (mean over
+    families with >= 3 runs), ``families_scored``, ``rho_pooled``, ``predicted_best_batch`` (family -> batch) and
+    ``verdict`` (the sentence). ``budget`` (tokens) overrides ``budget_frac`` of the family's median ``T``; without
+    either a budget or a reached ``target``, ValueError."""
     df = efficiency(runs, target) if target is not None else pd.DataFrame(
         [{"run": r.run_id, "family": family_of(r), "batch": effective_batch(r), "T": None, "Q": throughput(r)} for r in runs]
         ).assign(eps_tok=np.nan)
@@ -158,7 +177,8 @@ def forecast(runs: Sequence[Run], target: float | None = None, budget: float | N
 
 
 def common_target(runs: Sequence[Run]) -> float:
-    """The loosest loss every run reached: the largest of the runs' best validation losses."""
+    """The loosest loss every run reached: the largest of the runs' best validation losses (a float, in the units
+    of the logged loss); ValueError when no run has a validation loss."""
     best = [float(_evals(r)["val_loss"].min()) for r in runs]
     best = [b for b in best if np.isfinite(b)]
     if not best:
@@ -168,7 +188,8 @@ def common_target(runs: Sequence[Run]) -> float:
 
 def rho_vs_budget(runs: Sequence[Run], target: float, median_T: float,
                   fracs: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)) -> pd.DataFrame:
-    """Spearman rho (within family) of the forecast at early budgets ``frac * median_T`` (Spectral Lens Fig. 8)."""
+    """Spearman rho (within family) of the forecast at early budgets ``frac * median_T`` (Spectral Lens Fig. 8): a
+    DataFrame with columns ``budget_frac``, ``budget_tokens`` and ``rho`` (None where no family could be scored)."""
     rows = []
     for f in fracs:
         _, v = forecast(runs, target=target, budget=f * median_T)
@@ -177,14 +198,16 @@ def rho_vs_budget(runs: Sequence[Run], target: float, median_T: float,
 
 
 def lens_summary(runs: Sequence[Run], target: float, budget_frac: float = 0.2) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
-    """The forecast at ``budget_frac`` of the median ``T`` (verdict with ``target`` and ``median_T``) and rho vs the budget."""
+    """``(table, verdict, rho_table)``: :func:`forecast` at ``budget_frac`` of the median ``T``, its verdict with
+    ``target`` (loss) and ``median_T`` (tokens) added, and :func:`rho_vs_budget`."""
     table, verdict = forecast(runs, target=target, budget_frac=budget_frac)
     median_T = float(table["T"].dropna().median()) if table["T"].notna().any() else float("nan")
     return table, {**verdict, "target": target, "median_T": median_T}, rho_vs_budget(runs, target, median_T)
 
 
 def chain_stages(chain: Sequence[Run], target: float, names: Sequence[str]) -> pd.DataFrame:
-    """Per stage of a chain: ``T`` at ``target``, throughput, final validation loss."""
+    """One row per stage of a chain: a DataFrame with columns ``stage`` (from ``names``), ``T`` (tokens to
+    ``target``), ``Q`` (tokens per second), ``final_val_loss`` (from the run summary) and ``run``."""
     df = efficiency(chain, target).assign(stage=list(names))
     df["final_val_loss"] = [r.meta.get("summary", {}).get("final_val_loss") for r in chain]
     return df[["stage", "T", "Q", "final_val_loss", "run"]]
@@ -192,6 +215,10 @@ def chain_stages(chain: Sequence[Run], target: float, names: Sequence[str]) -> p
 
 @dataclass
 class TaxonomyRule:
+    """The thresholds of the taxonomy labels (module docstring): ``gain_eps`` (a relative gain that counts as no
+    change), and the size of one unit of displacement for ``|d alpha_head|`` (``act_scale``), the gradient-spectrum JS
+    divergence (``js_scale``, nats) and the relative change of gradient ``rankme`` (``rankme_scale``)."""
+
     gain_eps: float = 0.02  # gains smaller than 2% count as no change
     act_scale: float = 0.05  # |d alpha_head| that counts as one unit of activation displacement
     js_scale: float = 0.01  # gradient-spectrum JS divergence of one unit
@@ -212,6 +239,9 @@ def _at_step(run: Run, probe: str, step: int, metric: str | None = None):
 
 
 def label(tok_gain: float, thr_gain: float, act: float, grad: float, rule: TaxonomyRule = TaxonomyRule()) -> str:
+    """The taxonomy label of one transition from its relative token and throughput gains and its activation and
+    gradient displacements (units of ``rule``): ``"no measurable gain"``, ``"mixed / trade-off"``,
+    ``"throughput-leaning"``, ``"activation-led"`` or ``"gradient-led"`` (rules in the module docstring)."""
     if abs(tok_gain) <= rule.gain_eps and abs(thr_gain) <= rule.gain_eps:
         return "no measurable gain"
     if abs(tok_gain) > rule.gain_eps and abs(thr_gain) > rule.gain_eps and np.sign(tok_gain) != np.sign(thr_gain):
@@ -226,7 +256,13 @@ def taxonomy(chain: Sequence[Run], target: float | None = None, names: Iterable[
     """One row per consecutive transition of ``chain`` (e.g. baseline -> RoPE -> Muon -> untied).
 
     ``target``: one matched loss for the whole chain; None compares each pair at the loosest loss
-    both reached (each transition then resolves its own gain, not the chain's slowest run's)."""
+    both reached (each transition then resolves its own gain, not the chain's slowest run's).
+
+    Returns a DataFrame with columns ``transition`` (``"a -> b"``), ``target`` (loss), ``T_a``, ``T_b`` (tokens),
+    ``tok_gain``, ``thr_gain`` (relative, 0 = no change), ``log_tok_gain``, ``log_thr_gain`` (``log1p`` of them),
+    ``d_alpha_head``, ``d_alpha_tail`` (activation exponents, b - a), ``grad_js`` (JS divergence of the gradient
+    spectra, nats), ``d_grad_rankme`` (relative), ``act_shift``, ``grad_shift`` (displacements in the units of
+    ``rule``), ``spectral_lean`` (``activation`` or ``gradient``) and ``label`` (``unscored`` without both gains)."""
     names = list(names) if names is not None else [r.run_id for r in chain]
     Q = [throughput(r) for r in chain]
     rows = []

@@ -62,7 +62,9 @@ _FLOAT_RESOLUTION = 1e-9  # relative: a coefficient this small against the profi
 
 
 def compression_frame(run: Run) -> pd.DataFrame:
-    """Long frame (step, layer, kind, compression) of every block matrix."""
+    """``compression`` (stable rank against the first measurement, dimensionless) of every hidden matrix (layer >= 0)
+    of the weight probe: a long DataFrame with columns ``step``, ``layer``, ``kind``, ``compression`` (parts of one
+    layer averaged); empty with those columns when the run has no weight spectra."""
     a = across_time(run)
     if a.empty:
         return pd.DataFrame(columns=["step", "layer", "kind", "compression"])
@@ -71,6 +73,8 @@ def compression_frame(run: Run) -> pd.DataFrame:
 
 
 def slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of ``y`` against ``x`` over the finite pairs (units of ``y`` per unit of ``x``); NaN with
+    fewer than 2 pairs or a constant ``x``."""
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 2 or np.ptp(x[ok]) == 0:
         return float("nan")
@@ -78,7 +82,9 @@ def slope(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def wave_table(comp: pd.DataFrame, kinds: Iterable[str] = HIDDEN) -> pd.DataFrame:
-    """Per step: compression gradient across depth and the wave-front layer."""
+    """One row per step of ``comp`` (from :func:`compression_frame`, restricted to ``kinds``): a DataFrame with
+    columns ``step``, ``gradient`` (compression per layer, the slope across depth) and ``front_layer`` (the layer
+    of fastest compression since the previous step; NaN at the first)."""
     c = comp[comp["kind"].isin(list(kinds))]
     grid = c.pivot_table(index="step", columns="layer", values="compression", aggfunc="mean").sort_index()
     if grid.empty:
@@ -95,7 +101,8 @@ def wave_table(comp: pd.DataFrame, kinds: Iterable[str] = HIDDEN) -> pd.DataFram
 
 def compression_waves(run: Run, kinds: Iterable[str] | None = None,
                       have: RunContents | None = None) -> tuple[pd.DataFrame, dict]:
-    """Wave table and verdict: gradient peak, reversal step, front velocity and direction.
+    """``(table, verdict)``: the :func:`wave_table` and a verdict dict with :func:`wave_verdict`'s keys,
+    ``n_layers``, ``missing`` (what the run lacked), ``applies`` and ``verdict`` (the sentence).
 
     ``kinds`` None: the transformer block kinds, or every kind when the run has no blocks.
     """
@@ -119,6 +126,10 @@ def compression_waves(run: Run, kinds: Iterable[str] | None = None,
 
 
 def wave_verdict(table: pd.DataFrame) -> dict:
+    """The verdict of one wave table: a dict with ``gradient_peak`` (compression per layer) and
+    ``gradient_peak_step``, ``reversal_step`` (None without a reversal), ``velocity_layers_per_step``, ``direction``
+    (``early -> late``, ``late -> early`` or ``static``) and ``verdict`` (the sentence); only ``verdict`` when no
+    gradient is finite."""
     g = table["gradient"].to_numpy() if not table.empty else np.array([])
     if not np.isfinite(g).any():
         return {"verdict": "no compression measured across depth"}
@@ -137,8 +148,9 @@ def wave_verdict(table: pd.DataFrame) -> dict:
 
 
 def final_metric(run: Run, metric: str = "alpha_tail") -> pd.DataFrame:
-    """Final value of ``metric`` per (layer, kind) of the weight probe: the mean over the matrices of a kind in
-    one layer (experts, gates), ``parts`` of them."""
+    """Value of ``metric`` at the last weight-probe step per (layer, kind) of the hidden matrices: a DataFrame with
+    columns ``layer``, ``kind``, ``<metric>`` (the mean over the matrices of a kind in one layer: experts, gates) and
+    ``parts`` (how many); empty with those columns when nothing was measured."""
     m = run.metrics(probe="weights", metric=metric)
     m = m[m["layer"] >= 0]
     if m.empty:
@@ -154,7 +166,11 @@ def quadratic_fit(layers: np.ndarray, values: np.ndarray, level: float = CI_LEVE
     ``level`` confidence interval (OLS covariance, Student's t with ``n - 3`` degrees of freedom).
 
     Fitted in centered, scaled depth ``u = (l - mid) / h`` (u in [-1, 1]) for conditioning; the
-    coefficients are converted back to layer units. Needs ``n >= 4`` distinct layers."""
+    coefficients are converted back to layer units. Needs ``n >= 4`` distinct layers.
+
+    Returns a dict of floats: ``curvature`` (metric per layer squared), ``curvature_ci_lower``,
+    ``curvature_ci_upper``, ``slope`` (metric per layer, at the middle layer), ``slope_ci_lower``,
+    ``slope_ci_upper``."""
     mid, h = (layers.max() + layers.min()) / 2, np.ptp(layers) / 2
     u = (layers - mid) / h
     x = np.column_stack([u**2, u, np.ones_like(u)])
@@ -173,7 +189,7 @@ def quadratic_fit(layers: np.ndarray, values: np.ndarray, level: float = CI_LEVE
 
 def profile_shape(values: np.ndarray, fit: dict[str, float]) -> str:
     """The shape label of one profile (values in layer order) from its ``quadratic_fit`` (rules in the
-    module docstring)."""
+    module docstring): ``"inverted U"``, ``"U"``, ``"monotone"`` or ``"no shape"``."""
     interior = slice(1, len(values) - 1)
     peak_inside = bool(values[interior].max() > max(values[0], values[-1]))
     trough_inside = bool(values[interior].min() < min(values[0], values[-1]))
@@ -188,7 +204,9 @@ def profile_shape(values: np.ndarray, fit: dict[str, float]) -> str:
 
 def profile_verdict(layers: np.ndarray, values: np.ndarray) -> dict:
     """Peak layer, depth range, quadratic curvature with its CI, shape label and inverted-U test of one
-    depth profile (finite values only; fewer than ``MIN_PROFILE_LAYERS`` layers: shape ``too few layers``)."""
+    depth profile (finite values only; fewer than ``MIN_PROFILE_LAYERS`` layers: shape ``too few layers``, NaN
+    curvature): a dict with ``peak_layer`` (None when empty), ``range`` (metric units), ``n_layers``, ``curvature``,
+    ``curvature_ci_lower``, ``curvature_ci_upper``, ``shape`` (one of ``SHAPES``) and ``inverted_u`` (bool)."""
     ok = np.isfinite(values)
     layers, values = layers[ok], values[ok]
     out = {"peak_layer": int(layers[np.argmax(values)]) if len(values) else None,
@@ -211,9 +229,12 @@ def _asymmetry(rng: pd.Series) -> float:
 
 
 def depth_profiles(run: Run, metric: str = "alpha_tail", have: RunContents | None = None) -> tuple[pd.DataFrame, dict]:
-    """Per kind: final metric by layer, peak layer, range, quadratic curvature with its CI, shape label and
-    inverted-U (parts of one layer averaged); verdict on the profile averaged over kinds, with the Q/K-V/O
-    asymmetry and what the run lacked (``missing``)."""
+    """``(table, verdict)``. ``table``: one row per kind with ``kind``, ``layers``, ``values`` (final ``metric`` per
+    layer, parts of one layer averaged), ``parts`` and :func:`profile_verdict`'s keys. ``verdict``: the same test on
+    the profile averaged over kinds (``peak_layer``, ``shape``, ``inverted_u``, ``curvature`` with its CI,
+    ``delta_alpha`` = its depth range), plus ``metric``, ``status``, ``qk_vo_asymmetry`` (ratio; NaN without q, k
+    and v, o), ``n_layers``, ``n_layers_finite``, ``inverted_u_kinds``, ``missing`` (what the run lacked),
+    ``applies`` and ``verdict`` (the sentence). Never raises for want of data."""
     have = have if have is not None else contents(run)
     why = have.weights(1, f"a depth profile of {metric}") or have.hidden(f"a depth profile of {metric}")
     fm = final_metric(run, metric) if not why else pd.DataFrame()
@@ -256,7 +277,9 @@ def depth_profiles(run: Run, metric: str = "alpha_tail", have: RunContents | Non
 
 
 def depth_scaling(runs: Iterable[Run], metric: str = "alpha_tail") -> tuple[pd.DataFrame, dict]:
-    """``delta_alpha ~ L^beta`` across runs of different depth: beta and R^2 of the log-log fit."""
+    """``delta_alpha ~ L^beta`` across runs of different depth: ``(table, verdict)``, the table with columns ``run``,
+    ``n_layers``, ``delta_alpha`` (depth range of the final ``metric``), the verdict with ``beta`` (exponent),
+    ``r2`` (NaN with only two runs) and ``verdict``; ``beta`` and ``r2`` None without runs of two depths."""
     rows = []
     for run in runs:
         _, v = depth_profiles(run, metric)

@@ -19,13 +19,15 @@ ESD_METRICS = ("alpha_mle", "alpha_weighted")
 
 
 def block_alpha(metrics: pd.DataFrame, metric: str = "alpha_tail") -> pd.Series:
-    """Mean ``metric`` per block (layer >= 0) from a wide table with ``layer`` and ``metric`` columns."""
+    """Mean ``metric`` per block (layer >= 0) from a wide table with ``layer`` and ``metric`` columns: a float Series
+    indexed by layer, ascending."""
     m = metrics[metrics["layer"] >= 0]
     return m.groupby("layer")[metric].mean()
 
 
 def spectral_order(alpha: pd.Series, metric: str = "alpha_tail", keep_first: bool = True) -> list[int]:
-    """Blocks in the order the spectral rule removes them."""
+    """Blocks in the order the spectral rule removes them (rule in the module docstring): a list of layer indices,
+    first removed first; blocks with a NaN alpha are left out."""
     a = alpha.dropna()
     if keep_first:
         a = a[a.index != a.index.min()]
@@ -34,7 +36,9 @@ def spectral_order(alpha: pd.Series, metric: str = "alpha_tail", keep_first: boo
 
 def rule_choice(rule: str, n_layers: int, k: int, alpha: pd.Series | None = None, metric: str = "alpha_tail",
                 seed: int = 0, keep_first: bool = True) -> list[int]:
-    """The ``k`` blocks a rule removes."""
+    """The ``k`` blocks rule ``spectral``, ``last_n`` or ``random`` removes: a sorted list of layer indices.
+    ``alpha`` (from :func:`block_alpha`) is needed by the spectral rule, ``seed`` by the random one; an unknown rule
+    raises ValueError."""
     if rule == "spectral":
         return sorted(spectral_order(alpha, metric, keep_first)[:k])
     if rule == "last_n":
@@ -45,7 +49,8 @@ def rule_choice(rule: str, n_layers: int, k: int, alpha: pd.Series | None = None
 
 
 def importance_verdict(importance: pd.DataFrame, metric: str = "alpha_tail") -> dict:
-    """Spearman rho of block importance (``delta_loss``) against alpha."""
+    """Spearman rho of block importance (``delta_loss`` column) against ``metric`` over the blocks where both are
+    known: ``{"rho": float, "p": float}`` (two-sided p-value), both None with fewer than 3 blocks."""
     ok = importance.dropna(subset=["delta_loss", metric])
     if len(ok) < 3:
         return {"rho": None, "p": None}
@@ -54,7 +59,10 @@ def importance_verdict(importance: pd.DataFrame, metric: str = "alpha_tail") -> 
 
 
 def pruning_verdict(comparison: pd.DataFrame) -> dict:
-    """Last-N / spectral ratio of delta-perplexity at the largest k, and the mean random baseline there."""
+    """Last-N / spectral ratio of delta-perplexity at the largest ``k`` of ``comparison`` (columns ``rule``, ``k``,
+    ``delta_ppl``): a dict with ``k`` (blocks removed), ``delta_ppl_spectral``, ``delta_ppl_last_n``,
+    ``delta_ppl_random`` (mean over seeds; perplexity units), ``last_n_over_spectral`` (ratio; > 1: the spectral
+    rule hurts less) and ``verdict`` (the sentence); only ``verdict`` for an empty comparison."""
     if comparison.empty:
         return {"verdict": "no pruning comparison"}
     kmax = int(comparison["k"].max())

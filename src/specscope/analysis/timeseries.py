@@ -11,7 +11,8 @@ KEYS = ["probe", "layer", "kind", "part", "name"]
 
 
 def moving_average(y: np.ndarray, width: int) -> np.ndarray:
-    """Centered moving average over ``width`` points, edges padded with the end values."""
+    """Centered moving average of ``y`` over ``width`` points, edges padded with the end values: a float array as
+    long as ``y`` (``y`` itself when ``width <= 1`` or it has fewer than 3 points)."""
     y = np.asarray(y, dtype=float)
     if width <= 1 or len(y) < 3:
         return y
@@ -20,9 +21,11 @@ def moving_average(y: np.ndarray, width: int) -> np.ndarray:
 
 
 def across_time(run: Run, probe: str = "weights") -> pd.DataFrame:
-    """Long frame (step, tokens, probe, layer, kind, part, name, metric, value) of ``sd_variation``,
-    ``sd_variation_per_step``, ``cos_sd_final`` and ``compression`` for each measured matrix (each part of a
-    layer, e.g. one expert or one gate, its own series)."""
+    """The SPEC section 4 across-time metrics of every spectrum series of ``probe``: a long DataFrame with columns
+    ``step``, ``tokens``, ``probe``, ``layer``, ``kind``, ``part``, ``name``, ``metric``, ``value``, where ``metric``
+    is ``sd_variation``, ``sd_variation_per_step`` (per step), ``cos_sd_final`` (cosine, in [-1, 1]) or
+    ``compression``. Each part of a layer (one expert, one gate) is its own series; a series whose spectrum length
+    changes over time is skipped. No spectra: an empty frame with those columns."""
     spec = run.spectra(probe=probe)
     rows: list[pd.DataFrame] = []
     if spec.empty:

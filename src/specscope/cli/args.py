@@ -29,7 +29,7 @@ def _float(text: str) -> float:
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
-    """An integer ``>= low``."""
+    """An ``argparse`` type that accepts an integer ``>= low``: a function from the argument's text to the int."""
 
     def parse(text: str) -> int:
         n = _int(text)
@@ -38,6 +38,7 @@ def int_at_least(low: int) -> Callable[[str], int]:
         return n
 
     parse.__name__ = f"int>={low}"
+    parse.__doc__ = f"An integer ``>= {low}``: the parsed int, or ArgumentTypeError."
     return parse
 
 
@@ -46,12 +47,12 @@ nonneg_int = int_at_least(0)
 
 
 def finite_float(text: str) -> float:
-    """Any finite number (not nan, not inf)."""
+    """Any finite number (not nan, not inf): the parsed float."""
     return _float(text)
 
 
 def positive_float(text: str) -> float:
-    """A finite number ``> 0``."""
+    """A finite number ``> 0``: the parsed float."""
     x = _float(text)
     if x <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
@@ -59,7 +60,7 @@ def positive_float(text: str) -> float:
 
 
 def nonneg_float(text: str) -> float:
-    """A finite number ``>= 0``."""
+    """A finite number ``>= 0``: the parsed float."""
     x = _float(text)
     if x < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
@@ -67,7 +68,7 @@ def nonneg_float(text: str) -> float:
 
 
 def fraction(text: str) -> float:
-    """A number in ``(0, 1]``."""
+    """A number in ``(0, 1]``: the parsed float."""
     x = _float(text)
     if not 0 < x <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
@@ -75,7 +76,7 @@ def fraction(text: str) -> float:
 
 
 def positive_int_list(text: str) -> list[int]:
-    """Comma-separated integers ``>= 1`` (e.g. ``1,2,4``)."""
+    """Comma-separated integers ``>= 1`` (e.g. ``1,2,4``): a list of ints, in the order given."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
@@ -83,7 +84,7 @@ def positive_int_list(text: str) -> list[int]:
 
 
 def kinds_list(text: str) -> list[str]:
-    """Comma-separated matrix kinds, each one of :data:`specscope.models.KINDS`."""
+    """Comma-separated matrix kinds, each one of :data:`specscope.models.KINDS`: a list of kind names."""
     from ..models.kinds import KINDS
 
     kinds = [k.strip() for k in text.split(",") if k.strip()]
@@ -94,7 +95,7 @@ def kinds_list(text: str) -> list[str]:
 
 
 def device(text: str) -> str:
-    """A torch device that exists on this machine (``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+    """A torch device that exists on this machine (``cpu``, ``cuda``, ``cuda:N``, ``mps``): the text unchanged."""
     import torch
 
     try:
@@ -115,14 +116,14 @@ def device(text: str) -> str:
 
 
 def existing_path(text: str) -> str:
-    """A file or directory that exists."""
+    """A file or directory that exists: the path text unchanged."""
     if not Path(text).exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
     return text
 
 
 def existing_file(text: str) -> str:
-    """A file that exists."""
+    """A file that exists: the path text unchanged."""
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text}: {'is a directory, not a file' if Path(text).is_dir() else 'no such file'}")
     return text
@@ -138,7 +139,8 @@ def _parent_ok(p: Path) -> None:
 
 
 def out_dir(text: str) -> str:
-    """A directory to write into: absent (created later) or an existing directory, never an existing file."""
+    """A directory to write into: absent (created later) or an existing directory, never an existing file; the path
+    text unchanged."""
     p = Path(text)
     if p.exists() and not p.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing file; a directory is expected here")
@@ -147,7 +149,7 @@ def out_dir(text: str) -> str:
 
 
 def new_dir(text: str) -> str:
-    """A directory to create: absent, or an existing empty directory."""
+    """A directory to create: absent, or an existing empty directory; the path text unchanged."""
     out_dir(text)
     p = Path(text)
     if p.is_dir() and any(p.iterdir()):
@@ -156,7 +158,7 @@ def new_dir(text: str) -> str:
 
 
 def out_file(text: str) -> str:
-    """A file to write: absent or an existing file (replaced), never an existing directory."""
+    """A file to write: absent or an existing file (replaced), never an existing directory; the path text unchanged."""
     p = Path(text)
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory; a file name is expected here")
@@ -165,14 +167,15 @@ def out_file(text: str) -> str:
 
 
 def corpus(text: str) -> str:
-    """``stdlib`` or an existing directory of text files."""
+    """``stdlib`` or an existing directory of text files: the text unchanged."""
     if text != "stdlib" and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text}: expected 'stdlib' or a directory of text files")
     return text
 
 
 def fresh_dir(base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``... when it already holds files."""
+    """A default output directory, not an ``argparse`` type: ``base``, or the first free ``base-2``, ``base-3``...
+    when ``base`` already holds files. Returns the path text; creates nothing."""
     p = Path(base)
     if not p.exists() or not any(p.iterdir()):
         return base

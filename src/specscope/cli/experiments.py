@@ -1,4 +1,5 @@
-"""``specscope experiment``, ``findings`` and ``prune``: the commands that run the SPEC section 5 analyses."""
+"""The commands that run the SPEC section 5 analyses: ``experiment``, ``findings``, ``prune``, ``forecast``,
+``taxonomy`` and ``sweep``. Each ``cmd_*`` takes the parsed arguments, prints its tables and returns the exit code."""
 from __future__ import annotations
 
 import argparse
@@ -116,6 +117,8 @@ def _comparison_report(res, chain: bool = False) -> Path:
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:
+    """``specscope experiment NAME``: run one built-in study (grokking, sosd, lifecycle, lens, taxonomy), print its
+    table and claims and where its files went. Returns the exit code, 0."""
     if a.name == "grokking":
         return _grokking(a)
     if a.name == "lens":
@@ -126,6 +129,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
 
 def cmd_findings(a: argparse.Namespace) -> int:
+    """``specscope findings RUN...``: print every SPEC section 5 analysis of each run, as text or ``--json``. Returns
+    the exit code, 0."""
     from ..analysis.findings import findings, to_json, to_text
     from ..store import open_run
 
@@ -150,6 +155,9 @@ def _runs(paths: list[str]):
 
 
 def cmd_forecast(a: argparse.Namespace) -> int:
+    """``specscope forecast RUNS...``: rank the runs' batch sizes by their early activation ``alpha_tail`` and
+    print the table and verdict (``--json``), optionally writing a comparison report. Returns the exit code, 0;
+    a missing ``--target`` and ``--budget`` is a :class:`ConfigError`."""
     from ..analysis.lens import forecast
 
     if a.target is None and a.budget is None:
@@ -178,6 +186,8 @@ def cmd_forecast(a: argparse.Namespace) -> int:
 
 
 def cmd_taxonomy(a: argparse.Namespace) -> int:
+    """``specscope taxonomy RUN RUN...``: label each consecutive transition of a chain of runs (baseline first) and
+    print the table, optionally with a scatter figure and a comparison report. Returns the exit code, 0."""
     from ..analysis.lens import taxonomy
     from ..store.reader import open_run
 
@@ -205,6 +215,8 @@ def cmd_taxonomy(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
+    """``specscope sweep CONFIG``: run a successive-halving sweep (Ray, or ``--local``), print its table and the
+    winners per tier. Returns the exit code, 0."""
     from ..experiments.sweep import SweepConfig, run_sweep
 
     cfg = SweepConfig.load(a.config)
@@ -219,6 +231,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
+    """``specscope prune PATH``: measure each block's importance and compare the spectral, Last-N and random pruning
+    rules on held-out sequences; print the tables (``--json``) and keep them beside a run directory. Returns the
+    exit code, 0."""
     import torch
 
     from ..experiments.pruning import pruning_study, summarize_comparison
@@ -227,7 +242,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     _check_prunable(a.path)
     model, family = load_model(a.path)
     seqs = _prune_sequences(a, model, family)
-    ks = a.k  # a list of ints >= 1 (cli_args.positive_int_list), or None
+    ks = a.k  # a list of ints >= 1 (args.positive_int_list), or None
     torch.manual_seed(0)
     importance, comparison, verdict = pruning_study(model, seqs, ks=ks, metric=a.metric, random_seeds=a.random_seeds,
                                                     keep_first=not a.allow_first)

@@ -17,7 +17,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``specscope`` argument parser: one subcommand per command, registered by each command group."""
+    """The ``specscope`` argument parser (an ``argparse.ArgumentParser``): one subcommand per command, registered by
+    each command group; each subcommand's ``func`` default is the function that runs it."""
     p = _Parser(prog="specscope", description="Watch the spectra of a neural network while it trains.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. Bad input (an argparse error or any :class:`SpecscopeError`) is one line on stderr and exit 2."""
+    """Run one command (``argv``: the arguments, default ``sys.argv[1:]``) and return its exit code: 0 on success and
+    for ``--help``, 2 for bad input (an argparse error or any :class:`SpecscopeError`, one line on stderr), 130 when
+    interrupted."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -81,15 +81,21 @@ def _train_and_report(a: argparse.Namespace, default_out: str) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    """``specscope demo``: train the reference GPT with the probes into a fresh ``runs/demo`` (or ``--out``), print
+    the summary and write the report. Returns the exit code, 0."""
     out = a.out or fresh_dir("runs/demo")
     return _train_and_report(a, out)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    """``specscope train``: train a GPT of the given size into a fresh ``runs/train`` (or ``--out``), print the
+    summary and write the report. Returns the exit code, 0."""
     return _train_and_report(a, a.out or fresh_dir("runs/train"))
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    """``specscope report RUN...``: print each run's summary and write its HTML report (inside the run, or
+    ``--out`` for one run). Returns the exit code, 0."""
     from ..report import summary, write_report
     from ..store import open_run
 
@@ -104,6 +110,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_query(a: argparse.Namespace) -> int:
+    """``specscope query SQL --runs ...``: run SQL over the run stores and print the result as a table, CSV or JSON.
+    Returns the exit code, 0."""
     from ..store.query import query
 
     df = query(a.sql, a.runs)
@@ -136,6 +144,9 @@ def _matrix_arg(text: str) -> tuple[int, str]:
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
+    """``specscope analyze PATH``: measure a checkpoint (or a folder of step checkpoints; ``--trajectory W``: their
+    update trajectories) without training, print the table or write it (``--out``, ``--format``), or store it as a
+    run (``--into``). Returns the exit code, 0."""
     from ..offline import analyze, analyze_into, trajectory
 
     if a.format != "table" and not a.out:

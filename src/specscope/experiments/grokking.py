@@ -33,6 +33,12 @@ TASKS = ("add", "dyck1")
 
 @dataclass
 class GrokConfig:
+    """The grokking study's settings: ``task`` (``add`` or ``dyck1``), modulus ``p``, ``train_frac`` (fraction of
+    the samples trained on), ``steps`` (full-batch optimizer steps per run), AdamW ``lr``, the ``weight_decays`` and
+    ``seeds`` crossed into runs, the model's ``n_layer``, ``d_model``, ``n_head``, ``eval_every`` (steps between
+    evaluations and probes), the trajectory ``window`` (updates), and the Dyck-1 ``dyck_samples`` and
+    ``dyck_length`` (tokens)."""
+
     # sized for a 2-core CPU: about 3 minutes a run, 6 runs (p = 97, width 128 takes ~1.3 s a step there)
     task: str = "add"
     p: int = 59
@@ -51,12 +57,15 @@ class GrokConfig:
 
     @classmethod
     def quick(cls) -> "GrokConfig":
+        """A seconds-long configuration (p = 11, 60 steps, one seed) for tests and smoke runs."""
         return cls(p=11, train_frac=0.5, steps=60, weight_decays=(1.0, 0.0), seeds=(0,), n_layer=1, d_model=32, n_head=2,
                    eval_every=20, window=4, dyck_samples=400, dyck_length=8)
 
 
 def fourier_scalars(model: GPT, x: torch.Tensor, phase: np.ndarray, p: int) -> dict[str, float]:
-    """``h_peak`` and ``h_s`` (``S`` = the ``TOP_FREQS`` strongest nonzero frequencies) of the final hidden state."""
+    """``{"h_peak": float, "h_s": float}``: the Fourier concentrations (fractions in [0, 1]) of the final hidden
+    state at the last position along the latent ``phase`` of ``x``, ``S`` the ``TOP_FREQS`` strongest nonzero
+    frequencies."""
     with torch.no_grad():
         h = model.hidden_states(x)[-1][:, -1].double().numpy()
     m = fourier_energy(h, phase, p)[1:]
@@ -64,6 +73,8 @@ def fourier_scalars(model: GPT, x: torch.Tensor, phase: np.ndarray, p: int) -> d
 
 
 def task_data(cfg: GrokConfig, seed: int) -> ToyData:
+    """The train / test split of ``cfg.task`` for ``seed``: a :class:`~specscope.experiments.toy.ToyData`;
+    ValueError for an unknown task."""
     if cfg.task == "add":
         return modular_arithmetic(cfg.p, "+", cfg.train_frac, seed=seed)
     if cfg.task == "dyck1":
@@ -72,6 +83,8 @@ def task_data(cfg: GrokConfig, seed: int) -> ToyData:
 
 
 def run_one(cfg: GrokConfig, weight_decay: float, seed: int, run_dir: Path) -> dict:
+    """Train one monitored run into ``run_dir`` (full-batch AdamW, ``cfg.steps`` steps) and return its row of the
+    study's table: ``task`` and the keys of :func:`summarize`."""
     data = task_data(cfg, seed)
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=data.vocab_size, seq_len=data.train_x.shape[1], n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -112,6 +125,10 @@ def _around(series: pd.Series, step: int | None) -> tuple[float, float, float]:
 
 
 def summarize(run_dir: Path, grok_step: int | None, weight_decay: float, seed: int) -> dict:
+    """One run's row, read from its store: ``weight_decay``, ``seed``, ``grok_step`` (None if it never grokked),
+    ``final_train_acc`` and ``final_test_acc`` (fractions), ``gap12`` of block 0's ``W_Q`` and the trajectory gap
+    ratio before / at / after the grok step (``gap12_wq_before``, ``gap12_wq_at``, ``gap12_wq_final``,
+    ``traj_gap_*``; NaN where there is none), ``h_peak_final``, ``h_s_final`` and ``run_dir``."""
     run = open_run(run_dir)
     m = run.metrics()
     sc = run.scalars()
@@ -131,6 +148,9 @@ def summarize(run_dir: Path, grok_step: int | None, weight_decay: float, seed: i
 
 @dataclass
 class GrokResult:
+    """The grokking study's outcome: ``table`` (one row per run, see :func:`run_one`), ``out_dir``, ``figure``
+    (PNG path) and ``extra`` (empty)."""
+
     table: pd.DataFrame
     out_dir: Path
     figure: Path | None = None
@@ -138,7 +158,8 @@ class GrokResult:
 
 
 def run_grokking(cfg: GrokConfig, out_dir: str | Path, progress: bool = True) -> GrokResult:
-    """Every (weight decay, seed) run; returns the table, also written as ``grokking.csv`` with a figure."""
+    """Every (weight decay, seed) run of ``cfg`` under ``out_dir`` (one run directory each): a :class:`GrokResult`
+    whose table is also written as ``grokking.csv``, with the figure ``grokking.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

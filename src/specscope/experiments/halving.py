@@ -21,7 +21,8 @@ MULTIPLIERS = (0.5, 2 ** -0.5, 1.0, 2 ** 0.5, 2.0)
 
 
 def lr_candidates(batch: int, ref_batch: int, ref_lr: float, multipliers: Iterable[float] = MULTIPLIERS) -> list[float]:
-    """Sorted, de-duplicated learning rates for batch ``batch`` from both scaling rules."""
+    """Sorted, de-duplicated learning rates for batch ``batch`` (sequences per step) from both scaling rules around
+    the reference ``(ref_batch, ref_lr)``: a list of floats, ascending (at most ``2 * len(multipliers)``)."""
     ratio = batch / ref_batch
     out: dict[str, float] = {}
     for center in (ref_lr * ratio, ref_lr * math.sqrt(ratio)):
@@ -33,13 +34,17 @@ def lr_candidates(batch: int, ref_batch: int, ref_lr: float, multipliers: Iterab
 
 @dataclass
 class Candidate:
+    """One trial of a halving: its unique ``name``, its ``group`` (promotion is within a group) and ``params`` (the
+    trial's settings, e.g. ``batch`` and ``lr``, copied into the halving table)."""
+
     name: str
     group: Hashable  # (family, batch tier): promotion is within a group
     params: dict = field(default_factory=dict)
 
 
 def one_at_a_time(train_to: Callable[[Candidate, float], float]) -> Callable[[list[Candidate], float], dict[str, float]]:
-    """A rung callback from a per-candidate ``train_to(candidate, tokens) -> loss``."""
+    """A rung callback from a per-candidate ``train_to(candidate, tokens) -> loss``: a function of
+    ``(candidates, tokens)`` that trains them one after another and returns ``{name: loss}``."""
     return lambda cands, tokens: {c.name: train_to(c, tokens) for c in cands}
 
 
@@ -48,9 +53,10 @@ def successive_halving(candidates: Sequence[Candidate], rungs: Sequence[float],
                        on_rung: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """Run the halving; ``train_rung(candidates, tokens)`` trains (or resumes) every candidate still alive to
     ``tokens``, all together (one synchronized rung: e.g. one Ray Tune run), and returns each one's
-    validation loss there (NaN = failed: ranked last). Returns one row per (candidate, rung) it reached,
-    with ``promoted`` for those that went on (at the last rung: the group's winner); ``on_rung`` sees the
-    table after each rung (to save it)."""
+    validation loss there (NaN = failed: ranked last). Returns a DataFrame with one row per (candidate, rung)
+    it reached: ``rung`` (index), ``tokens``, ``name``, ``group``, the candidate's ``params``, ``val_loss``
+    and ``promoted`` (it went on; at the last rung: the group's winner); ``on_rung`` sees the table after
+    each rung (to save it). Rungs that do not increase are a ValueError."""
     if not rungs or any(b <= a for a, b in zip(rungs, rungs[1:])):
         raise ValueError("rungs must be increasing token counts")
     alive = list(candidates)

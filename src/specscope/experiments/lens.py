@@ -30,6 +30,10 @@ from .sweep import BudgetedRuns, SweepConfig, run_sweep, run_trial, sweep_winner
 
 @dataclass
 class LensExperiment(BudgetedRuns):
+    """The lens study's settings: the :class:`BudgetedRuns` fields plus the ``batches`` tiers (sequences per step),
+    the learning-rate rule's ``ref_batch`` and ``ref_lr``, ``budget_frac`` (early budget as a fraction of the median
+    ``T``), ``sweep`` with its ``rung_fracs`` (fractions of ``tokens``), ``multipliers`` and ``executor``."""
+
     batches: tuple[int, ...] = (1, 2, 4, 8, 16)
     ref_batch: int = 8
     ref_lr: float = 3e-3
@@ -41,9 +45,12 @@ class LensExperiment(BudgetedRuns):
 
     @classmethod
     def quick(cls) -> "LensExperiment":
+        """A seconds-long configuration (three tiers, a tiny GPT, 12,000 tokens a run) for tests and smoke runs."""
         return cls(batches=(1, 2, 4), ref_batch=2, micro_batch=4, tokens=12_000, **cls.QUICK)
 
     def sweep_config(self) -> SweepConfig:
+        """The :class:`SweepConfig` of these runs: every tier, rungs at ``rung_fracs`` of ``tokens`` when swept, else
+        one rung at the full budget."""
         rungs = sorted({round(f * self.tokens) for f in self.rung_fracs} | {self.tokens}) if self.sweep else [self.tokens]
         return self.trial_config(name="lens", batches=list(self.batches), ref_batch=self.ref_batch, ref_lr=self.ref_lr,
                                  rungs=rungs, multipliers=list(self.multipliers))
@@ -64,6 +71,11 @@ def _tier_runs(cfg: LensExperiment, out: Path, progress: bool) -> tuple[list[Pat
 
 
 def run_lens(cfg: LensExperiment, out_dir: str | Path, progress: bool = True) -> ExperimentResult:
+    """Train (or resume) one run per tier under ``out_dir`` and forecast: an :class:`ExperimentResult` whose table is
+    :func:`~specscope.analysis.lens.forecast`'s per tier with ``lr``, also written as ``lens.csv`` (with
+    ``rho_vs_budget.csv`` and the figure ``lens.png``); ``extra`` holds ``verdict``, ``rho_vs_budget``, ``sweep``
+    (the halving table, empty unless swept), ``runs`` and ``target`` (loss). RuntimeError when fewer than two tiers
+    trained."""
     from ..report.lens_figures import lens_figure
 
     out = Path(out_dir)

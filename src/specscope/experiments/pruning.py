@@ -31,7 +31,8 @@ def _identity_hook(_mod, args, kwargs, out):
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
-    """The model's transformer blocks; :class:`UnsupportedModelError` (one line) when it has none to skip."""
+    """The model's transformer blocks, a list of modules in depth order; :class:`UnsupportedModelError` (one line)
+    when it has none to skip."""
     try:
         return find_blocks(model)
     except ValueError:
@@ -41,7 +42,8 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
 
 @contextlib.contextmanager
 def skipped(model: nn.Module, layers: Iterable[int]) -> Iterator[None]:
-    """Blocks ``layers`` act as the identity inside the block."""
+    """A context manager inside which blocks ``layers`` (indices) act as the identity (each returns its input
+    hidden states); the hooks are removed on exit. Yields None."""
     blocks = blocks_of(model)
     handles = [blocks[i].register_forward_hook(_identity_hook, with_kwargs=True) for i in sorted(set(layers))]
     try:
@@ -53,7 +55,8 @@ def skipped(model: nn.Module, layers: Iterable[int]) -> Iterator[None]:
 
 @torch.no_grad()
 def heldout_loss(model: nn.Module, sequences: torch.Tensor, batch: int = 8) -> float:
-    """Mean next-token loss over ``sequences`` (N, T), the model in eval mode."""
+    """Mean next-token cross-entropy (nats per token, averaged per sequence, then over sequences) over ``sequences``
+    (N, T) of token ids, in batches of ``batch``, the model in eval mode (its modes restored): a float."""
     total, n = 0.0, 0
     with kept_modes(model, eval=True):
         for x in _batches(sequences, batch, _device(model)):
@@ -64,7 +67,8 @@ def heldout_loss(model: nn.Module, sequences: torch.Tensor, batch: int = 8) -> f
 
 
 def block_importance(model: nn.Module, sequences: torch.Tensor, batch: int = 8) -> pd.DataFrame:
-    """Per block: held-out loss with that block skipped, and the increase over the full model."""
+    """One row per block: a DataFrame with columns ``layer``, ``loss`` (held-out loss with that block skipped, nats
+    per token), ``delta_loss`` (its increase over the full model) and ``base_loss`` (the full model's)."""
     base = heldout_loss(model, sequences, batch)
     rows = []
     for i in range(len(blocks_of(model))):
@@ -80,7 +84,10 @@ def _ppl(loss: float) -> float:
 
 def compare_rules(model: nn.Module, sequences: torch.Tensor, alpha: pd.Series, ks: Iterable[int], metric: str = "alpha_tail",
                   random_seeds: int = 5, batch: int = 8, keep_first: bool = True) -> pd.DataFrame:
-    """Delta-perplexity of removing k blocks by the spectral rule, Last-N, and random choice (several seeds)."""
+    """Delta-perplexity of removing k blocks by the spectral rule, Last-N, and random choice (``random_seeds``
+    seeds), for each ``k`` in ``ks`` with ``0 < k < blocks``: a DataFrame with columns ``k``, ``rule``, ``seed``,
+    ``layers`` (list of removed indices), ``loss`` (nats per token) and ``delta_ppl`` (perplexity increase over the
+    full model)."""
     n = len(blocks_of(model))
     base = heldout_loss(model, sequences, batch)
     rows = []
@@ -101,7 +108,11 @@ def compare_rules(model: nn.Module, sequences: torch.Tensor, alpha: pd.Series, k
 
 def pruning_study(model: nn.Module, sequences: torch.Tensor, ks: Iterable[int] | None = None, metric: str = "alpha_tail",
                   random_seeds: int = 5, batch: int = 8, keep_first: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Block importance with each block's alpha, the rule comparison, and the verdict (rho, Last-N / spectral)."""
+    """``(importance, comparison, verdict)``: :func:`block_importance` with each block's ``metric`` (mean over its
+    matrices, from the weights) joined on, :func:`compare_rules` for ``ks`` (default ``1..max(2, blocks // 2)``),
+    and a dict with the keys of :func:`~specscope.analysis.pruning.importance_verdict` and
+    :func:`~specscope.analysis.pruning.pruning_verdict`, ``metric``, ``most_important_layer`` and ``verdict`` (the
+    sentence). :class:`UnsupportedModelError` for a model without blocks."""
     from ..offline import analyze
 
     blocks_of(model)  # fails first, in one line, on a model without blocks
@@ -119,7 +130,9 @@ def pruning_study(model: nn.Module, sequences: torch.Tensor, ks: Iterable[int] |
 
 
 def summarize_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Mean delta-perplexity per (k, rule), with the layers removed (random: the spread over seeds)."""
+    """Mean delta-perplexity per (k, rule), with the layers removed (random: the spread over seeds): a DataFrame with
+    columns ``k``, ``rule``, ``layers`` (comma-separated, ``(random)`` for the random rule), ``delta_ppl`` (mean),
+    ``std`` (over seeds, 0 for one) and ``count``; ``comparison`` itself when empty."""
     if comparison.empty:
         return comparison
     g = comparison.groupby(["k", "rule"])

@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SweepConfig:
+    """One sweep (the module docstring shows its file form): ``batches`` (sequences per step), the learning-rate
+    rule's ``ref_batch`` and ``ref_lr``, ``micro_batch``, ``rungs`` (increasing token counts), ``keep`` (fraction of
+    each group promoted per rung), ``multipliers``, the ``model`` (GPTConfig), ``train`` (TrainConfig) and
+    ``train_tokens`` (TrainConfig step counts given in tokens) switches, ``corpus`` and ``max_corpus_mb`` (MB)."""
+
     name: str = "sweep"
     batches: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     ref_batch: int = 8
@@ -60,6 +65,8 @@ class SweepConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SweepConfig":
+        """Read and check a TOML (``.toml``) or JSON config file: a checked :class:`SweepConfig`; a missing file, a
+        parse error or an unknown key is a :class:`ConfigError`."""
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"no such sweep config: {p}")
@@ -80,6 +87,8 @@ class SweepConfig:
         return cfg
 
     def check(self) -> None:
+        """Raise :class:`ConfigError` (one line) on non-positive batches, a batch that ``micro_batch`` does not divide,
+        rungs that do not increase, or unknown train settings; return None when the config is sound."""
         if not self.batches or any(b < 1 for b in self.batches):
             raise ConfigError("batches must be positive integers")
         for b in self.batches:
@@ -95,6 +104,8 @@ class SweepConfig:
             raise ConfigError(f"unknown train settings {sorted(bad)}")
 
     def candidates(self) -> list[Candidate]:
+        """Every (batch, learning rate) trial of the sweep: one :class:`Candidate` per rate of
+        :func:`lr_candidates`, named ``B<batch>-lr<rate>``, grouped by batch tier."""
         out = []
         for b in self.batches:
             for lr in lr_candidates(b, self.ref_batch, self.ref_lr, self.multipliers):
@@ -106,7 +117,9 @@ class SweepConfig:
 class BudgetedRuns:
     """Runs of the reference GPT on the stdlib corpus trained to one token budget, evaluated and
     probed (weights, activations, gradients) every ``eval_tokens`` at every batch size: the common
-    ground of the lens and taxonomy experiments, each run one trial (:func:`run_trial`)."""
+    ground of the lens and taxonomy experiments, each run one trial (:func:`run_trial`). ``tokens``
+    is the budget per run and ``eval_tokens`` the evaluation period (both in tokens); ``target`` the
+    validation loss to reach (None: chosen from the runs); ``pool_size`` the probe pool (sequences)."""
 
     micro_batch: int = 16
     n_layer: int = 4
@@ -123,7 +136,8 @@ class BudgetedRuns:
     QUICK = {"n_layer": 2, "d_model": 32, "n_head": 2, "seq_len": 32, "eval_tokens": 1_000, "pool_size": 8, "max_corpus_mb": 2.0}
 
     def trial_config(self, model: dict | None = None, train: dict | None = None, **sweep) -> SweepConfig:
-        """A sweep config for these runs; ``model`` / ``train`` add GPTConfig / TrainConfig switches."""
+        """A :class:`SweepConfig` for these runs (one rung at the full budget; evaluation, probing and warmup every
+        ``eval_tokens``); ``model`` / ``train`` add GPTConfig / TrainConfig switches, ``sweep`` sets its fields."""
         every = self.eval_tokens
         return SweepConfig(**{"rungs": [self.tokens], "micro_batch": self.micro_batch, "max_corpus_mb": self.max_corpus_mb,
                               "model": {"seq_len": self.seq_len, "n_layer": self.n_layer, "n_head": self.n_head,
@@ -134,7 +148,8 @@ class BudgetedRuns:
 
 
 def trial_dir(out_dir: str | os.PathLike, name: str) -> Path:
-    """Where a sweep (or an experiment built on trials) keeps the run of trial ``name``."""
+    """Where a sweep (or an experiment built on trials) keeps the run of trial ``name``: ``out_dir/trials/name``, a
+    Path (not created)."""
     return Path(out_dir) / "trials" / str(name)
 
 
@@ -143,7 +158,9 @@ def _steps(tokens: float, batch: int, seq_len: int) -> int:
 
 
 def run_trial(spec: dict, cand: dict, rung_tokens: float, out_dir: str, progress: bool = False) -> float:
-    """Train (or resume) one candidate to ``rung_tokens``; its validation loss there (NaN on failure)."""
+    """Train (or resume) one candidate (``cand``: ``name``, ``batch``, ``lr``) of the sweep ``spec`` (a
+    :class:`SweepConfig` as a dict) to ``rung_tokens`` tokens: its last validation loss up to there, a float (NaN
+    when the trial failed or never evaluated; the failure is logged, not raised)."""
     from ..store.reader import open_run
     from ..train.corpus import megabytes
     from ..train import GPTConfig
@@ -200,7 +217,9 @@ def _ray_rung(cfg: SweepConfig, out: Path, address: str | None, cpus_per_trial: 
 
 def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, executor: str = "ray", address: str | None = None,
               cpus_per_trial: float = 1.0, progress: bool = True) -> pd.DataFrame:
-    """The whole sweep; the halving table is saved after every rung (``OUT/sweep.csv``), winners in ``OUT/best.csv``."""
+    """The whole sweep under ``out_dir`` (``executor``: ``"ray"`` or ``"local"``): the halving table of
+    :func:`~specscope.experiments.halving.successive_halving` (one row per candidate and rung), saved after every
+    rung as ``OUT/sweep.csv``; the winners (promoted at the last rung) in ``OUT/best.csv``."""
     cfg.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +241,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, executor: str = "ray
 
 
 def sweep_winners(out_dir: str | os.PathLike) -> list[Path]:
-    """The trial directories of a finished sweep's winners (``OUT/best.csv``); empty if ``out_dir`` holds no sweep."""
+    """The trial directories of a finished sweep's winners (``OUT/best.csv``): a list of Paths, one per tier; empty
+    if ``out_dir`` holds no sweep."""
     best = Path(out_dir) / "best.csv"
     return [trial_dir(out_dir, n) for n in pd.read_csv(best)["name"]] if best.is_file() else []

@@ -47,6 +47,10 @@ PAPER_LABELS = {
 
 @dataclass
 class TaxonomyExperiment(BudgetedRuns):
+    """The taxonomy study's settings: the :class:`BudgetedRuns` fields plus the ``chain`` of stages (keys of
+    ``STAGES``, baseline first), the matched ``batch`` (sequences per step), ``micro_batch`` and the fixed AdamW
+    ``lr``."""
+
     chain: tuple[str, ...] = ("baseline", "rope", "muon", "untied")
     batch: int = 8
     micro_batch: int = 8
@@ -54,9 +58,12 @@ class TaxonomyExperiment(BudgetedRuns):
 
     @classmethod
     def quick(cls) -> "TaxonomyExperiment":
+        """A seconds-long configuration (batch 2, a tiny GPT, 8,000 tokens a stage) for tests and smoke runs."""
         return cls(batch=2, micro_batch=2, tokens=8_000, **cls.QUICK)
 
     def check(self) -> None:
+        """Raise :class:`ConfigError` for unknown stages or a chain of fewer than two distinct stages; None when
+        sound."""
         unknown = [s for s in self.chain if s not in STAGES]
         if unknown:
             raise ConfigError(f"unknown stages {unknown}; choose from {sorted(STAGES)}")
@@ -79,7 +86,9 @@ def _agree(paper: str | None, ours: str) -> str:
 
 
 def claims(table: pd.DataFrame) -> pd.DataFrame:
-    """Our label and spectral lean beside the paper's label for the same transition."""
+    """Our label and spectral lean beside the paper's label for the same transition: a DataFrame with columns
+    ``transition``, ``paper`` (``-`` when the paper gives none), ``ours``, ``label_agrees``, ``spectral_lean``,
+    ``lean_agrees`` (``yes``, ``no`` or ``-``) and ``source``."""
     rows = []
     for r in table.itertuples():
         paper, why = PAPER_LABELS.get(r.transition, (None, "not in the paper's chain"))
@@ -89,6 +98,11 @@ def claims(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_taxonomy(cfg: TaxonomyExperiment, out_dir: str | Path, progress: bool = True) -> ExperimentResult:
+    """Train (or resume) one run per stage of the chain under ``out_dir`` and label the transitions: an
+    :class:`ExperimentResult` whose table is :func:`~specscope.analysis.lens.taxonomy`'s (also ``taxonomy.csv``),
+    claims from :func:`claims`, figure ``taxonomy.png``; ``extra`` holds ``target`` (the given loss or None),
+    ``chain_target`` (the loosest loss every stage reached), ``stages`` (``stages.csv``) and ``runs``. RuntimeError
+    when a stage did not train."""
     from ..report.lens_figures import taxonomy_figure
 
     cfg.check()

@@ -14,7 +14,9 @@ OPS = ("+", "-", "*")
 
 @dataclass
 class ToyData:
-    """Sequences (N, T) of token ids; ``answer`` (N,) is the token expected after the last position."""
+    """A toy task split into train and test: ``train_x`` / ``test_x`` are (N, T) int64 token ids, ``train_y`` /
+    ``test_y`` (N,) the token expected after the last position, ``vocab_size`` the number of token ids, ``name``
+    the task, and ``phase_train`` / ``phase_test`` the latent phase of each sample (for Fourier probes), if any."""
 
     name: str
     vocab_size: int
@@ -35,7 +37,8 @@ def _split(x: np.ndarray, y: np.ndarray, frac: float, seed: int, phase: np.ndarr
 
 
 def modular_arithmetic(p: int = 97, op: str = "+", train_frac: float = 0.3, seed: int = 0) -> ToyData:
-    """All pairs ``(a, b)``: sequence ``[a, op, b, =]``, answer ``a op b mod p``; tokens ``0..p-1``, then op and ``=``."""
+    """All pairs ``(a, b)``: sequence ``[a, op, b, =]``, answer ``a op b mod p``; tokens ``0..p-1``, then op and ``=``.
+    A :class:`ToyData` (``train_frac`` of the pairs in train, phase ``a``); ValueError for an unknown ``op``."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}")
     a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
@@ -48,7 +51,8 @@ def modular_arithmetic(p: int = 97, op: str = "+", train_frac: float = 0.3, seed
 
 def cyclic_shift(c: int = 64, length: int = 8, offset: int = 2, steps: tuple[int, ...] = (1, 3, 5), train_frac: float = 0.5,
                  seed: int = 0) -> ToyData:
-    """``x(a) = (o + (a + j d) mod c)_{j<L}``, answer ``o + (a + L d) mod c``, for every start ``a`` and step ``d``."""
+    """``x(a) = (o + (a + j d) mod c)_{j<L}``, answer ``o + (a + L d) mod c``, for every start ``a`` and step ``d``:
+    a :class:`ToyData` (``train_frac`` of the sequences in train, phase ``a``)."""
     rows, ans, phase = [], [], []
     for d in steps:
         for a in range(c):
@@ -60,7 +64,8 @@ def cyclic_shift(c: int = 64, length: int = 8, offset: int = 2, steps: tuple[int
 
 def dyck1(n: int = 4000, length: int = 16, seed: int = 0, train_frac: float = 0.8) -> ToyData:
     """Strings of ``(`` (0) and ``)`` (1) followed by a query token 4; answer 2 if balanced, else 3. Half are balanced
-    (uniform shuffles of ``length/2`` of each, kept when balanced), half uniform random strings."""
+    (uniform shuffles of ``length/2`` of each, kept when balanced), half uniform random strings. A :class:`ToyData`
+    of ``n`` samples (``train_frac`` in train, no phase); ValueError for an odd ``length``."""
     if length % 2:
         raise ValueError("length must be even")
     rng = np.random.default_rng(seed)
@@ -89,7 +94,8 @@ def _balanced(s: list[int]) -> bool:
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
-    """Fraction of samples whose last-position argmax is the answer."""
+    """Fraction of samples (in [0, 1]) whose last-position argmax is the answer, in batches of ``batch``; the
+    model's train/eval mode is restored."""
     was = model.training
     model.eval()
     hits = 0
@@ -106,6 +112,7 @@ def fourier_energy(h: np.ndarray, phase: np.ndarray, n_phase: int) -> np.ndarray
 
     Hidden states are averaged per phase value, centered across phases (so ``m_0 = 0``), and
     Fourier-transformed along the phase; ``m_r`` sums ``|FFT|^2`` over the hidden dimensions.
+    Returns a float64 array of ``n_phase // 2 + 1`` energies (squared hidden-state units).
     """
     h = np.asarray(h, dtype=np.float64)
     sums = np.zeros((n_phase, h.shape[1]))
@@ -121,12 +128,14 @@ def fourier_energy(h: np.ndarray, phase: np.ndarray, n_phase: int) -> np.ndarray
 
 
 def band_concentration(m: np.ndarray, band) -> float:
-    """``H_S = sum_{r in S} m_r / sum_r m_r``."""
+    """``H_S = sum_{r in S} m_r / sum_r m_r``: the fraction (in [0, 1]) of the energy ``m`` in the frequencies
+    ``band``; NaN when ``m`` sums to 0."""
     tot = m.sum()
     return float(m[list(band)].sum() / tot) if tot > 0 else float("nan")
 
 
 def peak_concentration(m: np.ndarray) -> float:
-    """``H_peak = max_r m_r / sum_r m_r``."""
+    """``H_peak = max_r m_r / sum_r m_r``: the fraction (in [0, 1]) of the energy ``m`` in its strongest frequency;
+    NaN when ``m`` sums to 0."""
     tot = m.sum()
     return float(m.max() / tot) if tot > 0 else float("nan")

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def scalar(v: Any) -> float | None:
-    """A logged value as a float (numbers, one-element tensors); None for anything else."""
+    """A logged value as a Python float (numbers, one-element tensors), in the value's own units; None for anything
+    else (strings, multi-element tensors, objects)."""
     if isinstance(v, (str, bytes)):
         return None
     try:
@@ -32,7 +33,7 @@ def scalar(v: Any) -> float | None:
 
 
 def scalars_of(logged: Mapping[str, Any]) -> dict[str, float]:
-    """The entries of a framework's logged-metrics mapping that are single numbers."""
+    """The entries of a framework's logged-metrics mapping that are single numbers: a dict name -> float."""
     return {k: s for k, v in logged.items() if (s := scalar(v)) is not None}
 
 

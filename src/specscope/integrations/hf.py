@@ -36,6 +36,8 @@ class SpectralCallback(MonitorDriver, TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: nn.Module | None = None, **kwargs: Any) -> None:
+        """Open the monitor on the main process (appending to the run store when the Trainer resumed) and record the
+        model before training as step 0. Returns None."""
         if not state.is_world_process_zero or model is None:
             return
         config = {"integration": "transformers.Trainer", "learning_rate": args.learning_rate,
@@ -45,14 +47,18 @@ class SpectralCallback(MonitorDriver, TrainerCallback):
         self._open_monitor(model, args.output_dir, config, state.global_step, tokens=0)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """Run the probes due at optimizer step ``state.global_step`` (once per step). Returns None."""
         # Called once per optimizer step, after it; the loss arrives in on_log.
         self._step_monitor(state.global_step, loss=None, tokens=_tokens(state))
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Record the Trainer's logged numbers (loss, learning_rate, grad_norm, eval_loss, ...) as scalars at the
+        current step. Returns None."""
         if logs:
             self._log_monitor(state.global_step, tokens=_tokens(state), **scalars_of(logs))
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
+        """Flush and close the run store. Returns None."""
         self._close_monitor()

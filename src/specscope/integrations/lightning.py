@@ -32,6 +32,8 @@ class SpectralCallback(MonitorDriver, Callback):
     """
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Open the monitor on global rank zero (appending to the run store when the fit resumed) and record the
+        module before training as step 0. Returns None."""
         if not trainer.is_global_zero:
             return
         config = {"integration": "lightning", "max_steps": trainer.max_steps,
@@ -40,6 +42,8 @@ class SpectralCallback(MonitorDriver, Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        """After an optimizer step (not a micro-batch of gradient accumulation): run the probes due at
+        ``trainer.global_step`` and record the batch's loss and the trainer's logged metrics. Returns None."""
         # global_step counts optimizer steps: a micro-batch inside gradient accumulation leaves it unchanged
         if self.monitor is None or trainer.global_step == self._last_step:
             return
@@ -49,7 +53,9 @@ class SpectralCallback(MonitorDriver, Callback):
         self._step_monitor(trainer.global_step, loss=scalar(loss), **scalars)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Flush and close the run store. Returns None."""
         self._close_monitor()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Flush and close the run store, keeping what was measured; the exception goes on. Returns None."""
         self._close_monitor()  # keep what was measured

@@ -32,14 +32,15 @@ _READABLE = ("F16", "BF16", "F32", "F64")  # safetensors dtype names
 
 
 class Catalog(list):
-    """A list of :class:`MatrixRef`, with ``skipped``: reason -> count of tensors not cataloged."""
+    """A list of :class:`MatrixRef` in order of appearance, with ``skipped``: reason -> count of tensors not
+    cataloged."""
 
     def __init__(self, refs: Iterable[MatrixRef] = (), skipped: dict[str, int] | None = None):
         super().__init__(refs)
         self.skipped: dict[str, int] = dict(skipped or {})
 
     def summary(self) -> dict:
-        """Counts for logs and run metadata."""
+        """Counts for logs and run metadata: ``{"matrices": int, "skipped": {reason: count}}``."""
         return {"matrices": len(self), "skipped": dict(self.skipped)}
 
 
@@ -53,6 +54,8 @@ class ModelInfo:
 
     @classmethod
     def from_config(cls, cfg) -> "ModelInfo":
+        """The model type, attention heads and hidden width read from a config (a dict, an object with attributes, or
+        None); each field None where the config does not say."""
         get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
 
         def first_int(*keys):
@@ -70,7 +73,8 @@ class ModelInfo:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DDP / DataParallel / FSDP1, ``torch.compile`` and PEFT wrappers."""
+    """The user's model inside DDP / DataParallel / FSDP1, ``torch.compile`` and PEFT wrappers (``model`` itself when
+    unwrapped): the innermost ``nn.Module``."""
     seen = set()
     while id(model) not in seen:
         seen.add(id(model))
@@ -87,7 +91,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def normalize_name(name: str) -> str | None:
-    """A parameter name without wrapper components; None for an adapter's own parameter."""
+    """A parameter name without wrapper components (``module.``, ``_orig_mod.``, PEFT's ``base_model.model.``...), a
+    str; None for an adapter's own parameter (LoRA and the like)."""
     parts = [p for p in name.split(".") if p not in _WRAPPER_PARTS]
     if any(p.startswith(_ADAPTER_PREFIXES) for p in parts):
         return None
@@ -97,7 +102,8 @@ def normalize_name(name: str) -> str | None:
 
 
 def skip_reason(name: str, shape: tuple[int, ...], dtype: torch.dtype | str) -> str | None:
-    """Why a tensor is not cataloged (1-D, a bias, not float), or None."""
+    """Why a tensor is not cataloged, as the reason counted in :attr:`Catalog.skipped` (``"1-D tensors"``,
+    ``"biases"``, ``"non-float dtype"``...), or None when it is."""
     leaf = split_name(name)[1]
     if len(shape) < 2:
         return f"{len(shape)}-D tensors"
@@ -111,7 +117,9 @@ def skip_reason(name: str, shape: tuple[int, ...], dtype: torch.dtype | str) -> 
 
 def catalog_stored(stored: Iterable[Stored], info: ModelInfo | None = None,
                    skipped: dict[str, int] | None = None) -> Catalog:
-    """Catalog stored parameters (named and marked transposed already), in order of appearance."""
+    """Catalog stored parameters (named and marked transposed already), in order of appearance: a :class:`Catalog`
+    (``skipped`` carried over). Matrices outside the blocks get layer -1; in a model without blocks each unit's
+    matrices get their order of appearance in depth as the layer."""
     stored = list(stored)
     info = info or ModelInfo()
     shapes = {st.name: st.shape for st in stored}
@@ -139,7 +147,8 @@ def _ref(st: Stored, p: Part, layer: int) -> MatrixRef:
 
 
 def catalog(model: nn.Module) -> Catalog:
-    """Every weight of 2 or more dims of ``model``, each once (tied weights under their first name).
+    """Every weight of 2 or more dims of ``model``, each once (tied weights under their first name): a
+    :class:`Catalog` of :class:`MatrixRef` reading the live parameters, with the tensors left out counted by reason.
 
     ``param`` and ``source`` of each entry are relative to :func:`unwrap` ``(model)``.
     """
@@ -179,7 +188,8 @@ def _mark_hookable(base: nn.Module, ref: MatrixRef) -> MatrixRef:
 
 
 def log_catalog(what: str, cat: Catalog) -> None:
-    """Log a catalog's counts: what will be measured, what is not and why."""
+    """Log a catalog's counts (INFO; a WARNING when it is empty): what will be measured, what is not and why. Returns
+    None."""
     kinds = Counter(r.kind for r in cat)
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(cat.skipped.items())) or "nothing"
     log.info("catalog of %s: %d matrices (%s); not cataloged: %s", what, len(cat),
@@ -189,7 +199,8 @@ def log_catalog(what: str, cat: Catalog) -> None:
 
 
 def mark_conv1d(names_shapes: dict[str, tuple[int, ...]], model_type: str | None) -> dict[str, bool]:
-    """For parameters read from a file: which are HF GPT-2 ``Conv1D`` weights (``d_in x d_out``)."""
+    """For parameters read from a file: which are HF GPT-2 ``Conv1D`` weights (stored ``d_in x d_out``), as a dict
+    name -> bool over every name of ``names_shapes``."""
     qkv = [s for n, s in names_shapes.items() if matrix_name(n).endswith("attn.c_attn") and len(s) == 2]
     qkv_conv1d = bool(qkv) and qkv[0][1] == 3 * qkv[0][0]
     return {n: split_name(n)[1] == "weight" and gpt2_conv1d(split_name(n)[0], model_type, s, qkv_conv1d)

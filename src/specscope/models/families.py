@@ -66,7 +66,8 @@ class Stored:
 
 @dataclass(frozen=True)
 class Context:
-    """What the split rules need to know about the whole model (the same live and offline)."""
+    """What the split rules need to know about the whole model (the same live and offline): attention heads, hidden
+    width, the modules holding experts, the gates of each recurrent layer, and the model type."""
 
     n_heads: int | None = None
     hidden: int | None = None
@@ -77,7 +78,9 @@ class Context:
 
 @dataclass(frozen=True)
 class Part:
-    """A cataloged matrix before layers are settled: ``layer`` is None outside any block."""
+    """A cataloged matrix before layers are settled: ``layer`` is None outside any block; ``take`` maps the stored
+    tensor to this matrix (``d_out x d_in``, or ``slices x c_out x c_in``); ``unit`` is the depth position it shares
+    with the other parts of one module in a model without blocks."""
 
     name: str
     layer: int | None
@@ -92,19 +95,19 @@ class Part:
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """``(module, leaf)`` of a parameter name."""
+    """``(module, leaf)`` of a parameter name: the text before and after its last dot (module ``""`` without one)."""
     mod, _, leaf = name.rpartition(".")
     return mod, leaf
 
 
 def matrix_name(name: str) -> str:
-    """A matrix's display name: the module name for a ``weight``, else the parameter name."""
+    """A matrix's display name (a str): the module name for a ``weight``, else the parameter name."""
     mod, leaf = split_name(name)
     return mod if leaf == "weight" and mod else name
 
 
 def gpt2_conv1d(module: str, model_type: str | None, shape: tuple[int, ...], qkv_conv1d: bool | None) -> bool:
-    """Whether a stored weight is an HF GPT-2 ``Conv1D`` (known from the config, or from c_attn's shape)."""
+    """Whether a stored weight is an HF GPT-2 ``Conv1D`` (known from the config, or from c_attn's shape): a bool."""
     if len(shape) != 2 or not _GPT2_CONV1D.search(module):
         return False
     if model_type is not None:
@@ -113,7 +116,8 @@ def gpt2_conv1d(module: str, model_type: str | None, shape: tuple[int, ...], qkv
 
 
 def rnn_gates(shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, int], int]:
-    """Gates per recurrent layer, read off ``weight_hh_l{n}`` (``G h x h``): 4 LSTM, 3 GRU, else 1."""
+    """Gates per recurrent layer, read off ``weight_hh_l{n}`` (``G h x h``): a dict ``(module, layer) -> gates``,
+    4 for an LSTM, 3 for a GRU, else 1."""
     out = {}
     for name, shape in shapes.items():
         mod, leaf = split_name(name)
@@ -125,7 +129,7 @@ def rnn_gates(shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, int], int]:
 
 
 def moe_parents(names) -> frozenset[str]:
-    """Modules with an ``experts`` child (their ``gate`` is the router)."""
+    """Modules with an ``experts`` child (their ``gate`` is the router): a frozenset of module names."""
     found = set()
     for n in names:
         i = n.find(".experts.")
@@ -140,7 +144,9 @@ def _rows(i: int, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def split(st: Stored, ctx: Context) -> list[Part]:
-    """The cataloged matrices of one stored parameter (of 2 or more dims)."""
+    """The cataloged matrices of one stored parameter (of 2 or more dims): a list of :class:`Part`, several for a
+    fused (q/k/v, gate/up), per-expert or recurrent-gate weight, else one (a convolution: one part whose kernel
+    positions are its slices)."""
     mod, leaf = split_name(st.name)
     shape = st.shape
     rnn = _RNN.match(leaf)

@@ -36,7 +36,8 @@ _GATE = re.compile(r"^(?P<parent>.*)\.gate$")
 
 
 def block_layer(name: str) -> int | None:
-    """The block index in a name, or None outside any block."""
+    """The block index (an int) in a parameter name (``blocks.3.``, ``h.3.``, ``layers.3.``...), or None outside any
+    block."""
     m = _ANY_LAYER.search(name)
     return int(m.group("layer")) if m else None
 
@@ -48,7 +49,8 @@ def expert_index(name: str) -> int:
 
 
 def classify(name: str, moe_parents: frozenset[str] = frozenset()) -> tuple[int | None, str]:
-    """``(block index or None, kind)`` for a matrix name; unknown names are ``other``.
+    """``(block index or None, kind)`` for a matrix name, ``kind`` one of :data:`KINDS`; unknown names are
+    ``other``.
 
     ``moe_parents``: modules that hold an ``experts`` child; their ``gate`` is the router, not
     a SwiGLU gate.

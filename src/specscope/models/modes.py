@@ -10,7 +10,8 @@ from torch import nn
 
 @contextlib.contextmanager
 def kept_modes(model: nn.Module, eval: bool = False) -> Iterator[None]:
-    """Restore every module's ``training`` flag on exit; with ``eval=True`` switch to eval mode inside."""
+    """A context manager that restores every module's ``training`` flag on exit; with ``eval=True`` it switches the
+    model to eval mode inside. Yields None."""
     modes = [(m, m.training) for m in model.modules()]
     if eval:
         model.eval()
@@ -23,7 +24,8 @@ def kept_modes(model: nn.Module, eval: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def kept_rng() -> Iterator[None]:
-    """Restore the CPU and (initialized) CUDA RNG states on exit."""
+    """A context manager that restores the CPU and (initialized) CUDA RNG states on exit, so measuring draws no
+    random numbers from the training's stream. Yields None."""
     cpu = torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:

@@ -41,9 +41,10 @@ class MatrixRef:
 
     @property
     def numel(self) -> int:
+        """Elements of the matrix (all slices): ``slices * d_out * d_in``."""
         return self.slices * self.shape[0] * self.shape[1]
 
     @property
     def rank(self) -> int:
-        """Length of the spectrum: ``min(d_out, d_in)`` per slice, pooled over slices."""
+        """Length of the spectrum (number of singular values): ``min(d_out, d_in)`` per slice, pooled over slices."""
         return self.slices * min(self.shape)

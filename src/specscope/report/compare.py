@@ -21,6 +21,10 @@ def _table(df) -> str:
 
 def render_comparison(runs: Sequence[Run], target: float | None = None, chain: bool = False,
                       names: Sequence[str] | None = None) -> str:
+    """The comparison report of ``runs`` as one self-contained HTML document (a str, figures embedded as PNG): the
+    token-efficiency forecast across batch sizes, or with ``chain`` the taxonomy of the chain's transitions
+    (``names``: stage names, default the run ids). ``target``: the matched validation loss (None: the loosest
+    every run reached; for a chain, each transition at the loosest loss both of its runs reached)."""
     given = target
     target = target if target is not None else common_target(runs)
     names = list(names) if names is not None else [r.run_id for r in runs]
@@ -57,6 +61,7 @@ def render_comparison(runs: Sequence[Run], target: float | None = None, chain: b
 
 def write_comparison(runs: Sequence[Run], out: str | os.PathLike, target: float | None = None, chain: bool = False,
                      names: Sequence[str] | None = None) -> Path:
+    """Write :func:`render_comparison` to ``out`` (atomically, parent directories created): the written path."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, render_comparison(runs, target, chain, names).encode("utf-8"))

@@ -16,7 +16,8 @@ def _track_label(name: str, layer: int, kind: str) -> str:
 
 
 def gap_timeline(table: pd.DataFrame, events: pd.DataFrame) -> Figure | None:
-    """Gap ratio of the global trajectory over steps, phases shaded, ``kstar`` below, validation loss on a twin axis."""
+    """Gap ratio of the global trajectory over steps, phases shaded, ``kstar`` below, validation loss on a twin axis,
+    from :func:`~specscope.analysis.edge_analysis`'s table and events. A Figure; None without a gap ratio."""
     if table.empty or table["gap_ratio"].notna().sum() == 0:
         return None
     fig = Figure(figsize=(10, 4.2), layout="constrained")
@@ -46,7 +47,8 @@ def gap_timeline(table: pd.DataFrame, events: pd.DataFrame) -> Figure | None:
 
 
 def window_spectra(spectra: pd.DataFrame, top: int = 6) -> Figure | None:
-    """The top singular values of each trajectory window over time, one panel per track."""
+    """The ``top`` singular values of each trajectory window over time, one panel per track. A Figure; None without
+    trajectory spectra."""
     df = spectra[spectra["probe"].str.startswith("trajectory")]
     if df.empty:
         return None
@@ -65,7 +67,8 @@ def window_spectra(spectra: pd.DataFrame, top: int = 6) -> Figure | None:
 
 
 def stability(metrics: pd.DataFrame) -> Figure | None:
-    """``stability[j]`` (overlap of the top directions of the two half-windows) over time, per track."""
+    """``stability[j]`` (overlap of the top directions of the two half-windows, in [0, 1]) over time, per track. A
+    Figure; None without stability values."""
     df = metrics[metrics["probe"].str.startswith("trajectory") & metrics["metric"].str.startswith("stability[")]
     df = df.dropna(subset=["value"])
     if df.empty:
@@ -85,7 +88,8 @@ def stability(metrics: pd.DataFrame) -> Figure | None:
 
 def grokking(scalars: pd.DataFrame, metrics: pd.DataFrame, threshold: float = 0.95) -> Figure | None:
     """Train / test accuracy, ``gap12`` of ``W_Q`` and its trajectory gap ratio, and the Fourier concentrations, with
-    the first step where test accuracy reaches ``threshold`` marked."""
+    the first step where test accuracy reaches ``threshold`` (a fraction) marked. A Figure; None when the run logged
+    no ``test_acc``."""
     if "test_acc" not in scalars or scalars["test_acc"].notna().sum() == 0:
         return None
     sc = scalars.dropna(subset=["test_acc"]).sort_values("step")

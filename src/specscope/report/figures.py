@@ -29,13 +29,14 @@ def _grid(n: int, width: float = 3.6, height: float = 2.8, ncols: int = 4) -> tu
 
 
 def smooth(y: np.ndarray, frac: float = 0.02) -> np.ndarray:
-    """Centered moving average over ``frac`` of the series (at least 1 point)."""
+    """Centered moving average of ``y`` over ``frac`` of its length (at least 1 point): a float array as long as
+    ``y``."""
     return moving_average(y, max(1, int(len(y) * frac)))
 
 
 def loss_curves(scalars: pd.DataFrame) -> Figure:
     """Training (raw and smoothed) and validation loss, and the schedule and throughput, against tokens (steps when
-    the run logged no tokens)."""
+    the run logged no tokens): a Figure."""
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
     xcol = "tokens" if "tokens" in scalars and pd.to_numeric(scalars["tokens"], errors="coerce").notna().any() else "step"
@@ -65,7 +66,7 @@ def loss_curves(scalars: pd.DataFrame) -> Figure:
 
 def heatmaps(metrics: pd.DataFrame, metric: str, cmap: str = "viridis") -> Figure | None:
     """One heatmap per kind of hidden matrix (layer >= 0): layer (rows) x step (columns), the parts of one layer
-    (experts, gates) averaged; kinds whose values are all NaN are left out (None when every kind's are)."""
+    (experts, gates) averaged; kinds whose values are all NaN are left out. A Figure; None when every kind's are."""
     df = metrics[(metrics["metric"] == metric) & (metrics["layer"] >= 0)].dropna(subset=["value"])
     if df.empty:
         return None
@@ -101,7 +102,8 @@ def _plot_distribution(ax, lam: np.ndarray, color: str, label: str, scale: int |
 
 
 def final_spectra(spectra: pd.DataFrame, scale: int | None = None) -> Figure | None:
-    """Final eigen distributions p_j (log-log), one panel per kind, with the tail power-law fit dashed."""
+    """Final eigen distributions p_j (log-log), one panel per kind, with the tail power-law fit dashed (``scale``:
+    model width, for the tail window). A Figure; None without spectra."""
     if spectra.empty:
         return None
     last = spectra[spectra["step"] == spectra["step"].max()]
@@ -122,7 +124,8 @@ def final_spectra(spectra: pd.DataFrame, scale: int | None = None) -> Figure | N
 
 
 def sd_variation(across: pd.DataFrame) -> Figure | None:
-    """SoSD: singular-distribution variation between consecutive measurements, per kind."""
+    """SoSD: singular-distribution variation between consecutive measurements, per kind, from
+    :func:`~specscope.analysis.across_time`'s frame. A Figure; None without ``sd_variation`` values."""
     df = across[(across["metric"] == "sd_variation")].dropna(subset=["value"])
     if df.empty:
         return None
@@ -148,7 +151,8 @@ def _chosen_steps(steps: np.ndarray, k: int = 4) -> list[int]:
 
 
 def lens_spectra(spectra: pd.DataFrame) -> Figure | None:
-    """Activation and per-sample gradient spectra at chosen steps, with the tail power-law fit dashed."""
+    """Activation and per-sample gradient spectra at chosen steps, with the tail power-law fit dashed. A Figure; None
+    without activation or gradient spectra."""
     df = spectra[spectra["probe"].isin(["activations", "gradients"])]
     if df.empty:
         return None
@@ -170,7 +174,8 @@ def lens_spectra(spectra: pd.DataFrame) -> Figure | None:
 
 
 def lens_trajectories(metrics: pd.DataFrame) -> Figure | None:
-    """``rankme`` and ``alpha_tail`` of the activation and gradient spectra over training."""
+    """``rankme`` and ``alpha_tail`` of the activation and gradient spectra over training. A Figure; None without
+    them."""
     df = metrics[metrics["probe"].isin(["activations", "gradients"]) & metrics["metric"].isin(["rankme", "alpha_tail"])]
     if df.empty:
         return None

@@ -67,7 +67,8 @@ def _weight_sections(have: RunContents, metrics, spectra, across) -> list[str]:
 
 
 def render(run: Run) -> str:
-    """The whole report of ``run`` as one HTML document: every section, or one line saying what the run lacks."""
+    """The whole report of ``run`` as one self-contained HTML document (a str, figures embedded as PNG): every
+    section, or one line saying what the run lacks."""
     meta = run.meta
     all_metrics, all_spectra = run.metrics(), run.spectra()
     metrics = all_metrics[all_metrics["probe"] == "weights"]
@@ -166,7 +167,8 @@ def _trajectory_sections(f: Finding, metrics, spectra, scalars) -> list[str]:
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write ``report.html`` for a run (default: inside the run directory); returns its path."""
+    """Write the report of the run at ``run_dir`` to ``out`` (default: ``report.html`` inside the run directory),
+    atomically; returns the written path."""
     run = open_run(run_dir)
     path = Path(out) if out is not None else run.dir / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)

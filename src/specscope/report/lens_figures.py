@@ -26,7 +26,7 @@ def _legend(ax) -> None:
 
 def matched_spectra(ax, runs: Sequence[Run], labels: Sequence[str], target: float, probe: str) -> None:
     """The last ``probe`` spectrum (deepest layer) of each run at or before it first reaches ``target``
-    (dashed: the power law over the tail window)."""
+    (dashed: the power law over the tail window), drawn on ``ax``. Returns None."""
     steps = align(runs, loss=target)["step"].tolist()
     for i, (run, lbl, step) in enumerate(zip(runs, labels, steps)):
         spec = run.spectra(probe=probe)
@@ -55,7 +55,8 @@ def _loss_axes(ax, runs: Sequence[Run], labels: Sequence[str], target: float) ->
 
 
 def lens_figure(runs: Sequence[Run], curve: pd.DataFrame, target: float) -> Figure:
-    """One family across batch sizes: loss, matched-loss activation spectra (Fig. 1a), alpha_tail over tokens, rho vs budget (Fig. 8)."""
+    """One family across batch sizes: loss, matched-loss activation spectra (Fig. 1a), alpha_tail over tokens, rho vs
+    budget (Fig. 8; ``curve`` from :func:`~specscope.analysis.lens.rho_vs_budget`). A Figure."""
     runs = sorted(runs, key=lambda r: effective_batch(r) or 0)
     labels = [f"B={effective_batch(r)}" for r in runs]
     fig = Figure(figsize=(15, 3.8), layout="constrained")
@@ -79,7 +80,8 @@ def lens_figure(runs: Sequence[Run], curve: pd.DataFrame, target: float) -> Figu
 
 
 def taxonomy_axes(ax, table: pd.DataFrame) -> None:
-    """Token gain vs throughput gain of each transition, colored by its label (Spectral Lens Fig. 3a style)."""
+    """Token gain vs throughput gain of each transition of a taxonomy table, colored by its label (Spectral Lens
+    Fig. 3a style), drawn on ``ax``. Returns None."""
     ax.axhline(0, color="0.7", lw=0.8)
     ax.axvline(0, color="0.7", lw=0.8)
     for lbl, g in table.groupby("label"):
@@ -94,6 +96,7 @@ def taxonomy_axes(ax, table: pd.DataFrame) -> None:
 
 
 def taxonomy_scatter(table: pd.DataFrame) -> Figure | None:
+    """:func:`taxonomy_axes` of a taxonomy table on a figure of its own. A Figure; None for an empty table."""
     if table.empty:
         return None
     fig = Figure(figsize=(6.4, 4.6), layout="constrained")
@@ -102,7 +105,8 @@ def taxonomy_scatter(table: pd.DataFrame) -> Figure | None:
 
 
 def taxonomy_figure(chain: Sequence[Run], names: Sequence[str], table: pd.DataFrame, target: float) -> Figure:
-    """A chain of interventions: loss, activation and gradient spectra at matched loss, and the taxonomy scatter."""
+    """A chain of interventions: loss, activation and gradient spectra at matched loss ``target``, and the taxonomy
+    scatter of ``table``. A Figure."""
     fig = Figure(figsize=(15, 3.8), layout="constrained")
     ax_loss, ax_act, ax_grad, ax_tax = fig.subplots(1, 4)
     _loss_axes(ax_loss, chain, names, target)

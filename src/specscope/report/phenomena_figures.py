@@ -11,7 +11,8 @@ from .figures import _grid, _kinds
 
 def sosd_figure(across: pd.DataFrame, scalars: pd.DataFrame, table: pd.DataFrame, verdict: dict,
                 curves: pd.DataFrame) -> Figure | None:
-    """SD variation per kind (median over layers) with onsets, the loss with its knee, and cos to the final state."""
+    """SD variation per kind (median over layers) with onsets, the loss with its knee, and cos to the final state. A
+    Figure; None without ``sd_variation`` of hidden matrices."""
     sd = across[(across["metric"] == "sd_variation") & (across["layer"] >= 0)].dropna(subset=["value"])
     if sd.empty:
         return None
@@ -48,7 +49,8 @@ def sosd_figure(across: pd.DataFrame, scalars: pd.DataFrame, table: pd.DataFrame
 
 
 def wave_figure(table: pd.DataFrame, verdict: dict) -> Figure | None:
-    """Compression gradient across depth and the wave-front layer over time."""
+    """Compression gradient across depth and the wave-front layer over time, from
+    :func:`~specscope.analysis.lifecycle.compression_waves`. A Figure; None without a finite gradient."""
     if table.empty or not np.isfinite(table["gradient"]).any():
         return None
     fig, axes = _grid(2, width=5.2, height=3.0, ncols=2)
@@ -66,7 +68,8 @@ def wave_figure(table: pd.DataFrame, verdict: dict) -> Figure | None:
 
 
 def depth_profile_figure(final: pd.DataFrame, metric: str) -> Figure | None:
-    """Final ``metric`` by layer, one line per kind (Q/K solid, the rest dashed)."""
+    """Final ``metric`` by layer, one line per kind (Q/K solid, the rest dashed), from
+    :func:`~specscope.analysis.lifecycle.final_metric`. A Figure; None when it is empty."""
     if final.empty:
         return None
     fig = Figure(figsize=(6.5, 3.6), layout="constrained")
@@ -82,7 +85,8 @@ def depth_profile_figure(final: pd.DataFrame, metric: str) -> Figure | None:
 
 
 def pruning_figure(importance: pd.DataFrame, summary: pd.DataFrame, metric: str) -> Figure | None:
-    """Block importance beside its alpha, and delta-perplexity vs k per pruning rule."""
+    """Block importance beside its alpha, and delta-perplexity vs k per pruning rule. A Figure; None without an
+    importance table."""
     if importance.empty:
         return None
     fig, (ax_imp, ax_k) = _grid(2, width=5.2, height=3.2, ncols=2)

@@ -11,7 +11,10 @@ SUMMARY_METRICS = ("stable_rank", "alpha_tail", "alpha_head", "entropy_norm", "s
 
 
 def kind_table(metrics: pd.DataFrame, probe: str = "weights") -> pd.DataFrame:
-    """Per kind (block matrices), mean over layers at the first and last measured step."""
+    """Per kind of hidden matrix (layer >= 0) of ``probe``: a DataFrame of display strings with columns ``kind``,
+    ``layers`` (count), one column per ``SUMMARY_METRICS`` (``"first → last"``, means over layers at the first and
+    last measured step) and ``compression`` (``1 - sr_last / sr_first`` of the stable rank, as a percentage); empty
+    when nothing was measured."""
     df = metrics[(metrics["probe"] == probe) & (metrics["layer"] >= 0) & metrics["metric"].isin(SUMMARY_METRICS)]
     if df.empty:
         return pd.DataFrame()
@@ -31,6 +34,9 @@ def kind_table(metrics: pd.DataFrame, probe: str = "weights") -> pd.DataFrame:
 
 
 def summary(run: Run) -> str:
+    """A few lines of plain text about ``run`` for a terminal: its steps, tokens, final losses and throughput
+    (tokens/s), how many measurements and NaN values it holds, :func:`kind_table`, and the first → last ``rankme``
+    and ``alpha_tail`` of its activation and gradient spectra. One string, no trailing newline."""
     meta = run.meta
     lines = [f"run {run.run_id}  ({run.dir})"]
     s = meta.get("summary") or {}

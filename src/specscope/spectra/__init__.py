@@ -26,8 +26,14 @@ def describe(x, spectrum: str = "sv", scale: int | None = None, method: str = "g
 
     ``x`` is a 2-D matrix (tensor or array), or a 1-D spectrum: singular values
     (``spectrum="sv"``, default) or eigenvalues (``spectrum="eig"``, e.g. a covariance
-    spectrum). The dict maps each metric to a float and ``"status"`` to ``"ok"`` or the
-    reasons some metrics are NaN. Never raises on NaN/Inf input.
+    spectrum; their square roots are taken as singular values). ``scale`` (model width)
+    selects the tail window; ``method`` is the singular-value method for a matrix. The dict
+    maps each metric name of :func:`spectrum_metrics` (``stable_rank``, ``alpha_tail``, ...)
+    to a Python float (dimensionless, except ``spectral_norm`` in the units of the singular
+    values, ``frob_sq`` and ``xmin`` in their square, and ``kstar``, ``k95``,
+    ``head_tail_knee`` in ranks) and ``"status"`` to ``"ok"`` or the reasons some metrics
+    are NaN. Never raises on NaN/Inf input; raises ValueError on other shapes or an unknown
+    ``spectrum``.
     """
     arr = x.detach().cpu() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim == 2:

@@ -16,12 +16,15 @@ KSTAR_JMAX = 16
 
 @dataclass
 class MetricTable:
-    """Values and status per metric for a batch of B spectra."""
+    """Values and status per metric for a batch of B spectra: ``values[name]`` a float64 array of shape (B,),
+    ``status[name]`` an object array of shape (B,) of ``"ok"`` or the reason the value is NaN."""
 
     values: dict[str, np.ndarray] = field(default_factory=dict)
     status: dict[str, np.ndarray] = field(default_factory=dict)
 
     def put(self, name: str, vals: np.ndarray, status: np.ndarray | str | None = None) -> None:
+        """Store metric ``name`` (values cast to float64) with its status (one string for all rows, one per row,
+        or None: ``"ok"``); a non-finite value whose status is ``"ok"`` gets ``"not finite"``. Returns None."""
         vals = np.asarray(vals, dtype=np.float64)
         st = np.full(vals.shape, "ok", dtype=object)
         if isinstance(status, str):
@@ -33,6 +36,7 @@ class MetricTable:
         self.status[name] = st
 
     def row(self, i: int) -> dict[str, tuple[float, str]]:
+        """Spectrum ``i`` of the batch: metric name -> ``(value as a Python float, status)``, in insertion order."""
         return {k: (float(v[i]), str(self.status[k][i])) for k, v in self.values.items()}
 
 
@@ -49,11 +53,18 @@ def spectrum_metrics(
     knee: bool = True,
     mle: bool = True,
 ) -> MetricTable:
-    """Every SPEC section 3 metric for singular values ``sv`` (B, r), plus ``log_norm``.
+    """Every SPEC section 3 metric for singular values ``sv`` (B, r), each row descending, plus ``log_norm``.
 
-    ``scale`` (model width) selects the tail window; ``tail`` overrides it. ``knee`` and
-    ``mle`` switch off the two fits that cost a Python step per spectrum. Rows with
-    non-finite values or rank 0 give NaN everywhere with a status.
+    Returns a :class:`MetricTable` with one value per spectrum for: ``frob_sq`` (sum of
+    squared singular values), ``log_norm`` (log10 of it), ``spectral_norm`` (largest singular
+    value), ``stable_rank``, ``entropy`` (nats), ``entropy_norm``, ``rankme``, ``alpha_head``,
+    ``alpha_tail``, one ``alpha_rank[a:b]`` per bank window, ``head_tail_knee`` (rank) and
+    ``alpha_tail_auto`` (``knee``), ``alpha_mle``, ``alpha_weighted``, ``xmin`` (eigenvalue
+    units), ``n_tail`` (eigenvalues), ``ks_d``, ``alpha_sigma`` (``mle``), ``gap12``,
+    ``ratio[1..4]``, ``kstar`` (rank), ``gap_ratio`` and ``k95`` (ranks). ``scale`` (model
+    width) selects the tail window; ``tail`` overrides it. ``knee`` and ``mle`` switch off
+    the two fits that cost a Python step per spectrum. Rows with non-finite values or rank 0
+    give NaN everywhere with a status.
     """
     sv = np.atleast_2d(np.asarray(sv, dtype=np.float64))
     bsz, r = sv.shape

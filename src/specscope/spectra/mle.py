@@ -19,6 +19,11 @@ EVALS_THRESH = 1e-5
 
 @dataclass
 class PowerLawFit:
+    """One power-law tail fit of an ESD: ``alpha`` (the exponent, dimensionless), ``xmin`` (the tail's smallest
+    eigenvalue, in eigenvalue units), ``n_tail`` (eigenvalues in the tail), ``ks_d`` (KS distance, in [0, 1]),
+    ``alpha_sigma`` (standard error of alpha, ``(alpha - 1) / sqrt(n_tail)``) and ``status`` (``"ok"`` or why the
+    fields are NaN)."""
+
     alpha: float
     xmin: float
     n_tail: int
@@ -28,11 +33,14 @@ class PowerLawFit:
 
     @classmethod
     def failed(cls, status: str) -> "PowerLawFit":
+        """A fit that did not happen: NaN everywhere, ``n_tail`` 0, and ``status`` saying why."""
         return cls(np.nan, np.nan, 0, np.nan, np.nan, status)
 
 
 def fit_power_law(evals: np.ndarray, thresh: float = EVALS_THRESH, max_elems: int = 2**24) -> PowerLawFit:
-    """Fit the tail of the eigenvalues ``evals`` (any order) as WeightWatcher 0.7.7 does."""
+    """Fit the tail of the eigenvalues ``evals`` (any order) as WeightWatcher 0.7.7 does: a :class:`PowerLawFit`
+    (a failed one, NaN with a status, for non-finite input or fewer than 2 eigenvalues above ``thresh``).
+    ``max_elems`` bounds the KS work array (elements per chunk)."""
     lam = np.asarray(evals, dtype=np.float64).ravel()
     if not np.isfinite(lam).all():
         return PowerLawFit.failed("non-finite spectrum")

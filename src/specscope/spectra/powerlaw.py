@@ -16,8 +16,9 @@ KNEE_FIT_FRACTION = 0.9
 def rank_fit(p: np.ndarray, window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares line ``ln p_j = c - alpha ln j`` over ``j in [a, b]`` (1-based, inclusive).
 
-    Returns (alpha, c, status): NaN with a status where the window leaves the spectrum or
-    holds non-positive values.
+    Returns (alpha, c, status), each of shape (B,): alpha (float64, dimensionless), the
+    intercept c (float64, in ``ln p`` units) and status (object array, ``"ok"`` or why);
+    NaN with a status where the window leaves the spectrum or holds non-positive values.
     """
     p = np.atleast_2d(np.asarray(p, dtype=np.float64))
     bsz, r = p.shape
@@ -45,7 +46,8 @@ def rank_fit(p: np.ndarray, window: tuple[int, int]) -> tuple[np.ndarray, np.nda
 def alpha_rank(p: np.ndarray, window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Rank-decay exponent: ``-slope`` of ``ln p_j`` on ``ln j`` over the window (Spectral Lens eq. 2).
 
-    Returns (values, status).
+    Returns (values, status), each of shape (B,): float64 exponents (dimensionless) and an
+    object array of ``"ok"`` or why the value is NaN.
     """
     alpha, _, status = rank_fit(p, window)
     return alpha, status
@@ -91,8 +93,9 @@ def head_tail_knee(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Fits ``ln p_j`` against ``ln j`` on ranks ``1..floor(0.9 r)`` (cut at the last positive
     value) with a continuous two-segment line, choosing the break that minimizes the
-    squared error. Returns (knee rank, ``alpha_tail_auto`` = ``alpha_rank`` from the knee to
-    the end of the fit range, status).
+    squared error. Returns (knee rank (1-based, float64), ``alpha_tail_auto`` = ``alpha_rank``
+    from the knee to the end of the fit range, status), each of shape (B,); NaN with a status
+    where a row is non-finite or has too few positive ranks.
     """
     p = np.atleast_2d(np.asarray(p, dtype=np.float64))
     bsz, r = p.shape

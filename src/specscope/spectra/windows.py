@@ -15,6 +15,8 @@ MIN_WINDOW_RANKS = 20
 
 
 def clip_window(window: tuple[int, int], r: int) -> tuple[int, int] | None:
+    """``window`` (1-based inclusive ranks ``(a, b)``) with ``b`` clipped to the spectrum length ``r``, or None when
+    what is left starts before rank 1 or holds fewer than 2 ranks."""
     a, b = window
     b = min(b, r)
     if a < 1 or b - a + 1 < 2:
@@ -23,7 +25,8 @@ def clip_window(window: tuple[int, int], r: int) -> tuple[int, int] | None:
 
 
 def tail_window(r: int, scale: int | None = None) -> tuple[int, int] | None:
-    """The tail window for a spectrum of length ``r`` from a model of width ``scale``.
+    """The tail window ``(a, b)`` (1-based inclusive ranks) for a spectrum of length ``r`` from a model of width
+    ``scale``, or None when no window fits.
 
     Widths of at least 768 take the Spectral Lens bank entry for the largest width they
     reach (when it fits in ``r``). Narrower models take the deepest toy-bank window that
@@ -43,7 +46,8 @@ def tail_window(r: int, scale: int | None = None) -> tuple[int, int] | None:
 
 
 def bank_windows(r: int) -> list[tuple[int, int]]:
-    """Every bank window (toy and scale) that fits, clipped, in a spectrum of length r."""
+    """Every bank window (toy and scale) that fits, clipped, in a spectrum of length ``r`` and keeps at least
+    ``MIN_WINDOW_RANKS`` ranks: a list of ``(a, b)`` rank pairs (1-based, inclusive), without repeats, toy bank first."""
     wins = [clip_window(w, r) for w in TOY_BANK] + [w for _, w in SCALE_BANK if w[1] <= r]
     seen: list[tuple[int, int]] = []
     for w in wins:
@@ -53,4 +57,5 @@ def bank_windows(r: int) -> list[tuple[int, int]]:
 
 
 def window_name(window: tuple[int, int]) -> str:
+    """The metric name of the rank-decay exponent over ``window``: ``"alpha_rank[a:b]"``."""
     return f"alpha_rank[{window[0]}:{window[1]}]"

@@ -18,7 +18,8 @@ ARTIFACTS = "artifacts"
 
 
 def jsonable(x: Any) -> Any:
-    """Plain JSON values: numpy scalars unwrapped, NaN / inf as None."""
+    """``x`` as plain JSON values (dicts with str keys, lists, Python scalars): numpy scalars unwrapped, tuples as
+    lists, NaN / inf as None."""
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -31,7 +32,8 @@ def jsonable(x: Any) -> Any:
 
 
 def save_artifact(run_dir: str | os.PathLike, name: str, tables: dict[str, pd.DataFrame], verdict: dict) -> Path:
-    """Write ``tables`` (one Parquet file each) and ``verdict.json`` under ``RUN/artifacts/name/``."""
+    """Write ``tables`` (one Parquet file each, named by key) and ``verdict.json`` under ``RUN/artifacts/name/``,
+    each atomically: returns that directory's Path."""
     d = Path(run_dir) / ARTIFACTS / name
     d.mkdir(parents=True, exist_ok=True)
     for key, df in tables.items():
@@ -41,7 +43,8 @@ def save_artifact(run_dir: str | os.PathLike, name: str, tables: dict[str, pd.Da
 
 
 def load_artifact(run_dir: str | os.PathLike, name: str) -> tuple[dict[str, pd.DataFrame], dict] | None:
-    """The tables and verdict saved under ``name``, or None."""
+    """``(tables, verdict)`` saved under ``name``: a dict of DataFrames by file stem and the verdict dict; None when
+    nothing was saved there."""
     d = Path(run_dir) / ARTIFACTS / name
     if not (d / "verdict.json").is_file():
         return None

@@ -28,7 +28,8 @@ _TMP_GLOB = ".*.tmp"
 
 @dataclass(frozen=True)
 class Part:
-    """One part file: its writer (``""`` for the old un-namespaced layout) and the range it covers."""
+    """One part file: its ``path``, its writer (``""`` for the old un-namespaced layout) and the range of part
+    numbers ``first..last`` (inclusive) it covers."""
 
     path: Path
     first: int
@@ -38,19 +39,21 @@ class Part:
 
 def sanitize_writer_id(writer_id: str) -> str:
     """``writer_id`` with every character outside ``[A-Za-z0-9_.]`` replaced by ``_`` (and a leading
-    ``w`` where it would be all digits), so it can stand in a part file name."""
+    ``w`` where it would be all digits), so it can stand in a part file name: a non-empty str."""
     clean = re.sub(r"[^A-Za-z0-9_.]", "_", str(writer_id)) or "w"
     return clean if re.search(r"[A-Za-z_.]", clean) else "w" + clean
 
 
 def part_name(first: int, last: int | None = None, writer: str = "") -> str:
-    """The file name of parts ``first..last`` of ``writer`` (``""``: the old un-namespaced layout)."""
+    """The file name (a str, no directory) of parts ``first..last`` of ``writer`` (``""``: the old un-namespaced
+    layout), part numbers zero-padded to 6 digits."""
     prefix = f"part-{writer}-" if writer else "part-"
     return f"{prefix}{first:06d}.parquet" if last is None else f"{prefix}{first:06d}-{last:06d}.parquet"
 
 
 def all_parts(table_dir: Path) -> list[Part]:
-    """Every part file of one table (live or covered by a compacted range), unordered."""
+    """Every part file of one table (live or covered by a compacted range), unordered: a list of :class:`Part`, empty
+    when the directory is missing."""
     try:
         entries = list(table_dir.iterdir())
     except (FileNotFoundError, NotADirectoryError):
@@ -65,7 +68,8 @@ def all_parts(table_dir: Path) -> list[Part]:
 
 
 def list_parts(table_dir: Path, writer: str | None = None) -> list[Part]:
-    """Live parts of one table (of every writer, or of ``writer`` only), ordered by writer and range.
+    """Live parts of one table (of every writer, or of ``writer`` only): a list of :class:`Part` ordered by writer and
+    range.
 
     A part that a compacted range of the same writer covers is skipped, so a reader that lists
     while a compaction is replacing parts sees the rows once, either way."""
@@ -111,17 +115,18 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (a reader sees the old file or the whole new one)."""
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the whole new one); returns None."""
     _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
-    """Write ``table`` as Parquet to ``path`` atomically."""
+    """Write ``table`` as zstd-compressed Parquet to ``path`` atomically; returns None."""
     _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def remove_stale_tmp(dirs: list[Path], older_than_s: float) -> int:
-    """Remove hidden ``.*.tmp`` files (left by a crash mid-write) older than ``older_than_s`` in ``dirs``."""
+    """Remove hidden ``.*.tmp`` files (left by a crash mid-write) older than ``older_than_s`` seconds in ``dirs``:
+    the number of files removed."""
     cutoff = time.time() - older_than_s
     removed = 0
     for d in dirs:

@@ -44,7 +44,8 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if absent); a no-op where ``fcntl`` is missing."""
+    """A context manager that holds an exclusive advisory lock on ``path`` (created if absent) while inside; a no-op
+    where ``fcntl`` is missing. Yields None."""
     try:
         import fcntl
     except ImportError:  # Windows: atomic replace still keeps the file whole

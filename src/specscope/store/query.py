@@ -84,7 +84,8 @@ def _runs_frame(runs: list[Path]) -> pd.DataFrame:
 
 
 def connect(roots: Iterable[str | os.PathLike]) -> duckdb.DuckDBPyConnection:
-    """A sandboxed DuckDB connection holding the tables of every run found under ``roots`` (see module docstring).
+    """A sandboxed DuckDB connection (``duckdb.DuckDBPyConnection``; the caller closes it) holding the tables of every
+    run found under ``roots`` as the views ``metrics``, ``spectra``, ``scalars`` and ``runs`` (see module docstring).
 
     Every table is read into memory first (parts that vanish under a concurrent compaction are skipped, as in
     :func:`~specscope.store.reader.read_table`); a run store with no rows of a table gives an empty table with the
@@ -102,7 +103,9 @@ def connect(roots: Iterable[str | os.PathLike]) -> duckdb.DuckDBPyConnection:
 
 
 def query(sql: str, roots: Iterable[str | os.PathLike] = ("runs",)) -> pd.DataFrame:
-    """Run ``sql`` (SELECT only, sandboxed) over every run under ``roots``; returns a DataFrame.
+    """Run ``sql`` (SELECT only, sandboxed) over every run under ``roots``; returns the result as a DataFrame (columns
+    as the query names them; the views' columns are those of :mod:`specscope.store.schema`, plus ``runs`` with
+    ``run_id``, ``path``, ``created``, ``closed`` and ``config`` as JSON text).
 
     Raises :class:`~specscope.errors.QueryError` with a one-line message when the SQL is invalid, fails, or tries
     anything beyond reading the run tables (files, COPY, ATTACH, extensions, settings).

@@ -22,11 +22,14 @@ METRIC_COLUMNS = ["step", "tokens", "probe", "layer", "kind", "metric", "value",
 
 
 def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds a run store: a ``meta.json`` or a directory of one of the tables (a run still being
+    written may have parts before its meta)."""
     return (path / META_FILE).is_file() or any((path / t).is_dir() for t in TABLES)
 
 
 def find_runs(roots: Iterable[str | os.PathLike]) -> list[Path]:
-    """Run directories at or below each root (a root may itself be a run)."""
+    """Run directories at or below each root (a root may itself be a run): a list of Paths, each root's runs in path
+    order. A root that does not exist or is not a directory is a :class:`RunNotFoundError`."""
     found: list[Path] = []
     for root in roots:
         root = Path(root)
@@ -43,8 +46,8 @@ def find_runs(roots: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def part_files(run_dir: Path, table: str) -> list[Path]:
-    """Live part files of one table, every writer's; a part whose Parquet footer cannot be read
-    (corrupt, or vanished under a compaction) is left out with a warning naming it."""
+    """Live part files of one table, every writer's, as a list of Paths ordered by writer and range; a part whose
+    Parquet footer cannot be read (corrupt, or vanished under a compaction) is left out with a warning naming it."""
     out = []
     for p in list_parts(Path(run_dir) / table):
         try:
@@ -77,7 +80,8 @@ def _read_parts(run_dir: Path, table: str, filters: list | None, raise_vanished:
 
 
 def read_table(run_dir: Path, table: str, filters: list | None = None) -> pa.Table:
-    """All live parts of one table, every writer's, as one table.
+    """All live parts of one table, every writer's, as one Arrow table with the table's schema (empty when the run
+    has no rows of it; ``filters``: pyarrow row filters).
 
     A part that vanished between listing and reading (a compaction replaced it) makes the read list
     again, once: the compacted file, written before the parts were removed, then covers it. A
@@ -98,7 +102,10 @@ def _with_part(df: pd.DataFrame) -> pd.DataFrame:
 
 
 class Run:
-    """A run directory, opened for reading (see :func:`open_run`)."""
+    """A run directory, opened for reading (see :func:`open_run`): ``dir`` is its Path; ``meta``, ``run_id`` and
+    ``config`` read ``meta.json``; :meth:`metrics`, :meth:`spectra` and :meth:`scalars` read its tables as
+    DataFrames, every call from disk (so a run still being written shows its new rows). A path that is not a run
+    is a :class:`RunNotFoundError`."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = Path(run_dir)
@@ -112,19 +119,25 @@ class Run:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """``meta.json``; ``{}`` (with a warning) when missing or invalid."""
+        """The run's ``meta.json`` as a dict (run id, config, summary, writers...), read afresh; ``{}`` (with a
+        warning) when missing or invalid."""
         return read_meta(self.dir)
 
     @property
     def run_id(self) -> str:
+        """The run's id from ``meta.json``, else the directory name."""
         return self.meta.get("run_id", self.dir.name)
 
     @property
     def config(self) -> dict[str, Any]:
+        """The run's config (``meta.json``'s ``config``, as the user or trainer passed it); ``{}`` when none."""
         return self.meta.get("config", {}) or {}
 
     def metrics(self, probe: str | None = None, metric: str | None = None, kind: str | None = None) -> pd.DataFrame:
-        """Long frame: step, tokens, probe, layer, kind, metric, value (+ part, name, status, run_id)."""
+        """Every scalar metric (optionally of one ``probe``, ``metric``, ``kind``): a long DataFrame with columns
+        ``step``, ``tokens``, ``probe``, ``layer``, ``kind``, ``metric``, ``value`` (float64; NaN with a reason in
+        ``status``), ``part`` (int, -1 unless the matrix is one of several), ``name``, ``status`` and ``run_id``,
+        sorted by step, probe, layer, kind, part, metric."""
         filters = [(c, "=", v) for c, v in (("probe", probe), ("metric", metric), ("kind", kind)) if v is not None]
         df = _with_part(read_table(self.dir, "metrics", filters or None).to_pandas())
         return df[METRIC_COLUMNS].sort_values(["step", "probe", "layer", "kind", "part", "metric"],
@@ -137,14 +150,19 @@ class Run:
         kind: str | None = None,
         step: int | None = None,
     ) -> pd.DataFrame:
-        """Full stored spectra: one row per (step, probe, layer, kind, part, name), ``values`` a float64 array."""
+        """Full stored spectra (optionally filtered): a DataFrame with one row per (step, probe, layer, kind, part,
+        name) and the schema's columns; ``values`` is a float64 array, descending, whose ``quantity`` is ``"sv"``
+        (singular values) or ``"eig"`` (eigenvalues), and ``status`` says why a spectrum is missing or partial."""
         filters = [(c, "=", v) for c, v in (("probe", probe), ("layer", layer), ("kind", kind), ("step", step)) if v is not None]
         df = _with_part(read_table(self.dir, "spectra", filters or None).to_pandas())
         df["values"] = [np.asarray(v, dtype=np.float64) for v in df["values"]]
         return df.sort_values(["step", "probe", "layer", "kind", "part", "name"], kind="stable").reset_index(drop=True)
 
     def scalars(self, wide: bool = True) -> pd.DataFrame:
-        """Training scalars. Wide (default): one row per step, a column per scalar."""
+        """Training scalars. Wide (default): a DataFrame with one row per step, columns ``step``, ``tokens`` and one
+        per scalar name (``loss``, ``val_loss``, ``lr``, ``tokens_per_s``, ... as logged; the last value of a step).
+        Long (``wide=False``): the stored rows, columns ``run_id``, ``step``, ``tokens``, ``name``, ``value`` and
+        ``wall_time`` (Unix time, seconds)."""
         df = read_table(self.dir, "scalars").to_pandas()
         if not wide:
             return df
@@ -158,5 +176,6 @@ class Run:
 
 
 def open_run(run_dir: str | os.PathLike) -> Run:
-    """Open a run directory for reading; works while the run is still being written."""
+    """Open a run directory for reading: a :class:`Run`; works while the run is still being written. A path that is
+    not a run is a :class:`RunNotFoundError`."""
     return Run(run_dir)

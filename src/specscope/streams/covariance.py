@@ -11,18 +11,23 @@ import torch
 
 
 class StreamingCovariance:
+    """Streaming covariance of ``dim``-dimensional rows: ``count`` (rows seen), ``mean`` (``dim``, float64) and
+    ``m2`` (``dim x dim`` centered scatter, float64) on ``device``; :meth:`compute` gives the sample covariance, in
+    the squared units of the rows."""
+
     def __init__(self, dim: int, device: torch.device | str | None = None):
         self.dim = int(dim)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.reset()
 
     def reset(self) -> None:
+        """Forget every row: count 0, zero mean and scatter. Returns None."""
         self.count = 0
         self.mean = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         self.m2 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
 
     def update(self, x: torch.Tensor) -> None:
-        """Add rows of ``x`` (any leading shape, last dim = ``dim``)."""
+        """Add rows of ``x`` (any leading shape, last dim = ``dim``), accumulated in float64. Returns None."""
         x = x.detach().reshape(-1, self.dim).to(device=self.device, dtype=torch.float64)
         n = x.shape[0]
         if n == 0:
@@ -41,7 +46,8 @@ class StreamingCovariance:
         self.count = n
 
     def merge(self, other: "StreamingCovariance") -> "StreamingCovariance":
-        """Fold ``other`` into this accumulator (exact)."""
+        """Fold ``other`` into this accumulator (exact, Chan's update); returns ``self``. ValueError when the
+        dimensions differ."""
         if other.dim != self.dim:
             raise ValueError("dimensions differ")
         if other.count:
@@ -49,7 +55,8 @@ class StreamingCovariance:
         return self
 
     def compute(self) -> torch.Tensor:
-        """The covariance ``M2 / (N - 1)`` (float64)."""
+        """The sample covariance ``M2 / (N - 1)``: a ``dim x dim`` float64 tensor on ``device``, all NaN with fewer
+        than 2 rows."""
         if self.count < 2:
             return torch.full((self.dim, self.dim), float("nan"), dtype=torch.float64, device=self.device)
         return self.m2 / (self.count - 1)

@@ -17,7 +17,8 @@ import torch
 
 
 def blocked_gram(m: int, rows: Callable[[int, int], torch.Tensor], chunk: int, device: torch.device) -> torch.Tensor:
-    """The float64 ``m x m`` Gram of rows ``rows(lo, hi)`` (float64), two chunks of rows at a time."""
+    """The ``m x m`` Gram of the rows ``rows(lo, hi)`` returns (float64, one row per sample), filled two chunks of
+    ``chunk`` rows at a time: a float64 tensor on ``device``."""
     gram = torch.zeros(m, m, dtype=torch.float64, device=device)
     c = max(1, int(chunk))
     for a in range(0, m, c):
@@ -42,6 +43,7 @@ class _ChunkedGram:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every sample added so far. Returns None."""
         raise NotImplementedError
 
 
@@ -49,16 +51,19 @@ class PerSampleGradGram(_ChunkedGram):
     """The float64 Gram of the per-sample gradients of one linear map, from its inputs and output gradients."""
 
     def reset(self) -> None:
+        """Forget every sample's layer inputs and output gradients. Returns None."""
         self.inputs: list[torch.Tensor] = []  # per sample: (T, d_in)
         self.deltas: list[torch.Tensor] = []  # per sample: (T, d_out)
 
     def update(self, x: torch.Tensor, delta: torch.Tensor) -> None:
-        """Add samples: ``x`` (B, T, d_in) layer inputs, ``delta`` (B, T, d_out) loss gradients at its output."""
+        """Add samples: ``x`` (B, T, d_in) layer inputs, ``delta`` (B, T, d_out) loss gradients at its output, kept
+        (detached, in their own dtype) on ``device``. Returns None."""
         for xi, di in zip(x.detach(), delta.detach()):
             self.inputs.append(xi.to(self.device))
             self.deltas.append(di.to(self.device))
 
     def merge(self, other: "PerSampleGradGram") -> "PerSampleGradGram":
+        """Append ``other``'s samples after this one's (the Gram of the union); returns ``self``."""
         self.inputs += other.inputs
         self.deltas += other.deltas
         return self
@@ -69,7 +74,8 @@ class PerSampleGradGram(_ChunkedGram):
         return torch.einsum("bto,bti->boi", d, x).reshape(hi - lo, -1)
 
     def compute(self) -> torch.Tensor:
-        """The float64 Gram ``G G^T`` (M x M) of the flattened per-sample gradients."""
+        """The Gram ``G G^T`` of the flattened per-sample gradients: an ``M x M`` float64 tensor on ``device``
+        (``M`` samples, in the order added), in squared gradient units."""
         return blocked_gram(len(self.inputs), self._grads, self.chunk, self.device)
 
 
@@ -77,16 +83,19 @@ class RowGram(_ChunkedGram):
     """The float64 Gram of per-sample gradient rows added with :meth:`update` (``B x P`` each)."""
 
     def reset(self) -> None:
+        """Forget every gradient row. Returns None."""
         self.rows: list[torch.Tensor] = []  # per sample: (P,)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def update(self, rows: torch.Tensor) -> None:
-        """Add samples: ``rows`` (B, P), one flattened gradient per sample."""
+        """Add samples: ``rows`` (B, ...), one gradient per sample, flattened to (B, P) and kept (detached, in their
+        own dtype) on ``device``. Returns None."""
         self.rows.extend(rows.detach().reshape(rows.shape[0], -1).to(self.device))
 
     def merge(self, other: "RowGram") -> "RowGram":
+        """Append ``other``'s rows after this one's (the Gram of the union); returns ``self``."""
         self.rows += other.rows
         return self
 
@@ -94,5 +103,6 @@ class RowGram(_ChunkedGram):
         return torch.stack(self.rows[lo:hi]).to(torch.float64)
 
     def compute(self) -> torch.Tensor:
-        """The float64 Gram ``G G^T`` (M x M)."""
+        """The Gram ``G G^T`` of the rows: an ``M x M`` float64 tensor on ``device`` (``M`` rows, in the order added),
+        in squared gradient units."""
         return blocked_gram(len(self.rows), self._grads, self.chunk, self.device)

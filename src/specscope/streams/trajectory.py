@@ -13,7 +13,8 @@ import torch
 
 
 class CountSketch:
-    """Seeded CountSketch ``R^P -> R^k``: ``y[h(i)] += s(i) x[i]``."""
+    """Seeded CountSketch ``R^P -> R^k``: ``y[h(i)] += s(i) x[i]``. Calling it on a tensor of ``dim`` elements (any
+    shape, flattened) returns its sketch, a float64 tensor of ``k`` elements on the input's device."""
 
     def __init__(self, dim: int, k: int = 4096, seed: int = 0, device: torch.device | str | None = None):
         g = torch.Generator().manual_seed(seed)
@@ -28,7 +29,8 @@ class CountSketch:
 
 
 class TrajectoryWindow:
-    """The last ``window`` update vectors (rows of ``X``, oldest first) and ``K = X X^T`` in float64."""
+    """The last ``window`` update vectors (rows of ``X``, oldest first, stored in ``store_dtype`` on ``device``) and
+    ``gram`` = ``K = X X^T`` (float64, on the CPU), in squared parameter units."""
 
     def __init__(self, window: int, store_dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         self.window = int(window)
@@ -37,6 +39,7 @@ class TrajectoryWindow:
         self.reset()
 
     def reset(self) -> None:
+        """Empty the window: no rows, a 0 x 0 Gram. Returns None."""
         self.rows: list[torch.Tensor] = []  # oldest first
         self.gram = torch.zeros(0, 0, dtype=torch.float64)
 
@@ -44,7 +47,8 @@ class TrajectoryWindow:
         return len(self.rows)
 
     def update(self, d: torch.Tensor) -> None:
-        """Append one update (any shape, flattened); drop the oldest once the window is full."""
+        """Append one update (any shape, flattened) and its inner products with the rows kept; drop the oldest once
+        the window is full. Returns None."""
         d = d.detach().reshape(-1).to(device=self.device, dtype=self.store_dtype)
         d64 = d.to(torch.float64)
         dots = torch.stack([torch.dot(r.to(torch.float64), d64) for r in self.rows] + [torch.dot(d64, d64)]).cpu()
@@ -60,16 +64,19 @@ class TrajectoryWindow:
         self.gram = g.contiguous()
 
     def recompute(self) -> torch.Tensor:
-        """The Gram from scratch (for checks)."""
+        """The Gram ``X X^T`` from scratch (for checks): a float64 ``n x n`` tensor on the CPU, ``n`` the rows kept."""
         x = torch.stack([r.to(torch.float64) for r in self.rows])
         return (x @ x.T).cpu()
 
     def singular_values(self) -> np.ndarray:
+        """Singular values of the window ``X`` (the square roots of the Gram's eigenvalues, clipped at 0): a float64
+        array of one value per row kept, descending, in parameter units."""
         lam = np.linalg.eigvalsh(self.gram.numpy())[::-1]
         return np.sqrt(np.clip(lam, 0.0, None))
 
     def stability(self, top: int = 3) -> np.ndarray:
-        """``|<u_j^A, u_j^B>|`` for the top directions of the first (A) and second (B) half of the window.
+        """``|<u_j^A, u_j^B>|`` for the top directions of the first (A) and second (B) half of the window: a float64
+        array of ``top`` overlaps in [0, 1] (NaN where a half has fewer directions or a zero one).
 
         With ``X_A = V_A S_A U_A^T`` from the Gram's blocks, ``<u_j^A, u_j^B> = v_j^A^T K_AB v_j^B / (s_j^A s_j^B)``:
         the parameter-space directions are never formed.

@@ -28,22 +28,26 @@ BPE_EOS = "<|endoftext|>"
 
 
 def megabytes(mb: float | None) -> int | None:
-    """A corpus size limit given in MiB, as bytes (None: no limit)."""
+    """A corpus size limit given in MiB, as an int of bytes; None (no limit) for None or 0."""
     return int(mb * 2**20) if mb else None
 
 
 def cache_dir() -> Path:
+    """The cache directory of tokenized corpora and trained BPEs: ``$SPECSCOPE_CACHE``, default
+    ``~/.cache/specscope``, created if absent. Returns its Path."""
     d = Path(os.environ.get("SPECSCOPE_CACHE", Path.home() / ".cache" / "specscope"))
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
 def stdlib_root() -> Path:
+    """The directory of this Python's standard library sources (the built-in corpus): a Path."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 
 def list_files(root: Path, stdlib: bool) -> list[Path]:
-    """Deterministic list of corpus files under ``root``."""
+    """Deterministic list of corpus files under ``root``, sorted by relative path: every ``.py`` outside
+    ``site-packages`` and ``__pycache__`` for the standard library, else every file not under a hidden name."""
     if stdlib:
         files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts and "__pycache__" not in p.parts]
     else:
@@ -52,12 +56,15 @@ def list_files(root: Path, stdlib: bool) -> list[Path]:
 
 
 def split_of(relpath: str) -> str:
+    """The split of a file from a hash of its relative path: ``"train"`` (90%), ``"val"`` (5%) or ``"probe"`` (5%);
+    the same on every machine."""
     h = int.from_bytes(hashlib.md5(relpath.encode()).digest()[:4], "little") % 1000
     return SPLITS[0] if h < SPLIT_PER_MILLE[0] else SPLITS[1] if h < SPLIT_PER_MILLE[1] else SPLITS[2]
 
 
 def read_documents(root: Path, stdlib: bool, max_bytes: int | None = None) -> dict[str, list[bytes]]:
-    """Documents of each split; binary files (NUL bytes) and undecodable files are skipped."""
+    """Documents of each split: a dict split name -> list of file contents (UTF-8 bytes), reading files in order
+    until ``max_bytes`` (bytes) is reached; binary files (NUL bytes) and undecodable files are skipped."""
     docs: dict[str, list[bytes]] = {s: [] for s in SPLITS}
     total = 0
     for path in list_files(root, stdlib):
@@ -80,7 +87,9 @@ def read_documents(root: Path, stdlib: bool, max_bytes: int | None = None) -> di
 
 @dataclass
 class Corpus:
-    """Token ids per split (int32 arrays) and the vocabulary size."""
+    """A tokenized corpus: token ids per split (``train``, ``val``, ``probe``: 1-D int32 arrays, documents separated
+    by a separator / end-of-text token), the ``vocab_size`` (ids are ``0..vocab_size-1``), its ``name`` and its
+    ``tokenizer`` (``"byte"`` or ``"bpe"``)."""
 
     name: str
     tokenizer: str
@@ -90,9 +99,11 @@ class Corpus:
     probe: np.ndarray
 
     def split(self, name: str) -> np.ndarray:
+        """The token ids of split ``name`` (``"train"``, ``"val"`` or ``"probe"``): a 1-D int32 array."""
         return getattr(self, name)
 
     def summary(self) -> dict:
+        """The corpus for run metadata: ``corpus``, ``tokenizer``, ``vocab_size`` and ``<split>_tokens`` (token counts)."""
         return {"corpus": self.name, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
                 **{f"{s}_tokens": int(len(self.split(s))) for s in SPLITS}}
 
@@ -136,7 +147,9 @@ def load_corpus(
     max_bytes: int | None = None,
     use_cache: bool = True,
 ) -> Corpus:
-    """Load ``source`` ("stdlib" or a directory of text files), tokenized and split.
+    """Load ``source`` ("stdlib" or a directory of text files), tokenized (``"byte"``, or a byte-level BPE of
+    ``bpe_vocab`` tokens trained on the train split) and split: a :class:`Corpus`. ``max_bytes`` caps the text read
+    (bytes). A missing directory, no readable text or an unknown tokenizer is a :class:`CorpusError`.
 
     Tokenized splits (and a trained BPE) are cached under ``$SPECSCOPE_CACHE``
     (default ``~/.cache/specscope``), keyed by the files' names, sizes and times.
@@ -176,7 +189,8 @@ def load_corpus(
 
 
 def sample_batch(tokens: np.ndarray, batch: int, seq_len: int, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``batch`` random windows of ``seq_len + 1`` tokens: inputs and next-token targets."""
+    """``batch`` random windows of ``seq_len + 1`` tokens: ``(inputs, targets)``, two ``batch x seq_len`` arrays of
+    token ids, the targets shifted by one token. A split shorter than ``seq_len + 2`` is a :class:`CorpusError`."""
     if len(tokens) < seq_len + 2:
         raise CorpusError(f"split has {len(tokens)} tokens, fewer than seq_len + 2 = {seq_len + 2}")
     starts = gen.integers(0, len(tokens) - seq_len - 1, size=batch)

@@ -16,7 +16,8 @@ from .model import GPT, GPTConfig
 def load_model(path: str) -> tuple[nn.Module, str]:
     """A live model from a reference-GPT safetensors checkpoint (config in its metadata) or an HF model directory.
 
-    Returns the model (eval mode, float32) and its family: ``"reference"`` or ``"hf"``.
+    Returns the model (eval mode, float32) and its family: ``"reference"`` or ``"hf"``. A path that is neither,
+    has no safetensors weights or lacks the config is a :class:`CheckpointError` (nothing is unpickled).
     """
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file():

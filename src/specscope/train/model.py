@@ -18,6 +18,10 @@ from ..errors import ConfigError
 
 @dataclass
 class GPTConfig:
+    """The reference GPT's architecture: vocabulary size (tokens), context ``seq_len`` (tokens), ``n_layer`` blocks,
+    ``n_head`` heads, width ``d_model``, MLP width ``mlp_ratio * d_model``, and the switches commented below. Checked
+    on construction: a bad value is a :class:`ConfigError`."""
+
     vocab_size: int = 256
     seq_len: int = 128
     n_layer: int = 4
@@ -55,30 +59,39 @@ class GPTConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict:
+        """Every field by name, as a plain dict (JSON-ready; ``GPTConfig(**d)`` rebuilds it)."""
         return asdict(self)
 
 
 class RMSNorm(nn.Module):
+    """Root-mean-square normalization over the last dimension (``d`` features) with a learned gain; same shape out."""
+
     def __init__(self, d: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x / rms(x) * weight`` over the last dimension: a tensor shaped like ``x``."""
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
 def make_norm(cfg: GPTConfig) -> nn.Module:
+    """The normalization layer ``cfg.norm`` asks for over ``d_model`` features: :class:`RMSNorm` or ``nn.LayerNorm``."""
     return RMSNorm(cfg.d_model) if cfg.norm == "rms" else nn.LayerNorm(cfg.d_model, bias=cfg.bias)
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary-position tables: ``(cos, sin)`` of the angles ``position * base^(-2i / head_dim)``, each a float32
+    tensor of shape ``(seq_len, head_dim // 2)`` (angles in radians)."""
     inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     ang = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv)
     return ang.cos(), ang.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair of features ``(x[2i], x[2i+1])`` of ``x`` (..., T, head_dim) by its position's angle from
+    :func:`rope_tables`: a tensor shaped like ``x``, in its dtype."""
     x1, x2 = x[..., ::2], x[..., 1::2]
     t = x.shape[-2]
     c, s = cos[:t].to(x.dtype), sin[:t].to(x.dtype)
@@ -86,6 +99,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    """Causal multi-head self-attention with separate ``q``, ``k``, ``v``, ``o`` projections (``d_model x d_model``
+    each), optional QK-norm and rotary positions."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         d = cfg.d_model
@@ -103,6 +119,7 @@ class Attention(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention over ``x`` (B, T, d_model), each position seeing itself and the earlier ones: (B, T, d_model)."""
         b, t, d = x.shape
         h = self.n_head
         q, k, v = (proj(x).view(b, t, h, d // h).transpose(1, 2) for proj in (self.q, self.k, self.v))
@@ -115,6 +132,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The block's MLP: ``proj(act(fc(x)))``, ``fc`` widening to ``mlp_ratio * d_model``, GELU or squared ReLU."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=cfg.bias)
@@ -122,12 +141,15 @@ class MLP(nn.Module):
         self.relu2 = cfg.activation == "relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP of ``x`` (..., d_model): a tensor of the same shape."""
         h = self.fc(x)
         h = F.relu(h).square() if self.relu2 else F.gelu(h)
         return self.proj(h)
 
 
 class Block(nn.Module):
+    """One pre-norm transformer block: ``x + attn(ln1(x))``, then ``+ mlp(ln2(x))``."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln1 = make_norm(cfg)
@@ -136,11 +158,16 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output, the residual stream after it: (B, T, d_model)."""
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
 
 class GPT(nn.Module):
+    """The reference decoder-only GPT of a :class:`GPTConfig`: token (and learned position) embeddings, ``n_layer``
+    :class:`Block` under ``blocks``, a final norm and ``lm_head`` (tied to the token embedding unless ``tied`` is
+    False); GPT-2 initialization."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
@@ -167,10 +194,12 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
     def num_params(self) -> int:
+        """Number of parameters (scalars), a tied weight counted once."""
         return sum(p.numel() for p in self.parameters())
 
     def hidden_states(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Residual-stream output of every block (SPEC 1.2), for probes."""
+        """Residual-stream output of every block (SPEC 1.2), for probes: a list of ``n_layer`` tensors (B, T, d_model),
+        shallowest first, for token ids ``idx`` (B, T)."""
         x = self._embed(idx)
         outs = []
         for blk in self.blocks:
@@ -185,6 +214,9 @@ class GPT(nn.Module):
         return self.drop(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+        """``(logits, loss)`` for token ids ``idx`` (B, T): logits (B, T, vocab_size), soft-capped when ``softcap`` > 0;
+        loss the cross-entropy against ``targets`` (B, T) in nats (``reduction`` as in ``F.cross_entropy``: a scalar
+        mean by default, or one value per token, flattened to (B*T,), with ``"none"``), None without targets."""
         x = self._embed(idx)
         for blk in self.blocks:
             x = blk(x)

@@ -23,6 +23,8 @@ def lr_at(step: int, cfg) -> float:
     - ``wsd`` (warm-up, stable, decay): constant, then linear decay to ``min_lr_ratio * lr`` over the
       last ``decay_frac`` of the steps;
     - ``step``: multiplied by ``step_gamma`` at each fraction of the run in ``step_milestones``.
+
+    Returns a float in the units of ``cfg.lr``; an unknown schedule is a :class:`ConfigError`.
     """
     if cfg.warmup > 0 and step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -46,7 +48,8 @@ def lr_at(step: int, cfg) -> float:
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
     """Approximate polar factor ``U V^T`` of ``g`` by the quintic Newton-Schulz iteration (coefficients
-    (3.4445, -4.7750, 2.0315)); its singular values land near 1 (roughly in [0.7, 1.2]), not exactly on it."""
+    (3.4445, -4.7750, 2.0315)); its singular values land near 1 (roughly in [0.7, 1.2]), not exactly on it.
+    Returns a tensor shaped like ``g`` (computed in float32, returned in ``g``'s dtype)."""
     a, b, c = NS_COEFFS
     x = g.to(torch.float32)
     tall = x.shape[-2] > x.shape[-1]
@@ -73,6 +76,8 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One Muon update of every 2-D parameter with a gradient; returns ``closure()``'s loss, or None without a
+        closure. A parameter that is not 2-D is a ValueError."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -97,34 +102,43 @@ class Muon(torch.optim.Optimizer):
 
 
 class Optimizers:
-    """Several optimizers stepped as one (Muon + AdamW); ``param_groups`` spans all of them."""
+    """Several optimizers stepped as one (Muon + AdamW); ``param_groups`` spans all of them (optimizers without
+    parameters are dropped)."""
 
     def __init__(self, *opts: torch.optim.Optimizer):
         self.opts = [o for o in opts if o.param_groups]
 
     @property
     def param_groups(self) -> list[dict]:
+        """Every optimizer's param groups, in order, as one list (the trainer sets their ``lr``)."""
         return [g for o in self.opts for g in o.param_groups]
 
     def step(self) -> None:
+        """Step every optimizer. Returns None."""
         for o in self.opts:
             o.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of every optimizer's parameters (None, or zeros with ``set_to_none=False``). Returns
+        None."""
         for o in self.opts:
             o.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> list[dict]:
+        """Every optimizer's state dict, in order: a list (what :meth:`load_state_dict` takes)."""
         return [o.state_dict() for o in self.opts]
 
     def load_state_dict(self, states: list[dict]) -> None:
+        """Restore each optimizer from its entry of ``states`` (from :meth:`state_dict`; the lengths must match).
+        Returns None."""
         for o, st in zip(self.opts, states, strict=True):
             o.load_state_dict(st)
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters by role: ``hidden`` (2-D matrices inside blocks), ``embed`` (embeddings),
-    ``head`` (the output layer, when not tied), ``scalar`` (norm gains, biases: fewer than 2 dims)."""
+    ``head`` (the output layer, when not tied), ``scalar`` (norm gains, biases: fewer than 2 dims): a dict role ->
+    list of parameters, each parameter once (shared weights under their first role)."""
     groups: dict[str, list[nn.Parameter]] = {k: [] for k in DECAY_GROUPS}
     seen: set[int] = set()
     embeds = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -148,6 +162,7 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer | Optimizers:
 
     Weight decay applies to the groups in ``cfg.decay_on``. Each param group carries ``lr_scale``:
     the trainer sets ``lr = lr_at(step) * lr_scale`` (Muon's groups: ``cfg.muon_lr / cfg.lr``).
+    Returns a ``torch.optim.AdamW``, or an :class:`Optimizers` of Muon and AdamW.
     """
     bad = set(cfg.decay_on) - set(DECAY_GROUPS)
     if bad:

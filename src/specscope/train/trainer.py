@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
+    """The reference trainer's settings: ``steps`` (optimizer steps), ``micro_batch`` x ``grad_accum`` sequences per
+    step, the learning-rate schedule (``lr``, ``warmup`` in steps, ``schedule``, ...), weight decay and its groups,
+    the optimizer, the periods of evaluation, checkpoints and probes (in steps; 0: off), the probe pool (sequences),
+    the seed, the device and the corpus (``max_corpus_bytes`` in bytes). Checked on construction: a bad value is a
+    :class:`ConfigError`."""
+
     steps: int = 1000
     micro_batch: int = 16
     grad_accum: int = 1  # effective batch = micro_batch * grad_accum sequences
@@ -81,13 +87,15 @@ class TrainConfig:
 
     @property
     def effective_batch(self) -> int:
+        """Sequences per optimizer step: ``micro_batch * grad_accum``."""
         return self.micro_batch * self.grad_accum
 
 
 @torch.no_grad()
 def evaluate(model: GPT, tokens: np.ndarray, cfg: TrainConfig, seq_len: int, device: torch.device) -> float:
-    """Mean loss over ``eval_batches`` x ``eval_batch`` fixed windows: the same windows at every evaluation
-    and in every run of a corpus, whatever its training batch (batch tiers are compared on one set)."""
+    """Mean next-token cross-entropy (nats per token) over ``eval_batches`` x ``eval_batch`` fixed windows of
+    ``tokens``: the same windows at every evaluation and in every run of a corpus, whatever its training batch
+    (batch tiers are compared on one set). Returns a float; the model's train/eval mode is restored."""
     was_training = model.training
     model.eval()
     gen = np.random.default_rng(12345)
@@ -101,6 +109,8 @@ def evaluate(model: GPT, tokens: np.ndarray, cfg: TrainConfig, seq_len: int, dev
 
 
 def save_checkpoint(model: GPT, run_dir: Path, step: int) -> Path:
+    """Write the model's weights as ``RUN/checkpoints/step_<step, 7 digits>.safetensors`` (atomically), its
+    :class:`GPTConfig` and step in the file's metadata: returns the file's path."""
     from safetensors.torch import save_model
 
     d = run_dir / "checkpoints"
@@ -129,7 +139,8 @@ def save_state(run_dir: Path, step: int, opt, data_gen: np.random.Generator, tok
 
 
 def load_state(run_dir: Path, model: GPT, opt, data_gen: np.random.Generator) -> tuple[int, int, float]:
-    """Restore a run saved by :func:`save_state`; returns (step, tokens, train_seconds)."""
+    """Restore a run saved by :func:`save_state` into ``model``, ``opt`` and ``data_gen`` (and torch's RNG): returns
+    ``(step, tokens, train_seconds)``, the last saved step, tokens seen by then and training time in seconds."""
     from safetensors.torch import load_model
 
     state = torch.load(run_dir / "checkpoints" / STATE_FILE, map_location="cpu", weights_only=True)
@@ -142,7 +153,9 @@ def load_state(run_dir: Path, model: GPT, opt, data_gen: np.random.Generator) ->
 
 
 def default_probes(cfg: TrainConfig, corpus: Corpus, seq_len: int) -> list[Probe]:
-    """Weights every ``probe_every`` steps; activation and gradient spectra of the deepest block every ``lens_every``."""
+    """The trainer's probes: :class:`Weights` every ``probe_every`` steps; with ``lens_every`` > 0, the activation
+    and gradient spectra of the deepest block every ``lens_every`` steps over a seeded pool of ``pool_size``
+    sequences from the corpus' probe split. A list of probes."""
     probes: list[Probe] = [Weights(every=cfg.probe_every)]
     if cfg.lens_every > 0:
         pool = make_pool(corpus.probe, n=cfg.pool_size, seq_len=seq_len, seed=0)
@@ -152,6 +165,11 @@ def default_probes(cfg: TrainConfig, corpus: Corpus, seq_len: int) -> list[Probe
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the ``run_dir``, the last ``steps`` (optimizer steps) and ``tokens`` trained,
+    ``final_loss`` and ``final_val_loss`` (nats per token), ``seconds`` (wall-clock time of this call, measuring
+    included; 0 when there was nothing left to train) and ``tokens_per_s`` (tokens over the optimizer-step time of
+    the whole run)."""
+
     run_dir: Path
     steps: int
     tokens: int
@@ -178,6 +196,9 @@ def train(
     run directory's saved state up (weights, optimizer, data and torch RNG) and continues to
     ``cfg.stop_at`` or ``cfg.steps``, appending to the same run store. A resumed run equals an
     uninterrupted one (tested); probes start afresh (a trajectory window refills).
+
+    ``probes`` default to :func:`default_probes`; the weights are checkpointed every ``cfg.ckpt_every`` steps and
+    at the last. Returns a :class:`TrainResult`.
     """
     run_dir = Path(run_dir)
     torch.manual_seed(cfg.seed)

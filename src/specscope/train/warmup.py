@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def resample_spectrum(s: np.ndarray, r: int) -> np.ndarray:
-    """``s`` (descending) at ``r`` ranks: the same curve over relative rank, interpolated in log-space."""
+    """``s`` (descending) at ``r`` ranks: the same curve over relative rank, interpolated in log-space; a float64 array
+    of ``r`` values in the units of ``s`` (a copy of ``s`` when ``r == len(s)``)."""
     if len(s) == r:
         return s.copy()
     pos = lambda n: (np.arange(n) + 0.5) / n  # noqa: E731
@@ -45,7 +46,8 @@ def spectral_warmup(model: nn.Module, reference: str | os.PathLike | nn.Module, 
 
     The reference (a model, a checkpoint, or the last of a checkpoint directory) gives each
     matrix's singular values; a reference matrix of another size gives its spectrum resampled
-    over relative rank. Returns how many matrices were set.
+    over relative rank. ``scale`` multiplies the singular values; ``kinds`` restricts the kinds set. Returns how
+    many matrices were set; none is a :class:`CheckpointError`.
     """
     if isinstance(reference, nn.Module):
         ref_cat = catalog(reference)
