@@ -64,8 +64,7 @@ class Weights(Probe):
             spec = spectra[ref.name]
             by_len[len(spec.sv)].append((ref, spec))
             if self.store_spectra:
-                out.spectra.append({"layer": ref.layer, "kind": ref.kind, "part": ref.part, "name": ref.name, "quantity": "sv",
-                                    "values": spec.sv.tolist(), "status": spec.status})
+                out.add_spectrum(ref.layer, ref.kind, ref.name, "sv", spec.sv, spec.status, ref.part)
         for members in by_len.values():
             sv = np.stack([s.sv for _, s in members])
             table = spectrum_metrics(sv, scale=self.scale, knee=self.knee)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..spectra.compute import desc_eigvalsh, sv_from_eig
+
 
 class CountSketch:
     """Seeded CountSketch ``R^P -> R^k``: ``y[h(i)] += s(i) x[i]``."""
@@ -65,8 +67,7 @@ class TrajectoryWindow:
         return (x @ x.T).cpu()
 
     def singular_values(self) -> np.ndarray:
-        lam = np.linalg.eigvalsh(self.gram.numpy())[::-1]
-        return np.sqrt(np.clip(lam, 0.0, None))
+        return sv_from_eig(desc_eigvalsh(self.gram))
 
     def stability(self, top: int = 3) -> np.ndarray:
         """``|<u_j^A, u_j^B>|`` for the top directions of the first (A) and second (B) half of the window.
