@@ -17,7 +17,8 @@ from .windows import tail_window
 __all__ = [
     "Spectrum", "desc_eigvalsh", "singular_values", "singular_values_lowmem", "singular_values_many", "sv_from_eig",
     "MetricTable", "spectrum_metrics",
-    "alpha_rank", "head_tail_knee", "rank_fit", "compression", "cos_sd_final", "cos_w_final", "cosine", "eigen_distribution", "js_divergence",
+    "alpha_rank", "head_tail_knee", "rank_fit", "compression", "cos_sd_final", "cos_w_final", "cosine",
+    "eigen_distribution", "js_divergence",
     "sd_variation", "series_metrics", "singular_distribution", "tail_window", "describe",
 ]
 

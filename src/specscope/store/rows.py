@@ -118,7 +118,8 @@ class RowCoercer:
         return out
 
 
-def metric_row(layer: int, kind: str, name: str, metric: str, value: Any, status: str = "ok", part: int = -1) -> dict[str, Any]:
+def metric_row(layer: int, kind: str, name: str, metric: str, value: Any, status: str = "ok",
+               part: int = -1) -> dict[str, Any]:
     """One row of the ``metrics`` table without its key (run id, step, tokens, probe): where it was
     measured (``layer``, ``kind``, ``part``, ``name``), the metric's name, its value (in the metric's
     own units) and ``status`` (``"ok"`` or why the value is NaN)."""
