@@ -39,6 +39,9 @@ class LifecycleExperiment(CorpusStudy):
 
 
 def run_lifecycle(cfg: LifecycleExperiment, out_dir: str | Path, progress: bool = True) -> ExperimentResult:
+    """Train one model per depth under ``out_dir/L<depth>`` and return the study's table (one row per depth),
+    claims and figure (also written as ``lifecycle.csv``, ``pruning.csv``, ``lifecycle_claims.csv``,
+    ``lifecycle.png``)."""
     from .pruning import pruning_study, summarize_comparison
 
     out = Path(out_dir)

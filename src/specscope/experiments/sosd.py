@@ -77,6 +77,8 @@ def sosd_row(variant: str, run_dir: str | Path, steps: int, stable: float = 0.99
 
 
 def run_sosd(cfg: SosdExperiment, out_dir: str | Path, progress: bool = True) -> ExperimentResult:
+    """Train one run per variant under ``out_dir/<variant>`` and return the study's table, claims and figure
+    (see :func:`summarize_sosd`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus = cfg.corpus()

@@ -65,6 +65,8 @@ class Gradients(Probe):
         measure.resolve_loss(self.loss_fn, self.pool)
 
     def measure(self, ctx: ProbeContext) -> Measurement:
+        """The singular values of the per-sample gradient matrix (stored as ``sv``) and their SPEC section 3
+        metrics, as one :class:`Measurement`."""
         gram, ref = measure.gradient_gram(ctx.model, self.pool, self.matrix, self.layer, self.batch, self.chunk,
                                           name=self.matrix_name, part=self.part, loss_fn=self.loss_fn,
                                           forward_fn=self.forward_fn, method=self.method, refs=ctx.catalog)

@@ -47,6 +47,8 @@ class Weights(Probe):
         return {**super().describe(), "kinds": sorted(self.kinds) if self.kinds else None, "method": self.method}
 
     def measure(self, ctx: ProbeContext) -> Measurement:
+        """SPEC section 3 metrics of every cataloged matrix of ``kinds`` (and its singular values with
+        ``store_spectra``) as one :class:`Measurement`; a NaN row saying why when no matrix matches."""
         refs = [r for r in ctx.catalog if self.kinds is None or r.kind in self.kinds]
         if not refs:  # say so in the store rather than record nothing
             out = Measurement()

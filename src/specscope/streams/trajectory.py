@@ -67,6 +67,8 @@ class TrajectoryWindow:
         return (x @ x.T).cpu()
 
     def singular_values(self) -> np.ndarray:
+        """Singular values of the window's update matrix ``X`` (one update a row), float64, descending:
+        the square roots of the eigenvalues of its Gram ``K = X X^T`` (round-off negatives give 0)."""
         return sv_from_eig(desc_eigvalsh(self.gram))
 
     def stability(self, top: int = 3) -> np.ndarray:
