@@ -139,3 +139,31 @@ def test_bad_inputs_one_line_exit_2(tmp_path, model):
     (tmp_path / "x.onnx").write_bytes(b"0")
     code, _, err = cli("analyze", str(tmp_path / "x.onnx"))
     one_line_error(code, err, "unrecognized checkpoint format")
+
+
+def test_cos_w_final_of_analyze_equals_the_analysis_one(model, tmp_path):
+    """One function gives ``cos_w_final``: ``analyze`` on a run's checkpoints and ``checkpoint_cosines`` on the run
+    agree, and both equal the brute-force cosine of the flattened weights."""
+    from specscope.analysis.sosd import checkpoint_cosines
+    from specscope.offline import analyze_into
+
+    run_dir = tmp_path / "run"
+    d = run_dir / "checkpoints"
+    d.mkdir(parents=True)
+    for step in (0, 10, 20):
+        save_model(model, str(d / f"step_{step:07d}.safetensors"))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    df = analyze_into(d, run_dir, progress=False)
+    ours = checkpoint_cosines(ss.open_run(run_dir))
+    ids = ["step", "layer", "kind", "part", "name"]
+    both = df[df["layer"] >= 0][ids + ["cos_w_final"]].merge(ours, on=ids, suffixes=("_analyze", "_analysis"))
+    assert len(both) == len(df[df["layer"] >= 0]) == len(ours) > 0
+    np.testing.assert_allclose(both["cos_w_final_analyze"], both["cos_w_final_analysis"], rtol=0, atol=1e-15)
+    ckpts = ss.models.loading.resolve(d)
+    first = both[both["step"] == 0].iloc[0]
+    a, b = ({r.name: r for r in ck.catalog()}[first["name"]].read().double() for ck in (ckpts[0], ckpts[-1]))
+    want = float((a * b).sum() / (a.norm() * b.norm()))
+    assert first["cos_w_final_analyze"] == pytest.approx(want, rel=1e-12) and want < 0.99
+    np.testing.assert_allclose(both[both["step"] == 20]["cos_w_final_analyze"], 1.0, rtol=1e-12)

@@ -134,3 +134,29 @@ def test_knee_of_two_regime_spectrum():
     assert a[0] == pytest.approx(2.0, rel=0.01)
     d = describe(np.sqrt(p))
     assert abs(d["head_tail_knee"] - knee) <= 2
+
+
+def test_sv_from_eig_equals_svd_and_clips_round_off(rng):
+    from specscope.spectra import desc_eigvalsh, sv_from_eig
+
+    x = rng.standard_normal((5, 8))
+    lam = np.linalg.eigvalsh(x @ x.T)  # ascending
+    np.testing.assert_allclose(sv_from_eig(lam), np.linalg.svd(x, compute_uv=False), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(sv_from_eig(torch.from_numpy(lam)), np.linalg.svd(x, compute_uv=False), rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(sv_from_eig(np.array([4.0, -1e-17, 1.0, -3e-12])), [2.0, 1.0, 0.0, 0.0])
+    got = sv_from_eig(np.array([[1.0, 9.0], [16.0, -1e-16]]))  # a stack: each row on its own
+    np.testing.assert_array_equal(got, [[3.0, 1.0], [4.0, 0.0]])
+    nan = sv_from_eig(np.array([1.0, np.nan, 4.0]))
+    assert nan[:2].tolist() == [2.0, 1.0] and np.isnan(nan[2])
+    # a rank-3 Gram of a 6 x 3 matrix: its three zero eigenvalues come out of the solver as +-round-off
+    y = rng.standard_normal((6, 3))
+    g = y @ y.T
+    eig = desc_eigvalsh(g)
+    np.testing.assert_allclose(eig, np.sort(np.linalg.eigvalsh(g))[::-1].clip(0), rtol=0, atol=1e-12)
+    assert (eig >= 0).all() and np.all(np.diff(eig) <= 0)
+    sv = sv_from_eig(eig)
+    np.testing.assert_allclose(sv[:3], np.linalg.svd(y, compute_uv=False), rtol=0, atol=1e-10)
+    assert (sv[3:] >= 0).all() and (sv[3:] < 1e-6).all()
+    gf = np.asfortranarray(g)
+    np.testing.assert_allclose(desc_eigvalsh(gf, overwrite=True), eig, rtol=0, atol=1e-12)  # in place, same answer
+    np.testing.assert_allclose(desc_eigvalsh(torch.from_numpy(g)), eig, rtol=0, atol=1e-12)

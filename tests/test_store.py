@@ -5,6 +5,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -130,3 +131,47 @@ def test_open_missing_run(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunNotFoundError):
         ss.open_run(tmp_path / "empty")
+
+
+def test_metric_and_spectrum_rows_are_the_schema_columns_past_the_key():
+    from specscope.store.rows import Measurement, metric_row, spectrum_row
+    from specscope.store.schema import SCHEMAS
+
+    key = {"run_id", "step", "tokens", "probe"}
+    m = metric_row(3, "q", "blocks.3.q", "stable_rank", 2.5, "ok", part=1)
+    assert m == {"layer": 3, "kind": "q", "part": 1, "name": "blocks.3.q", "metric": "stable_rank", "value": 2.5,
+                 "status": "ok"}
+    assert set(m) == set(SCHEMAS["metrics"].names) - key
+    s = spectrum_row(0, "activation", "block0", "eig", np.array([4.0, 1.0], dtype=np.float32))
+    assert s == {"layer": 0, "kind": "activation", "part": -1, "name": "block0", "quantity": "eig", "values": [4.0, 1.0],
+                 "status": "ok"}
+    assert set(s) == set(SCHEMAS["spectra"].names) - key and all(type(v) is float for v in s["values"])
+    fail = Measurement.failure("RuntimeError: boom")
+    assert fail.spectra == [] and len(fail.metrics) == 1
+    row = fail.metrics[0]
+    assert (row["layer"], row["kind"], row["part"], row["name"], row["metric"], row["status"]) == \
+        (-1, "other", -1, "", "probe_error", "RuntimeError: boom") and np.isnan(row["value"])
+    assert ss.probes.Measurement is Measurement  # the public name keeps working
+
+
+def test_add_measurement_writes_exactly_its_rows(tmp_path):
+    from specscope.store.rows import Measurement
+
+    out = Measurement()
+    out.add_metric(0, "q", "blocks.0.q", "stable_rank", 2.5)
+    out.add_metric(1, "mlp_in", "blocks.1.mlp", "alpha_mle", float("nan"), "too few eigenvalues", part=2)
+    out.add_spectrum(0, "q", "blocks.0.q", "sv", np.array([3.0, 2.0, 0.5]))
+    w = RunWriter(tmp_path / "r", run_id="r")
+    w.add_measurement(7, 1234, "weights", out)
+    w.close()
+    run = ss.open_run(tmp_path / "r")
+    got = run.metrics().sort_values("layer").reset_index(drop=True)
+    assert len(got) == 2
+    assert got[["run_id", "step", "tokens", "probe"]].drop_duplicates().values.tolist() == [["r", 7, 1234, "weights"]]
+    assert got["metric"].tolist() == ["stable_rank", "alpha_mle"] and got["part"].tolist() == [-1, 2]
+    assert got["value"].iloc[0] == 2.5 and np.isnan(got["value"].iloc[1])
+    assert got["status"].tolist() == ["ok", "too few eigenvalues"]
+    spec = run.spectra()
+    assert len(spec) == 1 and spec["step"].iloc[0] == 7 and spec["tokens"].iloc[0] == 1234
+    assert (spec["probe"].iloc[0], spec["name"].iloc[0], spec["quantity"].iloc[0]) == ("weights", "blocks.0.q", "sv")
+    assert list(spec["values"].iloc[0]) == [3.0, 2.0, 0.5] and spec["status"].iloc[0] == "ok"

@@ -28,3 +28,18 @@ def test_js_divergence():
     m = 0.5 * (p + np.array([0.7, 0.3, 0.0]))
     kl = lambda a: sum(x * np.log(x / y) for x, y in zip(a, m) if x > 0)
     assert js_divergence(p, q) == pytest.approx(0.5 * kl(p) + 0.5 * kl([0.7, 0.3, 0.0]))
+
+
+def test_cos_sd_final_and_cos_w_final_known_answers():
+    import torch
+
+    from specscope.spectra import cos_sd_final, cos_w_final
+
+    # sd rows: (0.5, 0.5), (1, 0), (1, 0): cosines with the last are 1/sqrt(2), 1, 1
+    np.testing.assert_allclose(cos_sd_final(np.array([[1.0, 1.0], [3.0, 0.0], [2.0, 0.0]])), [1 / np.sqrt(2), 1.0, 1.0])
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]])
+    b = torch.tensor([[2.0, 0.0], [1.0, 1.0], [5.0, 1.0]])
+    want = 10 / np.sqrt(31 * 32)  # <a, b> = 10, |a|^2 = 31, |b|^2 = 32
+    assert cos_w_final(a, b, rows=2) == pytest.approx(want, rel=1e-12)  # blocks of 2 rows: the same answer
+    assert cos_w_final(a, a) == pytest.approx(1.0, rel=1e-12)
+    assert np.isnan(cos_w_final(a, b[:2])) and np.isnan(cos_w_final(torch.zeros(3, 2), b))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from typing import Any, Iterable, Iterator
@@ -135,9 +134,7 @@ class Monitor:
         if why not in seen:
             seen.add(why)
             log.warning("probe %s failed to observe step %s: %s (recorded; said once)", probe.name, step, exc)
-            self.writer.add("metrics", {"step": step, "tokens": tokens, "probe": probe.name, "layer": -1, "kind": "other",
-                                        "part": -1, "name": "", "metric": "probe_error", "value": math.nan,
-                                        "status": why})
+            self.writer.add_measurement(step, tokens, probe.name, Measurement.failure(why))
         self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
 
     def measure(self, step: int, tokens: int | None = None, probes: Iterable[Probe] | None = None) -> None:
@@ -151,13 +148,10 @@ class Monitor:
                 status = "ok"
             except Exception as exc:  # never break the user's training
                 log.warning("probe %s failed at step %s: %s", probe.name, step, exc)
-                result = Measurement()
-                result.add_metric(-1, "other", "", "probe_error", math.nan, f"{type(exc).__name__}: {exc}")
+                result = Measurement.failure(f"{type(exc).__name__}: {exc}")
                 status = "error"
             elapsed = time.perf_counter() - t0
-            base = {"step": int(step), "tokens": tokens, "probe": probe.name}
-            self.writer.add_many("metrics", [{**base, **row} for row in result.metrics])
-            self.writer.add_many("spectra", [{**base, **row} for row in result.spectra])
+            self.writer.add_measurement(int(step), tokens, probe.name, result)
             self.log(step, tokens, **{f"probe_seconds/{probe.name}": elapsed})
             if status != "ok":
                 self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})

@@ -22,7 +22,7 @@ from .models import KINDS, MatrixRef, catalog
 from .models.loading import resolve
 from .spectra import series_metrics, singular_values_lowmem, singular_values_many, spectrum_metrics
 from .spectra.compute import singular_values_streamed
-from .spectra.temporal import flat_cosine
+from .spectra.temporal import cos_w_final
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
                 w = ref.read()
                 spec = singular_values_lowmem(w, method)
                 m = _Measured(ck.step, ref, spec.sv, spec.status)
-                if series and w.shape == w_final.shape:
-                    m.cos_w_final = flat_cosine(w, w_final)
+                if series:
+                    m.cos_w_final = cos_w_final(w, w_final)
                 out.append(m)
                 del w
                 ck.release()
@@ -163,6 +163,7 @@ def analyze_into(model_or_path, run_dir: str | os.PathLike, method: str = "gram"
                  progress: bool = True) -> pd.DataFrame:
     """:func:`analyze`, and write metrics and full spectra into a run store (probe ``weights``),
     so ``report`` and the analyses work on it."""
+    from .store.rows import Measurement
     from .store.writer import RunWriter
 
     measured, series = _measure(model_or_path, method, kinds, progress)
@@ -170,14 +171,19 @@ def analyze_into(model_or_path, run_dir: str | os.PathLike, method: str = "gram"
     source = str(model_or_path) if not isinstance(model_or_path, nn.Module) else type(model_or_path).__name__
     w = RunWriter(run_dir, config={"source": source, "analyzer": "specscope.analyze", "method": method})
     metric_cols = [c for c in df.columns if c not in ID_COLUMNS + ["status"]]
+    rows, specs = defaultdict(list), defaultdict(list)  # by step: one measurement's rows built at a time
     for row in df.to_dict("records"):
-        step = int(row.get("step") or 0)
-        base = {"step": step, "tokens": None, "probe": "weights", "layer": row["layer"], "kind": row["kind"],
-                "part": row["part"], "name": row["name"]}
-        w.add_many("metrics", [{**base, "metric": c, "value": float(row[c]), "status": row["status"]} for c in metric_cols])
+        rows[int(row.get("step") or 0)].append(row)
     for m in measured:
-        w.add("spectra", {"step": int(m.step or 0), "tokens": None, "probe": "weights", "layer": m.ref.layer, "kind": m.ref.kind,
-                          "part": m.ref.part, "name": m.ref.name, "quantity": "sv", "values": m.sv.tolist(), "status": m.status})
+        specs[int(m.step or 0)].append(m)
+    for step in sorted(set(rows) | set(specs)):
+        out = Measurement()
+        for row in rows.pop(step, ()):
+            for c in metric_cols:
+                out.add_metric(row["layer"], row["kind"], row["name"], c, float(row[c]), row["status"], row["part"])
+        for m in specs.pop(step, ()):
+            out.add_spectrum(m.ref.layer, m.ref.kind, m.ref.name, "sv", m.sv, m.status, m.ref.part)
+        w.add_measurement(step, None, "weights", out)
     w.close()
     return df
 
@@ -195,8 +201,8 @@ def trajectory(path: str | os.PathLike, window: int = 8, mode: str = "exact", k:
     ``k95``, ``stability[j]``...); with ``run_dir``, also writes metrics and window singular
     values into a run store under probe ``trajectory`` (so ``report`` and the edge analysis work on it).
     """
-    from .probes.base import Measurement
     from .probes.trajectory import build_tracks
+    from .store.rows import Measurement
 
     ckpts = resolve(path)
     if len(ckpts) < 3:
@@ -228,9 +234,7 @@ def trajectory(path: str | os.PathLike, window: int = 8, mode: str = "exact", k:
                 for m in out.metrics:
                     rows.append({"step": ck.step, **m})
                 if writer is not None:
-                    base = {"step": int(ck.step or 0), "tokens": None, "probe": "trajectory"}
-                    writer.add_many("metrics", [{**base, **m} for m in out.metrics])
-                    writer.add_many("spectra", [{**base, **s} for s in out.spectra])
+                    writer.add_measurement(int(ck.step or 0), None, "trajectory", out)
                     writer.flush()
                 bar.update(1)
     finally:

@@ -191,7 +191,7 @@ def checkpoint_cosines(run: Run) -> pd.DataFrame:
     """``cos<vec W_t, vec W_T>`` per block matrix over the run's saved checkpoints (empty without any)."""
     from ..errors import CheckpointError
     from ..models.loading import resolve
-    from ..spectra.temporal import flat_cosine
+    from ..spectra.temporal import cos_w_final
 
     d = run.dir / "checkpoints"
     try:
@@ -208,6 +208,6 @@ def checkpoint_cosines(run: Run) -> pd.DataFrame:
             if f is None or r.layer < 0:
                 continue
             rows.append({"step": ck.step, "layer": r.layer, "kind": r.kind, "part": r.part, "name": r.name,
-                         "cos_w_final": flat_cosine(r.read().detach(), f.read().detach())})
+                         "cos_w_final": cos_w_final(r.read(), f.read())})
         ck.release()
     return pd.DataFrame(rows)

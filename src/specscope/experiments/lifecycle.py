@@ -14,32 +14,23 @@ import pandas as pd
 import torch
 
 from ..analysis.lifecycle import compression_waves, depth_profiles, depth_scaling
-from ..probes import Weights, make_pool
+from ..probes import make_pool
 from ..store.artifacts import save_artifact
 from ..store.reader import open_run
-from ..train import GPTConfig, TrainConfig, load_corpus, train
-from ..train.corpus import megabytes
-from .common import ExperimentResult
+from .common import CorpusStudy, ExperimentResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class LifecycleExperiment:
+class LifecycleExperiment(CorpusStudy):
+    """The lifecycle study: one model per depth in ``depths``; ``metric`` ranks the layers, pruning is scored on
+    ``prune_sequences`` probe sequences against ``random_seeds`` random prunings."""
+
     depths: tuple[int, ...] = (4, 8, 12)
-    d_model: int = 128
-    n_head: int = 4
-    seq_len: int = 128
-    steps: int = 1000
-    micro_batch: int = 16
-    lr: float = 3e-3
-    warmup: int = 50
-    probe_every: int = 25
-    seed: int = 0
     metric: str = "alpha_tail"
     prune_sequences: int = 64
     random_seeds: int = 5
-    max_corpus_mb: float | None = None
 
     @classmethod
     def quick(cls) -> "LifecycleExperiment":
@@ -48,20 +39,18 @@ class LifecycleExperiment:
 
 
 def run_lifecycle(cfg: LifecycleExperiment, out_dir: str | Path, progress: bool = True) -> ExperimentResult:
+    """Train one model per depth under ``out_dir/L<depth>`` and return the study's table (one row per depth),
+    claims and figure (also written as ``lifecycle.csv``, ``pruning.csv``, ``lifecycle_claims.csv``,
+    ``lifecycle.png``)."""
     from .pruning import pruning_study, summarize_comparison
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus("stdlib", max_bytes=megabytes(cfg.max_corpus_mb))
+    corpus = cfg.corpus()
     pool = make_pool(corpus.probe, n=cfg.prune_sequences, seq_len=cfg.seq_len, seed=1)
     rows, runs, prune_rows = [], [], []
     for depth in cfg.depths:
-        model_cfg = GPTConfig(vocab_size=corpus.vocab_size, seq_len=cfg.seq_len, n_layer=depth, n_head=cfg.n_head,
-                              d_model=cfg.d_model)
-        tcfg = TrainConfig(steps=cfg.steps, micro_batch=cfg.micro_batch, lr=cfg.lr, warmup=cfg.warmup, seed=cfg.seed,
-                           eval_every=max(1, cfg.steps // 10), probe_every=cfg.probe_every, lens_every=0)
-        res = train(model_cfg, tcfg, out / f"L{depth}", probes=[Weights(every=cfg.probe_every)], corpus=corpus,
-                    progress=progress, run_id=f"lifecycle-L{depth}")
+        res = cfg.train_run(corpus, depth, out / f"L{depth}", f"lifecycle-L{depth}", evals=10, progress=progress)
         run = open_run(res.run_dir)
         runs.append(run)
         _, wave = compression_waves(run)

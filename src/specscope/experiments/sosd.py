@@ -16,28 +16,18 @@ import pandas as pd
 
 from ..analysis.sosd import sosd
 from ..analysis.timeseries import across_time
-from ..probes import Weights
 from ..store.reader import open_run
-from ..train import GPTConfig, TrainConfig, load_corpus, train
-from ..train.corpus import megabytes
-from .common import ExperimentResult
+from .common import CorpusStudy, ExperimentResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SosdExperiment:
+class SosdExperiment(CorpusStudy):
+    """The SoSD study: one ``n_layer``-block model trained once per variant (a name of :data:`VARIANTS`)."""
+
     n_layer: int = 4
-    d_model: int = 128
-    n_head: int = 4
-    seq_len: int = 128
     steps: int = 1200
-    micro_batch: int = 16
-    lr: float = 3e-3
-    warmup: int = 50
-    probe_every: int = 25
-    seed: int = 0
-    max_corpus_mb: float | None = None
     variants: tuple[str, ...] = ("cosine", "wsd", "step", "cosine-no-wd", "muon")
 
     @classmethod
@@ -87,17 +77,14 @@ def sosd_row(variant: str, run_dir: str | Path, steps: int, stable: float = 0.99
 
 
 def run_sosd(cfg: SosdExperiment, out_dir: str | Path, progress: bool = True) -> ExperimentResult:
+    """Train one run per variant under ``out_dir/<variant>`` and return the study's table, claims and figure
+    (see :func:`summarize_sosd`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus("stdlib", max_bytes=megabytes(cfg.max_corpus_mb))
-    model_cfg = GPTConfig(vocab_size=corpus.vocab_size, seq_len=cfg.seq_len, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                          d_model=cfg.d_model)
+    corpus = cfg.corpus()
     for name in cfg.variants:
-        tcfg = TrainConfig(steps=cfg.steps, micro_batch=cfg.micro_batch, lr=cfg.lr, warmup=cfg.warmup, seed=cfg.seed,
-                           eval_every=max(1, cfg.steps // 12), probe_every=cfg.probe_every, lens_every=0,
-                           ckpt_every=max(1, cfg.steps // 8), **VARIANTS[name])
-        train(model_cfg, tcfg, out / name, probes=[Weights(every=cfg.probe_every)], corpus=corpus, progress=progress,
-              run_id=f"sosd-{name}")
+        cfg.train_run(corpus, cfg.n_layer, out / name, f"sosd-{name}", evals=12, progress=progress,
+                      ckpt_every=max(1, cfg.steps // 8), **VARIANTS[name])
     return summarize_sosd(out, cfg.variants, cfg.steps)
 
 

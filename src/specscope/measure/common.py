@@ -16,12 +16,12 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.modes import kept_modes, kept_rng
+from ..spectra.compute import desc_eigvalsh  # noqa: F401  (ss.measure.desc_eigvalsh)
 
 Pool = Union[torch.Tensor, tuple, Mapping]
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -175,9 +175,3 @@ def measuring(model: nn.Module) -> Iterator[None]:
     """Eval mode and no autograd graph inside; modes and RNG states restored on exit."""
     with kept_rng(), torch.no_grad(), kept_modes(model, eval=True):
         yield
-
-
-def desc_eigvalsh(sym: torch.Tensor) -> np.ndarray:
-    """Eigenvalues of a symmetric matrix, descending, clipped at 0."""
-    lam = np.linalg.eigvalsh(sym.detach().cpu().numpy())[::-1]
-    return np.clip(lam, 0.0, None)

@@ -37,6 +37,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..models import MatrixRef, catalog, unwrap
 from ..models.modes import kept_modes
+from ..spectra.compute import sv_from_eig
 from ..streams import PerSampleGradGram, RowGram
 from .common import (ForwardFn, LossFn, LossShapeError, _batches, _device, call_model, desc_eigvalsh, kept_rng,
                      measuring, per_sample, pool_len, resolve_loss, tree_map)
@@ -247,7 +248,7 @@ def gradient_spectrum(model: nn.Module, pool: Any, matrix: str = "o", layer: int
     Arguments as :func:`gradient_gram`."""
     gram, _ = gradient_gram(model, pool, matrix, layer, batch, chunk, name=name, part=part, loss_fn=loss_fn,
                             forward_fn=forward_fn, method=method)
-    return np.sqrt(desc_eigvalsh(gram))
+    return sv_from_eig(desc_eigvalsh(gram))
 
 
 def gradient_spectrum_reference(model: nn.Module, pool: Any, matrix: str = "o", layer: int = -1, *,

@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..measure.common import ForwardFn, as_pool, pool_len, pool_shapes, tree_map
 from ..models import unwrap
 from ..spectra import spectrum_metrics
+from ..spectra.compute import sv_from_eig
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int
 
 
@@ -55,10 +56,9 @@ def _check_callable(what: str, fn: Any) -> None:
 def _emit(out: Measurement, layer: int, kind: str, name: str, quantity: str, values: np.ndarray,
           part: int = -1) -> None:
     """Full spectrum plus the SPEC section 3 metrics (``values``: singular values or eigenvalues)."""
-    sv = np.sqrt(np.clip(values, 0, None)) if quantity == "eig" else values
+    sv = sv_from_eig(values) if quantity == "eig" else values
     status = "ok" if np.isfinite(values).all() else "non-finite spectrum"
-    out.spectra.append({"layer": layer, "kind": kind, "part": part, "name": name, "quantity": quantity,
-                        "values": values.tolist(), "status": status})
+    out.add_spectrum(layer, kind, name, quantity, values, status, part)
     table = spectrum_metrics(sv[None, :], mle=False)
     for metric, vals in table.values.items():
         out.add_metric(layer, kind, name, metric, float(vals[0]), str(table.status[metric][0]), part)

@@ -1,7 +1,7 @@
 """Probes: each one small class that says what it reads and what it computes; a schedule says when."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import KINDS, MatrixRef
+from ..store.rows import Measurement  # noqa: F401  (a row container of the store; ss.probes.Measurement)
 
 
 def check_int(what: str, value: Any, low: int) -> int:
@@ -47,19 +48,6 @@ class ProbeContext:
     catalog: list[MatrixRef]
     step: int
     tokens: int | None = None
-
-
-@dataclass
-class Measurement:
-    """Rows a probe produced; the monitor adds run id, step and tokens."""
-
-    metrics: list[dict] = field(default_factory=list)
-    spectra: list[dict] = field(default_factory=list)
-
-    def add_metric(self, layer: int, kind: str, name: str, metric: str, value: float, status: str = "ok",
-                   part: int = -1) -> None:
-        self.metrics.append({"layer": layer, "kind": kind, "part": part, "name": name, "metric": metric, "value": value,
-                             "status": status})
 
 
 class Probe:

@@ -10,6 +10,7 @@ import torch
 from .. import measure
 from ..errors import ConfigError
 from ..measure.common import ForwardFn, LossFn, as_pool, pool_len, pool_rows, pool_shapes
+from ..spectra.compute import sv_from_eig
 from .activations import _check_callable, _emit
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
 
@@ -64,9 +65,11 @@ class Gradients(Probe):
         measure.resolve_loss(self.loss_fn, self.pool)
 
     def measure(self, ctx: ProbeContext) -> Measurement:
+        """The singular values of the per-sample gradient matrix (stored as ``sv``) and their SPEC section 3
+        metrics, as one :class:`Measurement`."""
         gram, ref = measure.gradient_gram(ctx.model, self.pool, self.matrix, self.layer, self.batch, self.chunk,
                                           name=self.matrix_name, part=self.part, loss_fn=self.loss_fn,
                                           forward_fn=self.forward_fn, method=self.method, refs=ctx.catalog)
         out = Measurement()
-        _emit(out, ref.layer, ref.kind, ref.name, "sv", np.sqrt(measure.desc_eigvalsh(gram)), ref.part)
+        _emit(out, ref.layer, ref.kind, ref.name, "sv", sv_from_eig(measure.desc_eigvalsh(gram)), ref.part)
         return out

@@ -57,8 +57,7 @@ class _Track:
             out.add_metric(self.layer, self.kind, self.name, "kstar", float("nan"), f"{len(self.window)} updates in the window")
             return
         sv = self.window.singular_values()
-        out.spectra.append({"layer": self.layer, "kind": self.kind, "name": self.name, "quantity": "sv", "values": sv.tolist(),
-                            "status": "ok"})
+        out.add_spectrum(self.layer, self.kind, self.name, "sv", sv)
         table = spectrum_metrics(sv[None, :], knee=False, mle=False)
         for metric in TRAJECTORY_METRICS:
             if metric in table.values:

@@ -47,6 +47,8 @@ class Weights(Probe):
         return {**super().describe(), "kinds": sorted(self.kinds) if self.kinds else None, "method": self.method}
 
     def measure(self, ctx: ProbeContext) -> Measurement:
+        """SPEC section 3 metrics of every cataloged matrix of ``kinds`` (and its singular values with
+        ``store_spectra``) as one :class:`Measurement`; a NaN row saying why when no matrix matches."""
         refs = [r for r in ctx.catalog if self.kinds is None or r.kind in self.kinds]
         if not refs:  # say so in the store rather than record nothing
             out = Measurement()
@@ -64,8 +66,7 @@ class Weights(Probe):
             spec = spectra[ref.name]
             by_len[len(spec.sv)].append((ref, spec))
             if self.store_spectra:
-                out.spectra.append({"layer": ref.layer, "kind": ref.kind, "part": ref.part, "name": ref.name, "quantity": "sv",
-                                    "values": spec.sv.tolist(), "status": spec.status})
+                out.add_spectrum(ref.layer, ref.kind, ref.name, "sv", spec.sv, spec.status, ref.part)
         for members in by_len.values():
             sv = np.stack([s.sv for _, s in members])
             table = spectrum_metrics(sv, scale=self.scale, knee=self.knee)

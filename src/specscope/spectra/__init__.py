@@ -7,16 +7,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .compute import Spectrum, singular_values, singular_values_lowmem, singular_values_many
+from .compute import Spectrum, desc_eigvalsh, singular_values, singular_values_lowmem, singular_values_many, sv_from_eig
 from .metrics import MetricTable, spectrum_metrics
 from .powerlaw import alpha_rank, head_tail_knee, rank_fit
-from .temporal import (compression, cosine, eigen_distribution, js_divergence, sd_variation, series_metrics,
-                       singular_distribution)
+from .temporal import (compression, cos_sd_final, cos_w_final, cosine, eigen_distribution, js_divergence, sd_variation,
+                       series_metrics, singular_distribution)
 from .windows import tail_window
 
 __all__ = [
-    "Spectrum", "singular_values", "singular_values_lowmem", "singular_values_many", "MetricTable", "spectrum_metrics",
-    "alpha_rank", "head_tail_knee", "rank_fit", "compression", "cosine", "eigen_distribution", "js_divergence",
+    "Spectrum", "desc_eigvalsh", "singular_values", "singular_values_lowmem", "singular_values_many", "sv_from_eig",
+    "MetricTable", "spectrum_metrics",
+    "alpha_rank", "head_tail_knee", "rank_fit", "compression", "cos_sd_final", "cos_w_final", "cosine",
+    "eigen_distribution", "js_divergence",
     "sd_variation", "series_metrics", "singular_distribution", "tail_window", "describe",
 ]
 
@@ -42,7 +44,7 @@ def describe(x, spectrum: str = "sv", scale: int | None = None, method: str = "g
     elif arr.ndim == 1:
         v = np.asarray(arr, dtype=np.float64)
         if spectrum == "eig":
-            v = np.sqrt(np.clip(v, 0.0, None)) if np.isfinite(v).all() else np.full(len(v), np.nan)
+            v = sv_from_eig(v) if np.isfinite(v).all() else np.full(len(v), np.nan)
         elif spectrum != "sv":
             raise ValueError("spectrum must be 'sv' or 'eig'")
         sv, status = -np.sort(-v), "ok" if np.isfinite(v).all() else "non-finite spectrum"

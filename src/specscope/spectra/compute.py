@@ -120,9 +120,8 @@ def _svals_np(x: np.ndarray) -> np.ndarray:
     g = x @ xt if x.shape[-2] <= x.shape[-1] else xt @ x
     if not np.isfinite(np.diagonal(g, axis1=-2, axis2=-1)).all():
         raise NonFinite("non-finite entries")
-    lam = np.linalg.eigvalsh(g)
-    sv = np.sqrt(np.clip(lam, 0.0, None)) * scale
-    return _descending(sv) if x.ndim == 3 else sv[::-1]
+    sv = sv_from_eig(np.linalg.eigvalsh(g)) * scale
+    return _descending(sv) if x.ndim == 3 else sv
 
 
 def _cpu_svals(w: torch.Tensor, method: str) -> np.ndarray:
@@ -146,7 +145,7 @@ def _group_svals(mats: Sequence[torch.Tensor], method: str, device: torch.device
         x = x.to(device)
     x = x.to(torch.float64)
     if method == "svd":
-        s = torch.linalg.svdvals(x)
+        s = torch.linalg.svdvals(x).cpu().numpy()
     else:
         m, n = x.shape[-2:]
         flat = x.flatten(1)
@@ -156,9 +155,9 @@ def _group_svals(mats: Sequence[torch.Tensor], method: str, device: torch.device
         if any(c != 1.0 for c in scales):
             x = x / scale  # exact (powers of two): huge or tiny entries neither overflow nor underflow the Gram
         g = x @ x.transpose(-1, -2) if m <= n else x.transpose(-1, -2) @ x
-        s = torch.linalg.eigvalsh(g).clamp_min_(0.0).sqrt_() * scale.reshape(-1, *[1] * (g.ndim - 2))  # batched solver
+        s = sv_from_eig(torch.linalg.eigvalsh(g)) * np.asarray(scales).reshape(-1, *[1] * (g.ndim - 2))  # batched solver
     s = s.reshape(s.shape[0], -1)  # a stack's slices pooled
-    return torch.sort(s, dim=-1, descending=True).values.cpu().numpy()
+    return -np.sort(-s, axis=-1)
 
 
 def singular_values_many(
@@ -274,8 +273,7 @@ def singular_values_lowmem(w: torch.Tensor, method: str = "gram", chunk_elems: i
             g = g.cpu().numpy()
         if not np.isfinite(np.diagonal(g)).all():  # every entry was finite: the Gram overflowed
             return Spectrum(np.full(r, np.nan), too_large_status(float(w.abs().max())), shape)
-        lam = _eigvalsh_inplace(g)[::-1]
-        return Spectrum(np.sqrt(np.clip(lam, 0.0, None)), "ok", shape)
+        return Spectrum(sv_from_eig(desc_eigvalsh(g, overwrite=True)), "ok", shape)
     except Exception as exc:  # LAPACK failure etc.: record, never raise
         log.warning("spectrum failed for shape %s: %s", shape, exc)
         return Spectrum(np.full(r, np.nan), failure_status(exc), shape)
@@ -288,11 +286,24 @@ def gram_accumulate(g: np.ndarray, b: np.ndarray) -> None:
     dsyrk(1.0, np.asarray(b.T, dtype=np.float64, order="F"), beta=1.0, c=g, trans=0, lower=1, overwrite_c=1)
 
 
-def _eigvalsh_inplace(g: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a symmetric float64 matrix, overwriting it (no second copy)."""
+def desc_eigvalsh(sym: torch.Tensor | np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """Eigenvalues of one symmetric matrix (a Gram or a covariance; tensor or array, its lower triangle
+    read), float64, descending, negatives from round-off clipped to 0 (NaN stays NaN). ``overwrite=True``
+    lets LAPACK overwrite ``sym`` when it is a Fortran-ordered float64 array: no second copy of a large Gram."""
     from scipy.linalg import eigh
 
-    return eigh(g, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
+    a = np.asarray(sym.detach().cpu().numpy() if isinstance(sym, torch.Tensor) else sym, dtype=np.float64)
+    lam = eigh(a, eigvals_only=True, overwrite_a=overwrite, check_finite=False, driver="evd")
+    return np.clip(lam[::-1], 0.0, None)
+
+
+def sv_from_eig(eig: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Singular values from the eigenvalues of a Gram ``X X^T`` (or of a covariance): ``sqrt(eig)`` in float64,
+    descending along the last axis; negative eigenvalues (round-off of a positive semidefinite matrix) give 0,
+    NaN gives NaN (sorted last)."""
+    lam = eig.detach().cpu().numpy() if isinstance(eig, torch.Tensor) else eig
+    sv = np.sqrt(np.clip(np.asarray(lam, dtype=np.float64), 0.0, None))
+    return -np.sort(-sv, axis=-1)
 
 
 def singular_values_streamed(blocks: Iterator[torch.Tensor], shape: tuple[int, int]) -> Spectrum:
@@ -316,8 +327,7 @@ def singular_values_streamed(blocks: Iterator[torch.Tensor], shape: tuple[int, i
         if not np.isfinite(np.diagonal(g)).all():
             why = too_large_status(amax) if np.isfinite(amax) else "non-finite entries"
             return Spectrum(np.full(min(shape), np.nan), why, shape)
-        lam = _eigvalsh_inplace(g)[::-1][: min(shape)]
-        return Spectrum(np.sqrt(np.clip(lam, 0.0, None)), "ok", shape)
+        return Spectrum(sv_from_eig(desc_eigvalsh(g, overwrite=True))[: min(shape)], "ok", shape)
     except Exception as exc:
         log.warning("spectrum failed for shape %s: %s", shape, exc)
         return Spectrum(np.full(min(shape), np.nan), failure_status(exc), shape)

@@ -51,8 +51,20 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (a * b).sum(axis=-1) / np.where(den > 0, den, 1.0), np.nan)
 
 
-def flat_cosine(a, b, rows: int = 1024) -> float:
-    """Cosine of ``vec a`` and ``vec b`` (tensors of one shape) in float64, a block of rows at a time."""
+def cos_sd_final(sv_series: np.ndarray) -> np.ndarray:
+    """``cos_sd_final`` (SPEC 4) of a (T, r) series of singular values in step order: the cosine of each row's
+    singular distribution with the last row's, one value per row (1.0 at the last; NaN where undefined)."""
+    sd = singular_distribution(np.atleast_2d(np.asarray(sv_series, dtype=np.float64)))
+    return cosine(sd, sd[-1][None, :])
+
+
+def cos_w_final(w: torch.Tensor, w_final: torch.Tensor, rows: int = 1024) -> float:
+    """``cos_w_final`` (SPEC 4): the cosine of ``vec W_t`` and ``vec W_T`` (the final weights), a unitless float in
+    float64, accumulated a block of ``rows`` rows at a time (no float64 copy of a whole matrix); NaN when the
+    shapes differ or either matrix is all zeros."""
+    a, b = w.detach(), w_final.detach()
+    if tuple(a.shape) != tuple(b.shape):
+        return float("nan")
     dot = na = nb = 0.0
     for r0 in range(0, a.shape[0], rows):
         x = a[r0 : r0 + rows].to(torch.float64)
@@ -90,9 +102,8 @@ def series_metrics(sv_series: np.ndarray, steps: np.ndarray) -> dict[str, np.nda
     """
     sv = np.atleast_2d(np.asarray(sv_series, dtype=np.float64))
     var, per = sd_variation(sv, steps)
-    sd = singular_distribution(sv)
     lam = sv * sv
     with np.errstate(divide="ignore", invalid="ignore"):
         stable_rank = lam.sum(axis=1) / lam[:, 0]
-    return {"sd_variation": var, "sd_variation_per_step": per, "cos_sd_final": cosine(sd, sd[-1][None, :]),
+    return {"sd_variation": var, "sd_variation_per_step": per, "cos_sd_final": cos_sd_final(sv),
             "compression": compression(stable_rank)}

@@ -1,4 +1,6 @@
-"""Row hygiene: every row is coerced to its table's schema when it is added.
+"""Rows of the run store: how a metric row and a spectrum row are built (:func:`metric_row`,
+:func:`spectrum_row`, collected in a :class:`Measurement`), and row hygiene: every row is coerced to
+its table's schema when it is added.
 
 A value that does not fit its column (a string for a number, NaN or ``2**63`` for an int64, a
 multi-element tensor for a float) becomes null (NaN for a float column) and, where the table has a
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -113,3 +116,49 @@ class RowCoercer:
         if problems and "status" in out:
             out["status"] = "invalid " + "; ".join(problems)
         return out
+
+
+def metric_row(layer: int, kind: str, name: str, metric: str, value: Any, status: str = "ok",
+               part: int = -1) -> dict[str, Any]:
+    """One row of the ``metrics`` table without its key (run id, step, tokens, probe): where it was
+    measured (``layer``, ``kind``, ``part``, ``name``), the metric's name, its value (in the metric's
+    own units) and ``status`` (``"ok"`` or why the value is NaN)."""
+    return {"layer": layer, "kind": kind, "part": part, "name": name, "metric": metric, "value": value, "status": status}
+
+
+def spectrum_row(layer: int, kind: str, name: str, quantity: str, values: Any, status: str = "ok",
+                 part: int = -1) -> dict[str, Any]:
+    """One row of the ``spectra`` table without its key (run id, step, tokens, probe): where it was
+    measured, what ``values`` hold (``quantity``: ``"sv"`` singular values, ``"eig"`` eigenvalues), the
+    values as a list of floats, and ``status``."""
+    return {"layer": layer, "kind": kind, "part": part, "name": name, "quantity": quantity,
+            "values": np.asarray(values, dtype=np.float64).ravel().tolist(), "status": status}
+
+
+PROBE_ERROR = "probe_error"
+
+
+@dataclass
+class Measurement:
+    """The rows one probe produced at one measurement (:func:`metric_row` / :func:`spectrum_row` dicts);
+    the run writer adds run id, step, tokens and the probe's name (:meth:`RunWriter.add_measurement`)."""
+
+    metrics: list[dict] = field(default_factory=list)
+    spectra: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def failure(cls, why: str) -> "Measurement":
+        """A measurement holding one ``probe_error`` row: NaN, with ``why`` as its status."""
+        out = cls()
+        out.add_metric(-1, "other", "", PROBE_ERROR, math.nan, why)
+        return out
+
+    def add_metric(self, layer: int, kind: str, name: str, metric: str, value: float, status: str = "ok",
+                   part: int = -1) -> None:
+        """Append one metric row (see :func:`metric_row`); returns nothing."""
+        self.metrics.append(metric_row(layer, kind, name, metric, value, status, part))
+
+    def add_spectrum(self, layer: int, kind: str, name: str, quantity: str, values: Any, status: str = "ok",
+                     part: int = -1) -> None:
+        """Append one spectrum row (see :func:`spectrum_row`); returns nothing."""
+        self.spectra.append(spectrum_row(layer, kind, name, quantity, values, status, part))

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError
 from .files import all_parts, atomic_write_bytes, atomic_write_table, list_parts, part_name, remove_stale_tmp, sanitize_writer_id
 from .meta import read_meta, update_meta
-from .rows import RowCoercer
+from .rows import Measurement, RowCoercer
 from .schema import META_FILE, SCHEMAS, TABLES
 
 __all__ = ["RunWriter", "atomic_write_bytes", "atomic_write_table"]
@@ -145,6 +145,13 @@ class RunWriter:
                 log.error("run store buffer of %s is full (%d rows, flushes failing?): dropping the oldest rows",
                           table, self.max_buffer_rows)
                 self._drop_warned.add(table)
+
+    def add_measurement(self, step: int, tokens: int | None, probe: str, measurement: Measurement) -> None:
+        """Buffer every metric and spectrum row of ``measurement`` under ``step``, ``tokens`` and the
+        probe's name ``probe`` (coerced like :meth:`add_many`; never raises on a bad value)."""
+        key = {"step": step, "tokens": tokens, "probe": probe}
+        self.add_many("metrics", [{**key, **row} for row in measurement.metrics])
+        self.add_many("spectra", [{**key, **row} for row in measurement.spectra])
 
     def pending(self) -> int:
         """Rows buffered and not yet written."""

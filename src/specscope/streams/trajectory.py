@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..spectra.compute import desc_eigvalsh, sv_from_eig
+
 
 class CountSketch:
     """Seeded CountSketch ``R^P -> R^k``: ``y[h(i)] += s(i) x[i]``. Calling it on a tensor of ``dim`` elements (any
@@ -69,10 +71,9 @@ class TrajectoryWindow:
         return (x @ x.T).cpu()
 
     def singular_values(self) -> np.ndarray:
-        """Singular values of the window ``X`` (the square roots of the Gram's eigenvalues, clipped at 0): a float64
-        array of one value per row kept, descending, in parameter units."""
-        lam = np.linalg.eigvalsh(self.gram.numpy())[::-1]
-        return np.sqrt(np.clip(lam, 0.0, None))
+        """Singular values of the window's update matrix ``X`` (one update a row), float64, descending:
+        the square roots of the eigenvalues of its Gram ``K = X X^T`` (round-off negatives give 0)."""
+        return sv_from_eig(desc_eigvalsh(self.gram))
 
     def stability(self, top: int = 3) -> np.ndarray:
         """``|<u_j^A, u_j^B>|`` for the top directions of the first (A) and second (B) half of the window: a float64
