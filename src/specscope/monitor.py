@@ -175,9 +175,10 @@ class Monitor:
 
         Probes with a need in common (``Probe.needs``) that one of them can measure in its own pass
         (``Probe.shares_pass``: e.g. activations in the per-sample gradients' forward over one pool)
-        run as one group: one pass, each probe's rows written as its own; ``probe_seconds`` of the group
-        is split evenly among its probes. A group that fails records NaN with the status for each of
-        its probes; one that does not apply after all is measured probe by probe."""
+        run as one group: one pass, each probe's rows written as its own; the pass's seconds are split
+        evenly among the probes it measured in ``probe_seconds``. A group that fails records NaN with
+        the status for each of its probes; one that does not apply after all is measured probe by
+        probe (the time of the attempt split among them)."""
         ctx = ProbeContext(self.model, self.catalog, int(step), tokens)
         for group in share_groups(probes if probes is not None else self.probes):
             shared, shared_s = self._measure_group(group, ctx)
@@ -197,7 +198,8 @@ class Monitor:
                     result = Measurement()
                     result.add_metric(-1, "other", "", "probe_error", math.nan, f"{type(exc).__name__}: {exc}")
                     status = "error"
-                elapsed = time.perf_counter() - t0 + (shared_s / len(group) if id(probe) in shared else 0.0)
+                share = shared_s / len(shared) if id(probe) in shared else 0.0 if shared else shared_s / len(group)
+                elapsed = time.perf_counter() - t0 + share
                 base = {"step": int(step), "tokens": tokens, "probe": probe.name}
                 self.writer.add_many("metrics", [{**base, **row} for row in result.metrics])
                 self.writer.add_many("spectra", [{**base, **row} for row in result.spectra])

@@ -5,22 +5,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
 from torch import nn
 
 from ..errors import ConfigError
 from ..models import KINDS, MatrixRef
-from .schedule import ScheduleLike, as_schedule
+from .schedule import ScheduleLike, as_schedule, check_int  # noqa: F401 (check_int: re-exported to the probes)
 from .schedule import at as at_steps
 
 log = logging.getLogger(__name__)
-
-
-def check_int(what: str, value: Any, low: int) -> int:
-    """``value`` as an int, or a :class:`ConfigError` when it is not an integer ``>= low`` (bools are not integers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def check_choice(what: str, value: Any, choices: Iterable[str]) -> Any:
@@ -97,11 +89,9 @@ class Probe:
         what = f"{type(self).__name__}: every"
         self.schedule = as_schedule(every, what)
         self.every = None if callable(every) else int(every)  # the int given, kept for readers
-        if isinstance(at, (str, bytes)) or not isinstance(at, Iterable):
-            raise ConfigError(f"{type(self).__name__}: at must be an iterable of steps (integers >= 0), got {at!r}")
-        self.at = frozenset(check_int("at", s, 0) for s in at)
+        listed = at_steps(at, f"{type(self).__name__}: at")
+        self.at = listed.steps
         if self.at:
-            listed = at_steps(self.at)
             self.schedule = listed if self.every == 0 else self.schedule | listed
         self._schedule_failed = False
         if name is not None:

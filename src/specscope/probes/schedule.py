@@ -26,21 +26,24 @@ ScheduleLike = Union[int, Callable[[int], bool]]
 _SHOWN = 8  # steps of an `at` list written out in its description
 
 
-def _step(what: str, value: Any, low: int = 0) -> int:
-    """``value`` as an int ``>= low`` (bools, floats and strings are not steps), else a :class:`ConfigError`."""
+def check_int(what: str, value: Any, low: int = 0) -> int:
+    """``value`` as an int, or a :class:`ConfigError` when it is not an integer ``>= low`` (bools, floats and
+    strings are not integers here)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
     return int(value)
 
 
 class Schedule:
-    """A callable ``step -> bool`` with a readable description (``str()``); ``a | b`` is their union."""
+    """A callable ``step -> bool`` with a readable description (``str()``); ``a | b`` is their union.
+    ``steps``: the steps it is due at when they are a finite list (:func:`at`, :func:`log_spaced`), else None."""
 
-    __slots__ = ("_fn", "text")
+    __slots__ = ("_fn", "text", "steps")
 
-    def __init__(self, fn: Callable[[int], bool], text: str):
+    def __init__(self, fn: Callable[[int], bool], text: str, steps: frozenset[int] | None = None):
         self._fn = fn
         self.text = text
+        self.steps = steps
 
     def __call__(self, step: int) -> bool:
         """True when the probe measures at ``step`` (an exception in a custom callable propagates)."""
@@ -64,29 +67,30 @@ class Schedule:
 
 def every(n: int) -> Schedule:
     """Due at steps ``0, n, 2n, ...`` (``step % n == 0``); ``every(0)`` is never due. Described ``"every N"``."""
-    n = _step("every(n)", n)
+    n = check_int("every(n)", n)
     if n == 0:
         return Schedule(lambda step: False, "never")
     return Schedule(lambda step: step % n == 0, f"every {n}")
 
 
-def at(steps: Iterable[int]) -> Schedule:
-    """Due exactly at the listed steps (integers ``>= 0``). Described ``"at [0, 5, 10]"`` (long lists shortened)."""
+def at(steps: Iterable[int], what: str = "at") -> Schedule:
+    """Due exactly at the listed steps (integers ``>= 0``; ``.steps`` holds them). Described ``"at [0, 5, 10]"``
+    (long lists shortened)."""
     if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
-        raise ConfigError(f"at must be an iterable of steps (integers >= 0), got {steps!r}")
-    keep = frozenset(_step("at", s) for s in steps)
+        raise ConfigError(f"{what} must be an iterable of steps (integers >= 0), got {steps!r}")
+    keep = frozenset(check_int(what, s) for s in steps)
     shown = sorted(keep)
     text = (f"at {shown}" if len(shown) <= _SHOWN else
             f"at [{', '.join(map(str, shown[:_SHOWN]))}, ... {len(shown)} steps up to {shown[-1]}]")
-    return Schedule(keep.__contains__, text)
+    return Schedule(keep.__contains__, text, keep)
 
 
 def log_spaced_steps(start: int, stop: int, per_decade: int = 8) -> list[int]:
     """The steps :func:`log_spaced` yields, ascending: 0, then ``round(start * 10 ** (i / per_decade))``
     (halves up) for ``i = 0, 1, ...`` while that is ``<= stop``, duplicates merged."""
-    start = _step("log_spaced: start", start, 1)
-    stop = _step("log_spaced: stop", stop, start)
-    per_decade = _step("log_spaced: per_decade", per_decade, 1)
+    start = check_int("log_spaced: start", start, 1)
+    stop = check_int("log_spaced: stop", stop, start)
+    per_decade = check_int("log_spaced: per_decade", per_decade, 1)
     steps = {0}
     for i in range(per_decade * (math.ceil(math.log10(stop / start)) + 1) + 1):
         x = start * 10.0 ** (i / per_decade)
@@ -101,7 +105,7 @@ def log_spaced(start: int, stop: int, per_decade: int = 8) -> Schedule:
     per factor of ten up to ``stop`` (exactly :func:`log_spaced_steps`); never due after ``stop``.
     Described ``"log_spaced(start, stop, N/decade)"``."""
     steps = frozenset(log_spaced_steps(start, stop, per_decade))
-    return Schedule(steps.__contains__, f"log_spaced({start}, {stop}, {per_decade}/decade)")
+    return Schedule(steps.__contains__, f"log_spaced({start}, {stop}, {per_decade}/decade)", steps)
 
 
 def as_schedule(value: Any, what: str = "every") -> Schedule:
@@ -114,6 +118,6 @@ def as_schedule(value: Any, what: str = "every") -> Schedule:
         raise ConfigError(f"{what} must be an integer >= 0 (every N steps; 0: never), a schedule "
                           f"(ss.probes.every / at / log_spaced) or a callable step -> bool, got {value!r}")
     if not callable(value):
-        return every(_step(what, value))
+        return every(check_int(what, value))
     name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None) or type(value).__name__
     return Schedule(value, f"custom {name}")
