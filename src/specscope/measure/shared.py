@@ -6,7 +6,9 @@ batch. :func:`activations_and_gradient` runs that forward once per batch: the ac
 hooks read the activations (detached, into their float64 covariance streams) and the hooked
 linear layer's output is backpropagated from the same forward's per-sample losses. The batches,
 their order and every operation on them are those of the separate passes, so the covariances
-and the Gram equal theirs exactly.
+and the Gram equal theirs (bitwise on the CPU, tested; the part of the forward after the hooked
+layer records autograd here, as in the gradient pass alone, which on an accelerator could pick
+a different kernel for an activation read there: within float rounding).
 
 When it applies (:func:`shared_rows` and :func:`activations_and_gradient`): the gradient pool
 is the activation pool or its first rows (``Gradients(samples=...)`` of one pool: then those
