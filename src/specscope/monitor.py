@@ -30,6 +30,36 @@ def preserved(model: nn.Module) -> Iterator[None]:
         yield
 
 
+def share_groups(probes: Iterable[Probe]) -> list[list[Probe]]:
+    """The probes in measuring groups: a probe first in a group with every other that has a need in common with
+    it and that it can measure in its own pass (``lead.shares_pass(other)``), every other probe alone; groups
+    in the order of their first probe. A ``shares_pass`` that raises counts as False."""
+    probes = list(probes)
+    lead_of: dict[int, Probe] = {}
+    for lead in probes:
+        if id(lead) in lead_of or not lead.needs:
+            continue
+        for other in probes:
+            if other is lead or id(other) in lead_of or not (lead.needs & other.needs):
+                continue
+            try:
+                joins = lead.shares_pass(other)
+            except Exception as exc:
+                log.debug("probe %s: shares_pass(%s) failed: %s", lead.name, other.name, exc)
+                joins = False
+            if joins:
+                lead_of[id(lead)] = lead
+                lead_of[id(other)] = lead
+    groups: dict[int, list[Probe]] = {}
+    for p in probes:
+        lead = lead_of.get(id(p), p)
+        groups.setdefault(id(lead), []).append(p)
+    for members in groups.values():  # the lead first
+        lead = lead_of.get(id(members[0]), members[0])
+        members.sort(key=lambda p: p is not lead)
+    return list(groups.values())
+
+
 class Monitor:
     """Watch ``model`` during training and write what the probes measure to ``run_dir``.
 
@@ -138,24 +168,52 @@ class Monitor:
         self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
 
     def measure(self, step: int, tokens: int | None = None, probes: Iterable[Probe] | None = None) -> None:
-        """Run probes now (default: all) and flush."""
+        """Run probes now (default: all) and flush.
+
+        Probes with a need in common (``Probe.needs``) that one of them can measure in its own pass
+        (``Probe.shares_pass``: e.g. activations in the per-sample gradients' forward over one pool)
+        run as one group: one pass, each probe's rows written as its own; the pass's seconds are split
+        evenly among the probes it measured in ``probe_seconds``. A group that fails records NaN with
+        the status for each of its probes; one that does not apply after all is measured probe by
+        probe (the time of the attempt split among them)."""
         ctx = ProbeContext(self.model, self.catalog, int(step), tokens)
-        for probe in probes if probes is not None else self.probes:
-            t0 = time.perf_counter()
-            try:
-                with preserved(self.model):
-                    result = probe.measure(ctx)
-                status = "ok"
-            except Exception as exc:  # never break the user's training
-                log.warning("probe %s failed at step %s: %s", probe.name, step, exc)
-                result = Measurement.failure(f"{type(exc).__name__}: {exc}")
-                status = "error"
-            elapsed = time.perf_counter() - t0
-            self.writer.add_measurement(int(step), tokens, probe.name, result)
-            self.log(step, tokens, **{f"probe_seconds/{probe.name}": elapsed})
-            if status != "ok":
-                self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
+        for group in share_groups(probes if probes is not None else self.probes):
+            shared, shared_s = self._measure_group(group, ctx)
+            for probe in group:
+                t0 = time.perf_counter()
+                try:
+                    got = shared.get(id(probe))
+                    if isinstance(got, Exception):
+                        raise got
+                    if got is None:
+                        with preserved(self.model):
+                            got = probe.measure(ctx)
+                    result = got
+                    status = "ok"
+                except Exception as exc:  # never break the user's training
+                    log.warning("probe %s failed at step %s: %s", probe.name, step, exc)
+                    result = Measurement.failure(f"{type(exc).__name__}: {exc}")
+                    status = "error"
+                share = shared_s / len(shared) if id(probe) in shared else 0.0 if shared else shared_s / len(group)
+                elapsed = time.perf_counter() - t0 + share
+                self.writer.add_measurement(int(step), tokens, probe.name, result)
+                self.log(step, tokens, **{f"probe_seconds/{probe.name}": elapsed})
+                if status != "ok":
+                    self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
         self.flush()
+
+    def _measure_group(self, group: list[Probe], ctx: ProbeContext) -> tuple[dict[int, Any], float]:
+        """The group's shared pass: ``({id(probe): Measurement or the exception}, seconds)``; ``({}, 0)`` for a
+        single probe or when the pass does not apply (each probe is then measured alone)."""
+        if len(group) < 2:
+            return {}, 0.0
+        t0 = time.perf_counter()
+        try:
+            with preserved(self.model):
+                got = group[0].measure_shared(ctx, group[1:])
+        except Exception as exc:  # a failed shared pass fails every probe in it, never the training
+            got = {id(p): exc for p in group}
+        return (got or {}), time.perf_counter() - t0
 
     def flush(self) -> None:
         try:

@@ -7,6 +7,8 @@
   matrix of one cataloged matrix (SPEC 1.3), through hooks on a linear layer, ``torch.func`` or
   a loop of single-sample backward passes; :func:`gradient_spectrum_reference` is the loop of
   full single-sample backward passes they must equal; :mod:`.gradients`.
+- :func:`activations_and_gradient`: both from one forward per batch when they read one pool
+  (:func:`shared_rows`), equal to the separate passes; :mod:`.shared`.
 
 Works on token language models (the reference GPT, HF GPT-2 / NeoX / LLaMA families) and on
 any other model (vision, audio, regression, CNN, LSTM): a pool is a tensor or a tuple / dict of
@@ -21,9 +23,11 @@ from .common import (LossShapeError, _batches, _device, _logits, as_pool, call_m
                      kept_rng, measuring, next_token_losses, per_sample, pool_len, pool_rows, pool_shapes, resolve_loss,
                      sequence_losses)
 from .gradients import METHODS, find_matrix, gradient_gram, gradient_spectrum, gradient_spectrum_reference
+from .shared import ActivationRequest, NotShared, activations_and_gradient, shared_rows
 
-__all__ = ["METHODS", "LossShapeError", "Site", "activation_covariances", "activation_sites", "activation_spectrum",
-           "as_pool", "block_index", "block_list", "call_model", "default_site", "desc_eigvalsh", "find_blocks",
-           "find_matrix", "first_tensor", "flatten_features", "gradient_gram", "gradient_spectrum",
-           "gradient_spectrum_reference", "kept_rng", "measuring", "next_token_losses", "per_sample", "pool_len",
-           "pool_rows", "pool_shapes", "resolve_loss", "rms_normalize", "sequence_losses"]
+__all__ = ["METHODS", "ActivationRequest", "LossShapeError", "NotShared", "Site", "activation_covariances",
+           "activation_sites", "activation_spectrum", "activations_and_gradient", "as_pool", "block_index",
+           "block_list", "call_model", "default_site", "desc_eigvalsh", "find_blocks", "find_matrix", "first_tensor",
+           "flatten_features", "gradient_gram", "gradient_spectrum", "gradient_spectrum_reference", "kept_rng",
+           "measuring", "next_token_losses", "per_sample", "pool_len", "pool_rows", "pool_shapes", "resolve_loss",
+           "rms_normalize", "sequence_losses", "shared_rows"]

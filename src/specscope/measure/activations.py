@@ -200,7 +200,22 @@ def activation_covariances(model: nn.Module, pool: Any, layers: Iterable[int] | 
     run = forward_fn or call_model
     sites = activation_sites(base, layers, modules) or [default_site(base, pool, forward_fn, batch)]
     covs: dict[Site, StreamingCovariance] = {}
+    handles = hook_sites(base, sites, covs, normalize, feature_dim)
+    try:
+        with measuring(model):
+            for b in _batches(pool, batch, _device(base)):
+                run(base, b)
+    finally:
+        for h in handles:
+            h.remove()
+    return sites_read(sites, covs)
 
+
+def hook_sites(base: nn.Module, sites: list[Site], covs: dict[Site, StreamingCovariance], normalize: str = "rms",
+               feature_dim: int | None = None) -> list[Any]:
+    """Hooks on ``base`` (the unwrapped model) that add every activation at ``sites`` (detached, flattened
+    to ``(positions, features)``, RMS-normalized when ``normalize="rms"``) to ``covs[site]`` (a float64
+    :class:`StreamingCovariance`, made at the first batch); returns the handles to remove."""
     def add(site: Site, t: torch.Tensor | None) -> None:
         if t is None:
             raise TypeError(f"no tensor in the {'input' if site.input else 'output'} of module {site.module!r}")
@@ -218,13 +233,11 @@ def activation_covariances(model: nn.Module, pool: Any, layers: Iterable[int] | 
                                                          with_kwargs=True))
         else:
             handles.append(mod.register_forward_hook(lambda _m, _a, out, s=site: add(s, first_tensor(out))))
-    try:
-        with measuring(model):
-            for b in _batches(pool, batch, _device(base)):
-                run(base, b)
-    finally:
-        for h in handles:
-            h.remove()
+    return handles
+
+
+def sites_read(sites: list[Site], covs: dict[Site, StreamingCovariance]) -> dict[Site, StreamingCovariance]:
+    """``covs`` ordered by layer; a ``RuntimeError`` when a site's module did not run in the forward pass."""
     missing = [s.name for s in sites if s not in covs]
     if missing:
         raise RuntimeError(f"module(s) {missing} did not run in the forward pass")

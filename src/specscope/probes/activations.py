@@ -23,6 +23,7 @@ from ..models import unwrap
 from ..spectra import spectrum_metrics
 from ..spectra.compute import sv_from_eig
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int
+from .schedule import ScheduleLike
 
 
 def make_pool(data: Any, n: int = 64, seq_len: int = 128, seed: int = 0) -> Any:
@@ -76,12 +77,15 @@ class Activations(Probe):
     ``feature_dim``: which dim of an activation holds the features (default: the last of a
     2-D / 3-D activation, dim 1 (channels) of a 4-D / 5-D feature map). Stored rows: kind
     ``activation``, ``layer`` = block index (or the modules' depth order), ``name`` =
-    ``block{i}`` or the module name.
+    ``block{i}`` or the module name. ``every`` / ``at``: the schedule (:class:`~.base.Probe`). Needs
+    ``pool_forward``: due at one step with a :class:`~.gradients.Gradients` over the same pool,
+    it is measured in that probe's forward pass (:mod:`specscope.measure.shared`).
     """
 
     name = "activations"
+    needs = frozenset({"pool_forward"})
 
-    def __init__(self, pool: Any, layers: Iterable[int] | None = None, every: int = 100, at: Iterable[int] = (),
+    def __init__(self, pool: Any, layers: Iterable[int] | None = None, every: ScheduleLike = 100, at: Iterable[int] = (),
                  normalize: str = "rms", batch: int = 16, name: str | None = None, *,
                  modules: Iterable[str] | str | None = None, forward_fn: ForwardFn | None = None,
                  feature_dim: int | None = None):
@@ -120,10 +124,19 @@ class Activations(Probe):
             self._default = (id(base), measure.default_site(base, self.pool, self.forward_fn, self.batch).name)
         return (self._default[1],)
 
+    def request(self, model: torch.nn.Module) -> measure.ActivationRequest:
+        """Where this probe reads in ``model`` (its default module found first, for a model without blocks)."""
+        return measure.ActivationRequest(self.layers, self._modules(model), self.normalize, self.feature_dim)
+
     def measure(self, ctx: ProbeContext) -> Measurement:
+        """Covariance eigenvalues (descending) and their metrics at each site, from one pass over the pool."""
         covs = measure.activation_covariances(ctx.model, self.pool, self.layers, self.normalize, self.batch,
                                               modules=self._modules(ctx.model), forward_fn=self.forward_fn,
                                               feature_dim=self.feature_dim)
+        return self.rows(covs)
+
+    def rows(self, covs: dict[measure.Site, Any]) -> Measurement:
+        """The stored rows of covariances ``{site: StreamingCovariance}``: eigenvalues (kind ``activation``)."""
         out = Measurement()
         for site, cov in covs.items():
             _emit(out, site.layer, "activation", site.name, "eig", measure.desc_eigvalsh(cov.compute()))

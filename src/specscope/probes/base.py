@@ -1,22 +1,19 @@
 """Probes: each one small class that says what it reads and what it computes; a schedule says when."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import numpy as np
 from torch import nn
 
 from ..errors import ConfigError
 from ..models import KINDS, MatrixRef
 from ..store.rows import Measurement  # noqa: F401  (a row container of the store; ss.probes.Measurement)
+from .schedule import ScheduleLike, as_schedule, check_int  # noqa: F401 (check_int: re-exported to the probes)
+from .schedule import at as at_steps
 
-
-def check_int(what: str, value: Any, low: int) -> int:
-    """``value`` as an int, or a :class:`ConfigError` when it is not an integer ``>= low`` (bools are not integers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
-    return int(value)
+log = logging.getLogger(__name__)
 
 
 def check_choice(what: str, value: Any, choices: Iterable[str]) -> Any:
@@ -50,28 +47,56 @@ class ProbeContext:
     tokens: int | None = None
 
 
-class Probe:
-    """Base class. Subclasses set ``name`` and implement :meth:`measure`.
+#: What a probe may need from the model at a measurement; the monitor groups due probes by it and
+#: runs a pass that several of them need once (see :meth:`Probe.shares_pass`).
+NEEDS = {
+    "parameters": "the weight matrices as they are at the measured step (read; no forward pass)",
+    "update": "each optimizer step's update theta_{t+1} - theta_t: observe() runs at every monitor step",
+    "pool_forward": "a forward pass of the model over a fixed probe pool",
+    "layer_backward": "per-sample losses of the pool backpropagated to one layer (from that forward)",
+}
 
-    Schedule: measured at steps where ``step % every == 0`` (``every=0`` disables that),
-    plus any step listed in ``at``.
+
+class Probe:
+    """Base class: one small class that says what it needs (``needs``, words of :data:`NEEDS`) and what it
+    computes (:meth:`measure`); a schedule says when it runs. Subclasses set ``name`` and ``needs``.
+
+    ``every``: an int (measure at steps where ``step % every == 0``; ``every=0``: never), or a
+    schedule: :func:`~specscope.probes.schedule.every`, :func:`~specscope.probes.schedule.at`,
+    :func:`~specscope.probes.schedule.log_spaced` (dense early probing), their union ``a | b``, or
+    any callable ``step -> bool``. ``at``: steps measured as well. A bad schedule is a
+    :class:`ConfigError` here; a callable that raises at a step makes the probe not due at that
+    step (a warning, said once), never an error in the training loop.
     """
 
     name = "probe"
+    needs: frozenset[str] = frozenset()
     observes_every_step = False  # True: `observe` runs at every monitor step, `measure` on the schedule
 
-    def __init__(self, every: int = 25, at: Iterable[int] = (), name: str | None = None):
-        self.every = check_int("every", every, 0)
-        if isinstance(at, (str, bytes)) or not isinstance(at, Iterable):
-            raise ConfigError(f"{type(self).__name__}: at must be an iterable of steps (integers >= 0), got {at!r}")
-        self.at = frozenset(check_int("at", s, 0) for s in at)
+    def __init__(self, every: ScheduleLike = 25, at: Iterable[int] = (), name: str | None = None):
+        what = f"{type(self).__name__}: every"
+        self.schedule = as_schedule(every, what)
+        self.every = None if callable(every) else int(every)  # the int given, kept for readers
+        listed = at_steps(at, f"{type(self).__name__}: at")
+        self.at = listed.steps
+        if self.at:
+            self.schedule = listed if self.every == 0 else self.schedule | listed
+        self._schedule_failed = False
         if name is not None:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"{type(self).__name__}: name must be a non-empty string, got {name!r}")
             self.name = name
 
     def due(self, step: int) -> bool:
-        return (self.every > 0 and step % self.every == 0) or step in self.at
+        """True when the schedule says to measure at ``step``; False (warning once) when the schedule raises."""
+        try:
+            return self.schedule(step)
+        except Exception as exc:  # never break the user's training
+            if not self._schedule_failed:
+                self._schedule_failed = True
+                log.warning("probe %s: its schedule (%s) failed at step %s: %s: %s; not measured at such steps "
+                            "(said once)", self.name, self.schedule, step, type(exc).__name__, exc)
+            return False
 
     def setup(self, model: nn.Module) -> None:
         """Called once when the monitor starts."""
@@ -80,7 +105,21 @@ class Probe:
         """Called at every step for probes with ``observes_every_step`` (e.g. to record each update)."""
 
     def measure(self, ctx: ProbeContext) -> Measurement:
+        """This probe's rows at ``ctx.step`` (the monitor adds run id, step, tokens)."""
         raise NotImplementedError
 
+    def shares_pass(self, other: "Probe") -> bool:
+        """True when ``other`` (due at the same step, with a need in common) can be measured in this probe's
+        own pass (:meth:`measure_shared`); the base shares nothing."""
+        return False
+
+    def measure_shared(self, ctx: ProbeContext, others: list["Probe"]) -> dict[int, Measurement] | None:
+        """This probe and ``others`` (each accepted by :meth:`shares_pass`) measured in one pass, keyed by
+        ``id(probe)``; None when sharing does not apply after all (each is then measured alone)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "name": self.name, "every": self.every, "at": sorted(self.at)}
+        """What this probe is, for ``meta.json``: type, name, readable schedule, ``every`` (the int, or None
+        for a schedule), ``at`` and ``needs``."""
+        return {"type": type(self).__name__, "name": self.name, "schedule": str(self.schedule), "every": self.every,
+                "at": sorted(self.at), "needs": sorted(self.needs)}

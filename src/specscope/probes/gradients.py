@@ -2,6 +2,7 @@
 cataloged matrix over a fixed probe pool (see :mod:`specscope.measure.gradients`)."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 import numpy as np
@@ -9,10 +10,14 @@ import torch
 
 from .. import measure
 from ..errors import ConfigError
-from ..measure.common import ForwardFn, LossFn, as_pool, pool_len, pool_rows, pool_shapes
+from ..measure.common import ForwardFn, LossFn, as_pool, call_model, pool_len, pool_rows, pool_shapes
+from ..models import MatrixRef
 from ..spectra.compute import sv_from_eig
-from .activations import _check_callable, _emit
+from .activations import Activations, _check_callable, _emit
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+from .schedule import ScheduleLike
+
+log = logging.getLogger(__name__)
 
 
 class Gradients(Probe):
@@ -26,12 +31,22 @@ class Gradients(Probe):
     ``ValueError`` at setup, recorded as NaN with its status at each measurement).
     ``forward_fn(model, batch)``: how to call the model. ``method``: ``"auto"`` (hooks on a
     linear layer, else ``torch.func``, else a loop of single-sample backward passes), or one of
-    ``"hooks"``, ``"func"``, ``"loop"`` (see :mod:`specscope.measure.gradients`).
+    ``"hooks"``, ``"func"``, ``"loop"`` (see :mod:`specscope.measure.gradients`). ``every`` / ``at``:
+    the schedule (:class:`~.base.Probe`).
+
+    Needs ``pool_forward`` and ``layer_backward``. Due at one step with :class:`~.activations.Activations`
+    probes over the same pool (the same object or equal tensors; or this probe's pool is that pool's
+    first ``samples`` rows, a whole number of batches), with the same ``forward_fn`` and ``batch``,
+    and measured through hooks (``method`` ``"auto"`` or ``"hooks"`` on a linear layer), it
+    measures them in its own forward pass: one forward per batch instead of two, the same numbers
+    (:mod:`specscope.measure.shared`). Otherwise each runs its own pass (logged at DEBUG, once
+    per reason).
     """
 
     name = "gradients"
+    needs = frozenset({"pool_forward", "layer_backward"})
 
-    def __init__(self, pool: Any, matrix: str = "o", layer: int = -1, samples: int | None = None, every: int = 100,
+    def __init__(self, pool: Any, matrix: str = "o", layer: int = -1, samples: int | None = None, every: ScheduleLike = 100,
                  at: Iterable[int] = (), batch: int = 16, chunk: int = 16, name: str | None = None, *,
                  matrix_name: str | None = None, part: int | None = None, loss_fn: LossFn | None = None,
                  forward_fn: ForwardFn | None = None, method: str = "auto"):
@@ -54,6 +69,8 @@ class Gradients(Probe):
         self.matrix, self.layer, self.batch, self.chunk = matrix, layer, batch, chunk
         self.matrix_name, self.part, self.method = matrix_name, part, method
         self.loss_fn, self.forward_fn = loss_fn, forward_fn
+        self._said_apart: set[tuple[str, str]] = set()
+        self._not_shared: str | None = None  # why the shared pass did not apply to this probe's matrix
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "matrix": self.matrix, "layer": self.layer, "matrix_name": self.matrix_name,
@@ -70,6 +87,68 @@ class Gradients(Probe):
         gram, ref = measure.gradient_gram(ctx.model, self.pool, self.matrix, self.layer, self.batch, self.chunk,
                                           name=self.matrix_name, part=self.part, loss_fn=self.loss_fn,
                                           forward_fn=self.forward_fn, method=self.method, refs=ctx.catalog)
+        return self.rows(gram, ref)
+
+    def rows(self, gram: torch.Tensor, ref: MatrixRef) -> Measurement:
+        """The stored rows of a per-sample gradient Gram ``G G^T`` of matrix ``ref``: singular values of ``G``."""
         out = Measurement()
         _emit(out, ref.layer, ref.kind, ref.name, "sv", sv_from_eig(measure.desc_eigvalsh(gram)), ref.part)
+        return out
+
+    def _apart(self, other: Activations) -> str | None:
+        """Why ``other`` cannot be measured in this probe's pass (None: it can)."""
+        if self.method not in ("auto", "hooks"):
+            return f"method {self.method!r} does not run a forward pass with hooks"
+        if self._not_shared is not None:
+            return self._not_shared
+        if other.batch != self.batch:
+            return f"batch sizes differ ({other.batch} vs {self.batch})"
+        if (other.forward_fn or call_model) is not (self.forward_fn or call_model):
+            return "their forward_fn differ"
+        if measure.shared_rows(other.pool, self.pool, self.batch) is None:
+            return "different pools (nor the first rows of one, a whole number of batches)"
+        return None
+
+    def shares_pass(self, other: Probe) -> bool:
+        """True when ``other`` is an :class:`Activations` probe this probe's forward pass can measure (class
+        docstring); logs why not at DEBUG, once per probe and reason."""
+        if not isinstance(other, Activations):
+            return False
+        why = self._apart(other)
+        if why is not None and (other.name, why) not in self._said_apart:
+            self._said_apart.add((other.name, why))
+            log.debug("probes %s and %s measure in separate passes: %s", self.name, other.name, why)
+        return why is None
+
+    def measure_shared(self, ctx: ProbeContext, others: list[Probe]) -> dict[int, Measurement] | None:
+        """This probe and the :class:`Activations` probes among ``others`` that read one pool, from one forward
+        pass per batch; keyed by ``id(probe)`` (a probe left out is measured alone); None when the shared
+        pass does not apply (logged at DEBUG; each is then measured alone)."""
+        acts = [p for p in others if isinstance(p, Activations)]
+        if not acts:
+            return None
+        pool, n = acts[0].pool, pool_len(acts[0].pool)
+        acts = [a for a in acts if measure.shared_rows(pool, a.pool, self.batch) == n]  # those reading one pool
+        rows = measure.shared_rows(pool, self.pool, self.batch)
+        try:
+            requests = [a.request(ctx.model) for a in acts]  # a default site is found (once) by running the model
+        except Exception as exc:  # each measured alone says what failed
+            log.debug("probe %s: activation sites of %s not found (%s); measured apart", self.name,
+                      ", ".join(a.name for a in acts), exc)
+            return None
+        try:
+            if rows is None:
+                raise measure.NotShared("different pools")
+            covs, gram, ref = measure.activations_and_gradient(
+                ctx.model, pool, requests, rows, matrix=self.matrix, layer=self.layer, name=self.matrix_name,
+                part=self.part, loss_fn=self.loss_fn, forward_fn=self.forward_fn, batch=self.batch, chunk=self.chunk,
+                refs=ctx.catalog)
+        except measure.NotShared as exc:
+            if exc.lasting:  # the matrix, not the step: remembered
+                self._not_shared = str(exc)
+            log.debug("probes %s and %s measure in separate passes at step %s: %s", self.name,
+                      ", ".join(a.name for a in acts), ctx.step, exc)
+            return None
+        out = {id(a): a.rows(c) for a, c in zip(acts, covs)}
+        out[id(self)] = self.rows(gram, ref)
         return out

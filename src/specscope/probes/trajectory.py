@@ -13,6 +13,7 @@ from ..models import MatrixRef
 from ..spectra import spectrum_metrics
 from ..streams import CountSketch, TrajectoryWindow
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+from .schedule import ScheduleLike
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,18 @@ class Trajectory(Probe):
     restricts it), plus one per matrix listed in
     ``matrices`` as ``(layer, kind)``. ``mode="exact"`` keeps the updates (``store_dtype``, on the
     CPU); ``mode="sketch"`` keeps ``k``-dim CountSketches (memory O(window * k) for any model).
-    Updates are observed at every monitor step; metrics and spectra are written every ``every``.
+    Updates are observed at every monitor step (needs ``update``); metrics and spectra are written on
+    the schedule ``every`` / ``at`` (:class:`~.base.Probe`).
     """
 
     name = "trajectory"
+    needs = frozenset({"update"})
     observes_every_step = True
 
-    def __init__(self, window: int = 16, every: int = 25, at: Iterable[int] = (), mode: str = "exact", k: int = 4096,
-                 kinds: Iterable[str] | None = None, matrices: Iterable[tuple[int, str]] = (), global_track: bool = True,
-                 seed: int = 0, store_dtype: torch.dtype = torch.float32, name: str | None = None):
+    def __init__(self, window: int = 16, every: ScheduleLike = 25, at: Iterable[int] = (), mode: str = "exact",
+                 k: int = 4096, kinds: Iterable[str] | None = None, matrices: Iterable[tuple[int, str]] = (),
+                 global_track: bool = True, seed: int = 0, store_dtype: torch.dtype = torch.float32,
+                 name: str | None = None):
         super().__init__(every, at, name)
         self.window = check_int("Trajectory: window", window, 2)
         self.mode = check_choice("Trajectory: mode", mode, MODES)

@@ -10,6 +10,7 @@ import numpy as np
 from ..spectra import singular_values_many, spectrum_metrics
 from ..spectra.compute import METHODS
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+from .schedule import ScheduleLike
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +21,16 @@ class Weights(Probe):
     ``kinds`` restricts the catalog (default: all). ``method`` is ``"gram"`` (float64 Gram +
     ``eigvalsh``) or ``"svd"`` (exact). ``scale`` is the model width used to choose the tail
     window (default: each matrix's short side). ``store_spectra`` keeps the full singular values.
+    ``every`` / ``at``: the schedule (:class:`~.base.Probe`; e.g. ``every=log_spaced(1, 10000)`` for
+    dense early probing). Needs ``parameters`` only (no forward pass).
     """
 
     name = "weights"
+    needs = frozenset({"parameters"})
 
     def __init__(
         self,
-        every: int = 25,
+        every: ScheduleLike = 25,
         at: Iterable[int] = (),
         kinds: Iterable[str] | None = None,
         method: str = "gram",
