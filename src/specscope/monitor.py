@@ -216,6 +216,7 @@ class Monitor:
         return (got or {}), time.perf_counter() - t0
 
     def flush(self) -> None:
+        """Write buffered rows to the run store now; a failure (disk full...) is logged, the buffer kept."""
         try:
             self.writer.flush()
         except Exception as exc:  # disk full etc.: keep training, keep the buffer
@@ -223,6 +224,7 @@ class Monitor:
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
+        """Flush and close the run store (idempotent); later ``step()`` / ``log()`` calls are ignored."""
         if self._closed:
             return
         self._closed = True

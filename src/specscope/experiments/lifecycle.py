@@ -87,6 +87,8 @@ def run_lifecycle(cfg: LifecycleExperiment, out_dir: str | Path, progress: bool 
 
 
 def lifecycle_claims(table: pd.DataFrame, scaling: dict) -> pd.DataFrame:
+    """The lifecycle claims table: one row per claim with the paper's statement (``paper``), our number
+    over the depths of ``table`` (``ours``) and a ``verdict``; ``scaling`` is :func:`depth_scaling`'s fit."""
     n = len(table)
     rows = [
         {"claim": "compression wave moves from early to late layers", "paper": "early -> late, then reverses",

@@ -106,6 +106,8 @@ def _row(table: pd.DataFrame, variant: str) -> pd.Series | None:
 
 
 def sosd_claims(table: pd.DataFrame) -> pd.DataFrame:
+    """The SoSD claims table: one row per claim with the paper's statement (``paper``), our number over the
+    variants of ``table`` (``ours``, steps or ratios as named) and a ``verdict``."""
     rows = []
     ok = table.dropna(subset=["sd_stable_step", "w_stable_step"])
     if len(ok):

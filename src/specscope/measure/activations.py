@@ -176,6 +176,8 @@ def flatten_features(h: torch.Tensor, feature_dim: int | None = None) -> torch.T
 
 
 def rms_normalize(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``h`` in float64 with each feature vector (last dim) divided by its root mean square (``eps`` added to
+    the mean square): unit-RMS activations, same shape."""
     h = h.to(torch.float64)
     return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
 

@@ -56,6 +56,7 @@ def tree_map(fn: Callable[[torch.Tensor], Any], pool: Pool) -> Any:
 
 
 def leaves(pool: Pool) -> list[torch.Tensor]:
+    """The tensors of a pool (a tensor, or a tuple / list / dict of them), in order, as a list."""
     out: list[torch.Tensor] = []
     tree_map(out.append, pool)
     return out
