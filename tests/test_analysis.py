@@ -43,3 +43,27 @@ def test_report_of_a_run_without_probe_data(tmp_path):
     assert "Loss" in html and "only 1 weight measurement" not in html
     assert "no weight-probe measurements in this run: SoSD onset needs the Weights probe" in html  # spectra, no metrics
     assert "no probe measurements" in summary(run)
+
+
+def test_summary_prints_the_planted_numbers(tmp_path):
+    w = RunWriter(tmp_path / "s")
+    planted = {(0, 0): 4.0, (0, 1): 6.0, (10, 0): 2.0, (10, 1): 3.0}  # (step, layer) -> q stable rank
+    for (step, layer), value in planted.items():
+        w.add("metrics", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": "q", "name": f"b.{layer}.q",
+                          "metric": "stable_rank", "value": value, "status": "ok"})
+    w.add("metrics", {"step": 10, "tokens": None, "probe": "weights", "layer": 1, "kind": "q", "name": "b.1.q",
+                      "metric": "alpha_tail", "value": float("nan"), "status": "no tail window"})
+    for step, rankme, alpha in ((0, 10.0, 0.8), (10, 7.5, 1.2)):
+        for metric, value in (("rankme", rankme), ("alpha_tail", alpha)):
+            w.add("metrics", {"step": step, "tokens": None, "probe": "activations", "layer": 3, "kind": "resid",
+                              "name": "blocks.3", "metric": metric, "value": value, "status": "ok"})
+    for step, loss in ((0, 2.0), (5, 0.5), (10, 0.25)):
+        w.add("scalars", {"step": step, "tokens": None, "name": "loss", "value": loss, "wall_time": 0.0})
+    w.close()
+    text = summary(ss.open_run(tmp_path / "s"))
+    assert "last step 10, last loss 0.2500" in text
+    assert "2 measurements (steps 0..10), 9 values, 1 NaN with a status" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("q "))
+    # mean stable rank over the two layers 5 -> 2.5: compression 1 - 2.5 / 5
+    assert row.split()[:5] == ["q", "2", "5", "→", "2.5"] and row.split()[-1] == "+50.0%"
+    assert "activations of block 3: rankme 10 → 7.5, alpha_tail 0.8 → 1.2 (steps 0 → 10)" in text

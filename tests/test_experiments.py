@@ -1,21 +1,138 @@
-"""The sosd and lifecycle experiments in their quick modes, and `specscope prune`."""
+"""The sosd and lifecycle studies and `specscope prune`.
+
+Their rows and claims are checked on planted runs and hand-made tables (known answers). The quick end-to-end runs are
+smoke tests (the numbers of a 60-step model have no known answer); their tables are checked against a brute-force
+recomputation from the stored spectra, checkpoints and scalars, so a wrong number in the pipeline still fails.
+"""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from scipy.stats import spearmanr
 
+from conftest import write_weights_run
 from specscope.cli import main
+from specscope.experiments.lifecycle import lifecycle_claims
+from specscope.experiments.sosd import sosd_claims, sosd_row
+
+STABLE = 0.99  # sosd_row's default cosine level for "stable"
 
 
-def test_sosd_experiment_quick(tmp_path, capsys):
+def _median_by_step(pairs) -> pd.Series:
+    """Median over matrices per step of (step, value) pairs, NaN values ignored."""
+    df = pd.DataFrame(pairs, columns=["step", "value"]).dropna()
+    return df.groupby("step")["value"].median().sort_index()
+
+
+def _first_at_least(curve: pd.Series, level: float) -> float:
+    hit = curve[curve >= level]
+    return float(hit.index[0]) if len(hit) else float("nan")
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def reference_sosd_row(run, steps: int) -> dict:
+    """sosd_row's floor, drop at the midpoint and stable steps, recomputed from the stored spectra and checkpoints."""
+    spec = run.spectra(probe="weights")
+    per_step, cos_sd, floors = [], [], []
+    for _, g in spec[spec["layer"] >= 0].groupby("name"):
+        g = g.sort_values("step")
+        t, sv = g["step"].to_numpy(float), np.stack(g["values"].to_numpy())
+        sd = sv / sv.sum(axis=1, keepdims=True)  # singular distribution
+        per = np.linalg.norm(np.diff(sd, axis=0), axis=1) / np.diff(t)
+        floors.append(np.median(per[-max(1, round(0.2 * len(t))):]))  # the last 20% of the measurements
+        per_step += list(zip(t[1:], per))
+        cos_sd += [(s, _cos(x, sd[-1])) for s, x in zip(t, sd)]
+    med = _median_by_step(per_step)
+    mid = steps // 2
+    drop = med[med.index <= mid].tail(3).median() / med[med.index > mid].head(3).median()
+    ckpts = sorted((run.dir / "checkpoints").glob("step_*.safetensors"))
+    final = load_file(str(ckpts[-1]))
+    blocks = [k for k, w in final.items() if k.startswith("blocks.") and w.ndim == 2]
+    cos_w = [(int(p.stem.split("_")[1]), _cos(w[k].double().reshape(-1).numpy(), final[k].double().reshape(-1).numpy()))
+             for p in ckpts for w in [load_file(str(p))] for k in blocks]
+    val = run.scalars()["val_loss"].dropna()
+    return {"floor_per_step": float(np.median(floors)), "sd_drop_at_mid": float(drop),
+            "sd_stable_step": _first_at_least(_median_by_step(cos_sd), STABLE),
+            "w_stable_step": _first_at_least(_median_by_step(cos_w), STABLE), "final_val_loss": float(val.iloc[-1])}
+
+
+def test_sosd_row_on_a_planted_run(tmp_path):
+    # the singular distribution moves along d: 0.04 per measurement (10 steps) up to step 50, then 0.001
+    u, d = np.array([0.4, 0.3, 0.2, 0.1]), np.array([1.0, -1.0, 0.0, 0.0])
+    x = [0.04 * k for k in range(6)] + [0.2 + 0.001 * j for j in range(1, 6)]
+    rows = [(s, layer, "q", u + xi * d) for s, xi in zip(range(0, 101, 10), x) for layer in (0, 1)]
+    run = write_weights_run(tmp_path / "r", rows, scalars=[(0, "val_loss", 3.0), (50, "val_loss", 2.5), (100, "val_loss", 2.25)])
+    # checkpoints W_t = cos(theta) A + sin(theta) B, A and B orthonormal, W_final = A: cos_w_final = cos(theta)
+    a, b = torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)
+    a[0, 0], b[0, 1] = 1.0, 1.0
+    (run.dir / "checkpoints").mkdir()
+    for step, c in ((20, 0.5), (40, 0.9), (60, 0.95), (80, 0.995), (100, 1.0)):
+        w = c * a + np.sqrt(1 - c * c) * b
+        save_file({f"blocks.{layer}.attn.q.weight": w.clone() for layer in (0, 1)},
+                  str(run.dir / "checkpoints" / f"step_{step:07d}.safetensors"))
+    row = sosd_row("planted", run.dir, steps=100)
+    assert row["floor_per_step"] == pytest.approx(0.001 * np.sqrt(2) / 10, rel=1e-9)  # the last 2 of 11 measurements
+    assert row["sd_drop_at_mid"] == pytest.approx(40.0, rel=1e-9)  # 0.04 / 0.001 across step 50
+    # cos_sd_final: 0.986 at step 30, 0.996 at step 40 (computed below); cos_w_final 0.95 at 60, 0.995 at 80
+    assert row["sd_stable_step"] == 40 and row["w_stable_step"] == 80
+    assert row["median_onset"] == 60  # variation drops below 5% of its peak for good after step 50
+    assert row["final_val_loss"] == 2.25
+    ref = reference_sosd_row(run, 100)
+    assert {k: row[k] for k in ref} == pytest.approx(ref, rel=1e-9)
+    claims = sosd_claims(pd.DataFrame([row]))
+    assert claims.set_index("claim").loc["the singular distribution stabilizes before the weights", "reproduced"]
+
+
+def _variant(name, floor, drop, dist, sd_step, w_step):
+    return {"variant": name, "floor_per_step": floor, "sd_drop_at_mid": drop, "distance_frac": dist,
+            "sd_stable_step": sd_step, "w_stable_step": w_step}
+
+
+def test_sosd_claims_on_a_hand_table():
+    table = pd.DataFrame([_variant("cosine", 2e-4, 1.2, 0.05, 100, 400), _variant("step", 1e-4, 8.0, 0.02, 150, 300),
+                          _variant("muon", 5e-5, 1.0, 0.30, 500, 300), _variant("cosine-no-wd", 3e-4, 1.1, 0.07, 120, 350)])
+    c = sosd_claims(table).set_index("claim")
+    assert c["reproduced"].to_dict() == {
+        "the singular distribution stabilizes before the weights": False,  # muon: 500 >= 300
+        "SoSD onset aligns with the loss knee": True,  # median of 0.05, 0.02, 0.30, 0.07 = 0.06 <= 0.1
+        "Muon's SD-variation floor is below AdamW's": True,  # 5e-5 < 2e-4
+        "step decay produces a sharp drop of the SD variation": True,  # 8.0 > 2 * max(1.2, 1)
+        "weight decay keeps the SD variation higher": False}  # 2e-4 < 3e-4
+    assert c.loc["SoSD onset aligns with the loss knee", "ours"] == "median distance 6% of the run (4 runs; max 30%)"
+    assert c.loc["Muon's SD-variation floor is below AdamW's", "ours"] == "Muon 5e-05 vs AdamW 0.0002 per step"
+    assert c.loc["step decay produces a sharp drop of the SD variation", "ours"] == "step: x8.00 across the cut; cosine: x1.20 there"
+    table.loc[1, "sd_drop_at_mid"] = 2.0  # below 2 x 1.2
+    table.loc[3, "floor_per_step"] = 1e-4
+    c = sosd_claims(table).set_index("claim")["reproduced"]
+    assert not c["step decay produces a sharp drop of the SD variation"] and c["weight decay keeps the SD variation higher"]
+
+
+@pytest.mark.smoke
+def test_smoke_sosd_experiment_quick(tmp_path, capsys):
     assert main(["experiment", "sosd", "--quick", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
     table = pd.read_csv(tmp_path / "s" / "sosd.csv")
     assert list(table["variant"]) == ["cosine", "step", "muon"] and (tmp_path / "s" / "sosd.png").exists()
-    assert table["floor_per_step"].notna().all() and table["final_val_loss"].notna().all()
-    claims = pd.read_csv(tmp_path / "s" / "sosd_claims.csv")
-    assert "Muon's SD-variation floor is below AdamW's" in set(claims["claim"])
-    assert "reproduced" in capsys.readouterr().out
+    import specscope as ss
+
+    for r in table.itertuples():  # every number of the table, recomputed from the run store
+        ref = reference_sosd_row(ss.open_run(tmp_path / "s" / r.variant), 60)
+        got = {k: getattr(r, k) for k in ref}
+        assert got == pytest.approx(ref, rel=1e-9, nan_ok=True), r.variant
+        assert np.isfinite(got["floor_per_step"]) and np.isfinite(got["final_val_loss"])
+    claims = pd.read_csv(tmp_path / "s" / "sosd_claims.csv").set_index("claim")
+    by = table.set_index("variant")
+    mu, ad = by.loc["muon", "floor_per_step"], by.loc["cosine", "floor_per_step"]
+    muon = claims.loc["Muon's SD-variation floor is below AdamW's"]
+    assert bool(muon["reproduced"]) == (mu < ad) and muon["ours"] == f"Muon {mu:.3g} vs AdamW {ad:.3g} per step"
+    drop = claims.loc["step decay produces a sharp drop of the SD variation", "reproduced"]
+    assert bool(drop) == (by.loc["step", "sd_drop_at_mid"] > 2 * max(by.loc["cosine", "sd_drop_at_mid"], 1.0))
+    assert muon["ours"] in capsys.readouterr().out  # the printed claims table
     assert main(["findings", str(tmp_path / "s" / "step")]) == 0
     assert "Stability of the singular distribution" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "s" / "step")]) == 0
@@ -25,17 +142,47 @@ def test_sosd_experiment_quick(tmp_path, capsys):
         assert section in page
 
 
-def test_lifecycle_experiment_quick_and_prune(tmp_path, capsys):
+def test_lifecycle_claims_on_a_hand_table():
+    table = pd.DataFrame({"depth": [4, 8], "wave_direction": ["early -> late", "late -> early"],
+                          "gradient_reversal_step": [100.0, np.nan], "alpha_shape": ["monotone", "inverted U"],
+                          "alpha_peak_layer": [3, 4], "inverted_u": [False, True], "qk_vo_asymmetry": [2.5, 1.5],
+                          "rho_importance_alpha": [0.8, np.nan], "last_n_over_spectral": [1.5, 0.8]})
+    c = lifecycle_claims(table, {"beta": 0.3, "verdict": "beta = 0.30"}).set_index("claim")
+    assert c["reproduced"].to_dict() == {
+        "compression wave moves from early to late layers": False,  # one of two depths late -> early
+        "alpha forms an inverted U across depth in deeper models": True,  # the deepest (8) is an inverted U
+        "Q/K carry the depth dependence, V/O compress uniformly": True,  # 2.5x and 1.5x, both > 1
+        "delta_alpha ~ L^0.26": True,  # 0.1 <= 0.3 <= 0.5
+        "alpha predicts layer importance": False,  # depth 8 has no rho
+        "spectral pruning beats Last-N": False}  # 0.8x at depth 8
+    assert c.loc["compression wave moves from early to late layers", "ours"] == (
+        "1/2 depths early -> late; 1/2 with a gradient reversal")
+    assert c.loc["alpha predicts layer importance", "ours"] == "L4: 0.80, L8: n/a"
+    assert not lifecycle_claims(table, {"beta": 0.6})["reproduced"].iloc[3]
+
+
+@pytest.mark.smoke
+def test_smoke_lifecycle_experiment_quick_and_prune(tmp_path, capsys):
     assert main(["experiment", "lifecycle", "--quick", "--out", str(tmp_path / "l"), "--no-progress"]) == 0
     table = pd.read_csv(tmp_path / "l" / "lifecycle.csv")
     assert list(table["depth"]) == [2, 3] and (tmp_path / "l" / "lifecycle.png").exists()
     pruning = pd.read_csv(tmp_path / "l" / "pruning.csv")
     assert set(pruning["rule"]) == {"spectral", "last_n", "random"}
+    for r in table.itertuples():  # the table's pruning columns are the per-rule means at the largest k
+        at = pruning[(pruning["depth"] == r.depth) & (pruning["k"] == pruning.query("depth == @r.depth")["k"].max())]
+        mean = at.groupby("rule")["delta_ppl"].mean()
+        assert (r.dppl_spectral, r.dppl_last_n, r.dppl_random) == pytest.approx(
+            (mean["spectral"], mean["last_n"], mean["random"]), rel=1e-9)
+        assert r.last_n_over_spectral == pytest.approx(mean["last_n"] / mean["spectral"], rel=1e-9)
     capsys.readouterr()
     assert main(["prune", str(tmp_path / "l" / "L3"), "--sequences", "4", "--seq-len", "16", "--random-seeds", "2",
                  "--max-corpus-mb", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert len(doc["importance"]) == 3 and "Last-N / spectral" in doc["verdict"]["verdict"]
+    imp = pd.DataFrame(doc["importance"])
+    assert len(imp) == 3 and "Last-N / spectral" in doc["verdict"]["verdict"]
+    np.testing.assert_allclose(imp["delta_loss"], imp["loss"] - imp["base_loss"], rtol=0, atol=1e-9)  # JSON: 10 digits
+    assert doc["verdict"]["rho"] == pytest.approx(spearmanr(imp["alpha_tail"], imp["delta_loss"])[0], rel=1e-12)
+    assert doc["verdict"]["most_important_layer"] == int(imp.loc[imp["delta_loss"].idxmax(), "layer"])
     assert (tmp_path / "l" / "L3" / "artifacts" / "pruning" / "summary.parquet").exists()
     assert main(["findings", str(tmp_path / "l" / "L3"), "--json"]) == 0
     names = [f["name"] for f in json.loads(capsys.readouterr().out)]

@@ -118,7 +118,11 @@ def _assert_like_plain_loop(run_dir, plain_dir, probes, initial, after, compare_
     updates = lambda r: dict(r.metrics(probe="trajectory", metric="window_updates")[["step", "value"]].values.tolist())
     assert updates(run) == updates(plain) == {2: 2.0, 4: 4.0, 6: 4.0}  # the 0->1 update is in the window
     kstar = run.metrics(probe="trajectory", metric="kstar")
-    assert kstar["step"].tolist() == [0, 2, 4, 6] and kstar.query("step > 0")["value"].notna().all()
+    assert kstar["step"].tolist() == [0, 2, 4, 6] and np.isnan(kstar["value"].iloc[0])  # no update at step 0
+    spec = run.spectra(probe="trajectory").set_index("step")["values"]
+    for step, k in kstar.query("step > 0")[["step", "value"]].itertuples(index=False):
+        sv = np.asarray(spec[step])
+        assert k == np.argmax(sv[:-1] / sv[1:]) + 1  # where the window spectrum has its largest consecutive ratio
     # Called once per optimizer step (not per micro-batch), each time on the parameters after that step.
     assert len(after) == STEPS and len(set(after)) == STEPS
     assert probes[-1].seen == [(0, initial)] + list(enumerate(after, start=1))

@@ -7,12 +7,11 @@ import pytest
 import torch
 from scipy.stats import t as student_t
 
-import specscope as ss
+from conftest import write_weights_run as _write
 from specscope.analysis.findings import findings, to_json, to_text
 from specscope.analysis.lifecycle import compression_waves, depth_profiles, depth_scaling, profile_verdict
 from specscope.analysis.pruning import pruning_verdict, rule_choice, spectral_order
 from specscope.analysis.sosd import loss_knee, onset_step, sosd
-from specscope.store.writer import RunWriter
 
 R = 16
 
@@ -20,25 +19,6 @@ R = 16
 def _spectrum_with_stable_rank(sr: float) -> np.ndarray:
     """s_1 = 1 and s_j = b (j >= 2): stable rank 1 + (R - 1) b^2."""
     return np.array([1.0] + [np.sqrt((sr - 1) / (R - 1))] * (R - 1))
-
-
-def _write(path, spectra_rows, metric_rows=(), scalars=()):
-    w = RunWriter(path, config={"synthetic": True})
-    for step, layer, kind, sv in spectra_rows:
-        w.add("spectra", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": kind,
-                          "name": f"blocks.{layer}.{kind}", "quantity": "sv", "values": list(sv), "status": "ok"})
-        w.add("metrics", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": kind,
-                          "name": f"blocks.{layer}.{kind}", "metric": "stable_rank", "value": float((sv ** 2).sum() / sv[0] ** 2),
-                          "status": "ok"})
-        w.add("metrics", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": kind,
-                          "name": f"blocks.{layer}.{kind}", "metric": "frob_sq", "value": float((sv ** 2).sum()), "status": "ok"})
-    for step, layer, kind, metric, value in metric_rows:
-        w.add("metrics", {"step": step, "tokens": None, "probe": "weights", "layer": layer, "kind": kind,
-                          "name": f"blocks.{layer}.{kind}", "metric": metric, "value": value, "status": "ok"})
-    for step, name, value in scalars:
-        w.add("scalars", {"step": step, "tokens": None, "name": name, "value": value, "wall_time": 0.0})
-    w.close()
-    return ss.open_run(path)
 
 
 def test_onset_and_knee_rules():
@@ -102,9 +82,15 @@ def test_compression_wave_with_known_velocity(tmp_path):
     table, verdict = compression_waves(run)
     assert verdict["direction"] == "early -> late"
     assert verdict["velocity_layers_per_step"] == pytest.approx(0.02, rel=0.3)
-    assert verdict["gradient_peak"] < 0 and verdict["reversal_step"] is not None  # early layers first, then late ones pass them
-    late = table[table["step"] == 600]["gradient"].iloc[0]
-    assert late > 0
+    # brute force: the planted compression 1 - sr(t) / sr(0) = 1 - (1 - c) / (1 - c0), its slope over layers per step
+    steps, layers = np.arange(0, 601, 10), np.arange(8)
+    planted = lambda s: (0.3 + 0.05 * layers) / (1 + np.exp(-(s - 50.0 - layers / 0.02) / 15.0))
+    grad = np.array([np.polyfit(layers, 1 - (1 - planted(s)) / (1 - planted(0)), 1)[0] for s in steps])
+    np.testing.assert_allclose(table["gradient"], grad, rtol=1e-9, atol=1e-12)
+    peak = int(np.argmax(np.abs(grad)))
+    flips = np.nonzero(np.sign(grad[peak + 1:]) == -np.sign(grad[peak]))[0]
+    assert verdict["gradient_peak"] == pytest.approx(grad[peak]) and grad[peak] < 0  # early layers first
+    assert verdict["reversal_step"] == steps[peak + 1 + flips[0]]  # then late ones pass them
 
 
 def test_depth_profile_inverted_u_and_asymmetry(tmp_path):
@@ -237,10 +223,25 @@ def test_block_skipping_is_the_identity_and_importance(tmp_path):
         for i in (0, 2, 3):
             h = model.blocks[i](h)
         torch.testing.assert_close(logits, model.lm_head(model.ln_f(h)))
+
+    def loss_without(skip) -> float:  # brute force: the blocks applied by hand, mean next-token cross-entropy
+        with torch.no_grad():
+            h = model._embed(x)
+            for i, block in enumerate(model.blocks):
+                h = h if i in skip else block(h)
+            logits = model.lm_head(model.ln_f(h))[:, :-1]
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, 32), x[:, 1:].reshape(-1)))
+
+    base = loss_without(())
     imp = block_importance(model, x, batch=4)
-    assert list(imp["layer"]) == [0, 1, 2, 3] and np.isfinite(imp["delta_loss"]).all()
+    assert list(imp["layer"]) == [0, 1, 2, 3]
+    np.testing.assert_allclose(imp["delta_loss"], [loss_without({i}) - base for i in range(4)], rtol=1e-4, atol=1e-6)
     importance, comparison, verdict = pruning_study(model, x, ks=[1, 2], random_seeds=2)
     assert set(comparison["rule"]) == {"spectral", "last_n", "random"} and "alpha_tail" in importance
+    np.testing.assert_allclose(comparison["loss"], [loss_without(set(ls)) for ls in comparison["layers"]], rtol=1e-5)
+    base_ppl = np.exp(importance["base_loss"].iloc[0])
+    np.testing.assert_allclose(comparison["delta_ppl"], np.exp(comparison["loss"]) - base_ppl, rtol=1e-9)
+    assert comparison.query("rule == 'last_n'")["layers"].tolist() == [[3], [2, 3]]
     assert "Last-N / spectral" in verdict["verdict"]
 
 

@@ -79,11 +79,14 @@ def test_sweep_of_two_tiny_trials(tmp_path, executor, monkeypatch):
 
     table = pd.read_csv(tmp_path / "s" / "sweep.csv")
     assert len(table[table["rung"] == 0]) == 2 and len(table[table["rung"] == 1]) == 1  # top half of 2 = 1 survivor
-    assert table["val_loss"].notna().all()
     trials = sorted(p.name for p in (tmp_path / "s" / "trials").iterdir())
     assert trials == ["B2-lr0.01", "B2-lr0.02"]
     import specscope as ss
 
+    for r in table.itertuples():  # each rung's loss is the trial's last stored evaluation within the rung's tokens
+        ev = ss.open_run(tmp_path / "s" / "trials" / r.name).scalars().dropna(subset=["val_loss"])
+        assert r.val_loss == pytest.approx(ev[ev["tokens"] <= r.tokens].sort_values("step")["val_loss"].iloc[-1], rel=1e-12)
+    assert table[table["rung"] == 0].sort_values("val_loss")["promoted"].tolist() == [True, False]  # the lower loss goes on
     winner = table[(table["rung"] == 1)]["name"].iloc[0]
     assert ss.open_run(tmp_path / "s" / "trials" / winner).scalars()["tokens"].max() == 1024  # resumed to the 2nd rung
     assert main(args + ["--local"]) == 0  # resumable: finished rungs return from the stored state

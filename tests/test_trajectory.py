@@ -67,10 +67,20 @@ def test_trajectory_probe_in_training(tmp_path):
     spec = run.spectra(probe="trajectory", step=10)
     q = spec[spec["kind"] == "q"].iloc[0]
     updates = torch.stack([snaps[i + 1] - snaps[i] for i in range(6, 10)])  # the last 4 updates
-    np.testing.assert_allclose(q["values"], torch.linalg.svdvals(updates).numpy(), rtol=1e-5)
+    sv = torch.linalg.svdvals(updates).numpy()
+    np.testing.assert_allclose(q["values"], sv, rtol=1e-5)
     m = run.metrics()
     assert {"kstar", "gap_ratio", "k95", "stability[1]"} <= set(m[m["probe"] == "trajectory"]["metric"])
-    assert m[(m["probe"] == "trajectory_sketch") & (m["metric"] == "gap_ratio")]["value"].notna().all()
+    mq = m[(m["probe"] == "trajectory") & (m["kind"] == "q") & (m["step"] == 10)].set_index("metric")["value"]
+    ratios = sv[:-1] / sv[1:]
+    assert mq["kstar"] == np.argmax(ratios) + 1 and mq["gap_ratio"] == pytest.approx(ratios.max(), rel=1e-4)
+    assert mq["k95"] == (np.cumsum(sv ** 2) < 0.95 * (sv ** 2).sum()).sum() + 1 and mq["window_updates"] == 4
+    sketch = m[(m["probe"] == "trajectory_sketch") & (m["metric"] == "gap_ratio")].set_index(["step", "name"])["value"]
+    spec = run.spectra(probe="trajectory_sketch")
+    assert sorted(sketch.index) == sorted(zip(spec["step"], spec["name"])) == [(5, "global"), (10, "global")]
+    for r in spec.itertuples():  # each sketched gap ratio is its stored spectrum's largest consecutive ratio
+        s = np.asarray(r.values)
+        assert sketch[(r.step, r.name)] == pytest.approx(np.max(s[:-1] / s[1:]), rel=1e-12)
     from specscope.analysis.edge import edge_analysis
 
     table, events, verdict = edge_analysis(run)
