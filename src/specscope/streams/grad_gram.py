@@ -33,6 +33,14 @@ def blocked_gram(m: int, rows: Callable[[int, int], torch.Tensor], chunk: int, d
     return gram
 
 
+def factor_rows(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per-sample gradients of one linear map as float64 rows ``(B, d_out * d_in)``, from its inputs ``x``
+    (B, T, d_in) and the loss gradients at its outputs ``delta`` (B, T, d_out): ``g_m = sum_t delta_{m,t} x_{m,t}^T``
+    (``d_out x d_in``, flattened row-major)."""
+    d, xx = delta.detach().to(torch.float64), x.detach().to(torch.float64)
+    return torch.einsum("bto,bti->boi", d, xx).reshape(x.shape[0], -1)
+
+
 class _ChunkedGram:
     """What both accumulators share: the chunk size of the blocked Gram and its device."""
 
@@ -64,9 +72,7 @@ class PerSampleGradGram(_ChunkedGram):
         return self
 
     def _grads(self, lo: int, hi: int) -> torch.Tensor:
-        d = torch.stack(self.deltas[lo:hi]).to(torch.float64)
-        x = torch.stack(self.inputs[lo:hi]).to(torch.float64)
-        return torch.einsum("bto,bti->boi", d, x).reshape(hi - lo, -1)
+        return factor_rows(torch.stack(self.inputs[lo:hi]), torch.stack(self.deltas[lo:hi]))
 
     def compute(self) -> torch.Tensor:
         """The float64 Gram ``G G^T`` (M x M) of the flattened per-sample gradients."""
