@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 import specscope as ss
 from specscope.errors import ConfigError
 from specscope.measure import gradient_spectrum, gradient_spectrum_reference
+from specscope.streams.grad_gram import blocked_gram
 from specscope.train import GPT, GPTConfig
 
 CFG = GPTConfig(vocab_size=64, seq_len=16, n_layer=2, n_head=2, d_model=32)
@@ -289,10 +290,14 @@ def test_steps_without_capture_say_why(tmp_path):
         mon.step(3)  # step 4 never reported: step 5 was not armed
         mlp_step_loss(model, micro).backward()
         mon.step(5)
+        mon.step(9)
+        model(micro[0]).sum()  # a forward, no backward
+        mon.step(10)
     rows = errors(tmp_path)
-    assert sorted(rows) == [0, 5]
-    assert "got no gradient" in rows[0][1]
+    assert sorted(rows) == [0, 5, 10]
+    assert "no training forward through 2 since the probe was armed" in rows[0][1]
     assert "no training step captured for step 5" in rows[5][1]
+    assert "got no gradient" in rows[10][1]
 
 
 def test_a_pass_started_without_grad_is_not_captured(tmp_path):
@@ -351,3 +356,17 @@ def test_bad_arguments():
         ss.probes.StepGradients(matrix="nope")
     with pytest.raises(ConfigError, match="no matrix"):
         ss.probes.StepGradients(matrix="o").setup(mlp())
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 2**30])
+def test_blocked_gram_equals_the_materialized_gram(keep_bytes):
+    g = torch.randn(11, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def rows(lo, hi):
+        calls.append(lo)
+        return g[lo:hi]
+
+    gram = blocked_gram(11, rows, 3, torch.device("cpu"), keep_bytes=keep_bytes)
+    np.testing.assert_allclose(gram.numpy(), (g @ g.T).numpy(), rtol=1e-13, atol=1e-13)
+    assert len(calls) == (4 if keep_bytes else 4 + 3 + 2 + 1)  # each chunk once, or once per block it meets

@@ -74,6 +74,7 @@ class _Capture:
         self.ref, self.step = ref, step
         self.rows: dict[int, torch.Tensor] = {}  # forward number -> (n, P) float64 rows, every call's share added
         self.forward, self.live, self.error, self.open = 0, True, None, True
+        self.calls = 0  # calls of the layer with grad enabled: training forwards seen
         base = unwrap(model)
         self.handles = [base.register_forward_pre_hook(self._on_forward),
                         base.get_submodule(ref.source).register_forward_hook(self._on_call)]
@@ -114,6 +115,7 @@ class _Capture:
             if not _in_backward() and self.forward in self.rows:  # the model was not called as a whole: a new forward
                 self.forward += 1
             call = _Call(self.forward, x.detach(), x._version)
+            self.calls += 1
             out.register_hook(functools.partial(self._on_grad, call))
         except Exception as exc:  # never break the user's training
             self._fail(exc)
@@ -246,9 +248,12 @@ class StepGradients(Probe):
                                      f"step, with consecutive step numbers)")
         if cap.error is not None:
             return self._failed(out, cap.error)
+        if not cap.calls:
+            return self._failed(out, f"step {ctx.step}: no training forward through {cap.ref.name} since the probe "
+                                     f"was armed (a monitor step before any training step?)")
         if not cap.rows:
             return self._failed(out, f"step {ctx.step}: the layer {cap.ref.name} got no gradient during the training "
-                                     f"step (no forward and backward through it with grad enabled)")
+                                     f"step (a forward with grad enabled but no backward through it)")
         gram = cap.gram(self.chunk, self.reduction == "mean")
         _emit(out, cap.ref.layer, cap.ref.kind, cap.ref.name, "sv", np.sqrt(measure.desc_eigvalsh(gram)), cap.ref.part)
         return out
