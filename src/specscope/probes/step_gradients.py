@@ -44,7 +44,8 @@ from ..measure.gradients import _not_hookable, in_own_passes, layer_factors
 from ..models import MatrixRef, unwrap
 from ..streams.grad_gram import RowGram, factor_rows
 from .activations import _emit
-from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+from .base import Measurement, Probe, ProbeContext, check_choice, check_int
+from .gradients import check_matrix_choice
 
 _graph_task = getattr(torch._C, "_current_graph_task_id", None)
 
@@ -174,12 +175,7 @@ class StepGradients(Probe):
                  reduction: str = "mean"):
         super().__init__(every, at, name)
         self.chunk = check_int("StepGradients: chunk", chunk, 1)
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise ConfigError(f"StepGradients: layer must be a block index (an integer; -1: the last), got {layer!r}")
-        if part is not None:
-            check_int("StepGradients: part", part, 0)
-        if matrix_name is None:
-            check_kinds([matrix])
+        check_matrix_choice("StepGradients", matrix, layer, part, matrix_name)
         self.reduction = check_choice("StepGradients: reduction", reduction, ("mean", "sum"))
         self.matrix, self.layer, self.matrix_name, self.part = matrix, int(layer), matrix_name, part
         self._ref: MatrixRef | None = None
@@ -197,10 +193,10 @@ class StepGradients(Probe):
         base = unwrap(model)
         try:
             ref = measure.find_matrix(base, self.matrix, self.layer, name=self.matrix_name, part=self.part, refs=refs)
-        except ValueError as exc:
-            self._problem = str(exc)
+            why = _not_hookable(base, ref)
+        except Exception as exc:  # no such matrix, or a model whose parameters cannot be looked up by name
+            self._problem = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             raise ConfigError(self._problem) from None
-        why = _not_hookable(base, ref)
         if why is not None:
             self._ref = ref
             self._problem = (f"StepGradients (piggyback) needs a hookable layer, an nn.Linear or HF Conv1D called as a "
