@@ -26,9 +26,11 @@ modes and RNG states are restored; the model runs in eval mode.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from typing import Any, Iterable
+from contextvars import ContextVar
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -43,6 +45,22 @@ from .common import (ForwardFn, LossFn, LossShapeError, _batches, _device, call_
                      measuring, per_sample, pool_len, resolve_loss, tree_map)
 
 log = logging.getLogger(__name__)
+_OWN_PASSES: ContextVar[bool] = ContextVar("specscope_gradient_passes", default=False)
+
+
+@contextlib.contextmanager
+def _own_passes() -> Iterator[None]:
+    token = _OWN_PASSES.set(True)
+    try:
+        yield
+    finally:
+        _OWN_PASSES.reset(token)
+
+
+def in_own_passes() -> bool:
+    """True while this module runs its own forward / backward passes over a pool (hooks that watch the user's
+    training steps skip them)."""
+    return _OWN_PASSES.get()
 
 METHODS = ("auto", "hooks", "func", "loop")
 _warned: set[tuple[str, str]] = set()
@@ -111,6 +129,21 @@ def _not_hookable(base: nn.Module, ref: MatrixRef) -> str | None:
     return None
 
 
+def layer_factors(ref: MatrixRef, n: int, calls: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors of ``n`` samples' gradients of a hookable matrix: ``calls`` holds, for each call of its layer in
+    one forward, the layer's input and the loss gradient at its output, batched along dim 0. Returns the inputs
+    ``(n, T, d_in)`` and the output gradients ``(n, T, d_out)`` (the matrix's rows of them, ``ref.out_index``),
+    every call's positions side by side, so ``g_m = sum_t delta_{m,t} x_{m,t}^T`` sums over all calls."""
+    xs, ds = [], []
+    for x, d in calls:
+        if ref.out_index is not None:
+            d = d[..., ref.out_index.to(d.device)]
+        xs.append(x.detach().reshape(n, -1, x.shape[-1]))
+        ds.append(d.detach().reshape(n, -1, d.shape[-1]))
+    return torch.cat(xs, 1), torch.cat(ds, 1)
+
+
 def _hooked_gram(base: nn.Module, ref: MatrixRef, pool: Any, run: ForwardFn, loss: LossFn, batch: int,
                  chunk: int) -> torch.Tensor:
     module = base.get_submodule(ref.source)
@@ -142,15 +175,9 @@ def _hooked_gram(base: nn.Module, ref: MatrixRef, pool: Any, run: ForwardFn, los
                     raise _NotHooked("its input and output are not tensors batched like the pool")
             # d(sum_m L_m)/dy at sample m's positions = dL_m/dy; every call of the layer adds its share
             deltas = torch.autograd.grad(total, [y for _, y in calls], allow_unused=True)
-            xs, ds = [], []
-            for (x, y), d in zip(calls, deltas):
-                d = torch.zeros_like(y) if d is None else d
-                if ref.out_index is not None:
-                    d = d[..., ref.out_index.to(d.device)]
-                xs.append(x.detach().reshape(n, -1, x.shape[-1]))
-                ds.append(d.reshape(n, -1, d.shape[-1]))
+            acc.update(*layer_factors(ref, n, [(x, torch.zeros_like(y) if d is None else d)
+                                               for (x, y), d in zip(calls, deltas)]))
             calls.clear()
-            acc.update(torch.cat(xs, 1), torch.cat(ds, 1))  # g_m = sum_t delta_t x_t^T, as d_out x d_in
     finally:
         for h in handles:
             h.remove()
@@ -210,7 +237,7 @@ def gradient_gram(model: nn.Module, pool: Any, matrix: str = "o", layer: int = -
     base = unwrap(model)
     ref = find_matrix(base, matrix, layer, name=name, part=part, refs=refs)
     loss, run = resolve_loss(loss_fn, pool), forward_fn or call_model
-    with measuring(model):
+    with measuring(model), _own_passes():
         if method in ("auto", "hooks"):
             why = _not_hookable(base, ref)
             if why is None:
@@ -266,7 +293,7 @@ def gradient_spectrum_reference(model: nn.Module, pool: Any, matrix: str = "o", 
     if at is None:
         raise ValueError(f"{ref.param} does not require grad: the reference loop differentiates trainable parameters")
     rows = []
-    with kept_rng(), torch.enable_grad(), kept_modes(model, eval=True):
+    with kept_rng(), torch.enable_grad(), kept_modes(model, eval=True), _own_passes():
         for b in _batches(pool, 1, _device(base)):
             g = torch.autograd.grad(per_sample(loss(run(base, b), b), 1).sum(), params, allow_unused=True)[at]
             rows.append(_take(ref, torch.zeros_like(weight) if g is None else g).to(torch.float64))

@@ -4,8 +4,9 @@ from .base import NEEDS, Measurement, Probe, ProbeContext
 from .activations import Activations, make_pool
 from .gradients import Gradients
 from .schedule import Schedule, as_schedule, at, every, log_spaced, log_spaced_steps
+from .step_gradients import StepGradients
 from .trajectory import Trajectory
 from .weights import Weights
 
-__all__ = ["NEEDS", "Activations", "Gradients", "Measurement", "Probe", "ProbeContext", "Schedule", "Trajectory",
-           "Weights", "as_schedule", "at", "every", "log_spaced", "log_spaced_steps", "make_pool"]
+__all__ = ["NEEDS", "Activations", "Gradients", "Measurement", "Probe", "ProbeContext", "Schedule", "StepGradients",
+           "Trajectory", "Weights", "as_schedule", "at", "every", "log_spaced", "log_spaced_steps", "make_pool"]

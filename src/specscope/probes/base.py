@@ -54,6 +54,7 @@ NEEDS = {
     "update": "each optimizer step's update theta_{t+1} - theta_t: observe() runs at every monitor step",
     "pool_forward": "a forward pass of the model over a fixed probe pool",
     "layer_backward": "per-sample losses of the pool backpropagated to one layer (from that forward)",
+    "step_batch": "the training step's own forward and backward through one layer (hooks armed for a due step; no extra pass)",
 }
 
 

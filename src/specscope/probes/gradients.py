@@ -20,6 +20,17 @@ from .schedule import ScheduleLike
 log = logging.getLogger(__name__)
 
 
+def check_matrix_choice(who: str, matrix: str, layer: Any, part: Any, matrix_name: str | None) -> None:
+    """A :class:`ConfigError` naming ``who`` unless ``layer`` is an integer, ``part`` None or an integer ``>= 0`` and,
+    without ``matrix_name``, ``matrix`` a known kind. Returns None."""
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        raise ConfigError(f"{who}: layer must be a block index (an integer; -1: the last), got {layer!r}")
+    if part is not None:
+        check_int(f"{who}: part", part, 0)
+    if matrix_name is None:
+        check_kinds([matrix])
+
+
 class Gradients(Probe):
     """Singular values of the per-sample gradient matrix of one cataloged matrix (SPEC 1.3).
 
@@ -55,12 +66,7 @@ class Gradients(Probe):
         if samples is not None:
             check_int("Gradients: samples", samples, 1)
         batch, chunk = check_int("Gradients: batch", batch, 1), check_int("Gradients: chunk", chunk, 1)
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise ConfigError(f"Gradients: layer must be a block index (an integer; -1: the last), got {layer!r}")
-        if part is not None:
-            check_int("Gradients: part", part, 0)
-        if matrix_name is None:
-            check_kinds([matrix])
+        check_matrix_choice("Gradients", matrix, layer, part, matrix_name)
         _check_callable("Gradients: loss_fn", loss_fn)
         _check_callable("Gradients: forward_fn", forward_fn)
         pool = as_pool(pool)

@@ -4,7 +4,8 @@
 applied at every position, the gradient of sequence ``m``'s loss is
 ``g_m = sum_t delta_{m,t} x_{m,t}^T``. The compact factors (``X_m``, ``Delta_m``) of every sample
 are kept; per-sample gradients are materialized a chunk at a time to fill the Gram block by
-block, so at most two chunks of gradients exist at once.
+block: each chunk once when all of them fit in ``KEEP_BYTES`` (float64), else at most two
+chunks at once, recomputed per block.
 
 :class:`RowGram`: per-sample gradients already materialized as rows (any parameter, through
 ``torch.func`` or a backward loop), kept in their own dtype and converted a chunk at a time.
@@ -16,22 +17,46 @@ from typing import Callable
 import torch
 
 
-def blocked_gram(m: int, rows: Callable[[int, int], torch.Tensor], chunk: int, device: torch.device) -> torch.Tensor:
-    """The ``m x m`` Gram of the rows ``rows(lo, hi)`` returns (float64, one row per sample), filled two chunks of
-    ``chunk`` rows at a time: a float64 tensor on ``device``."""
+KEEP_BYTES = 64 * 2**20  # per-sample gradients up to this size (float64) are computed once, not once per block
+
+
+def blocked_gram(m: int, rows: Callable[[int, int], torch.Tensor], chunk: int, device: torch.device,
+                 keep_bytes: int = KEEP_BYTES) -> torch.Tensor:
+    """The float64 ``m x m`` Gram of rows ``rows(lo, hi)`` (float64), block by block. Each chunk of rows is
+    computed once and kept while needed when all ``m`` rows fit in ``keep_bytes``; otherwise two chunks exist at a
+    time and a chunk is recomputed for every block it meets."""
     gram = torch.zeros(m, m, dtype=torch.float64, device=device)
     c = max(1, int(chunk))
+    kept: dict[int, torch.Tensor] = {}
+
+    def get(a: int) -> torch.Tensor:
+        if a in kept:
+            return kept[a]
+        g = rows(a, min(m, a + c))
+        if m * g[0].numel() * 8 <= keep_bytes:
+            kept[a] = g
+        return g
+
     for a in range(0, m, c):
-        ga = rows(a, min(m, a + c))
+        ga = get(a)
         gram[a : a + c, a : a + c] = ga @ ga.T
         for b in range(a + c, m, c):
-            gb = rows(b, min(m, b + c))
+            gb = get(b)
             blk = ga @ gb.T
             gram[a : a + c, b : b + c] = blk
             gram[b : b + c, a : a + c] = blk.T
             del gb
+        kept.pop(a, None)  # no later block needs chunk a
         del ga
     return gram
+
+
+def factor_rows(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per-sample gradients of one linear map as float64 rows ``(B, d_out * d_in)``, from its inputs ``x``
+    (B, T, d_in) and the loss gradients at its outputs ``delta`` (B, T, d_out): ``g_m = sum_t delta_{m,t} x_{m,t}^T``
+    (``d_out x d_in``, flattened row-major)."""
+    d, xx = delta.detach().to(torch.float64), x.detach().to(torch.float64)
+    return torch.einsum("bto,bti->boi", d, xx).reshape(x.shape[0], -1)
 
 
 class _ChunkedGram:
@@ -69,9 +94,7 @@ class PerSampleGradGram(_ChunkedGram):
         return self
 
     def _grads(self, lo: int, hi: int) -> torch.Tensor:
-        d = torch.stack(self.deltas[lo:hi]).to(torch.float64)
-        x = torch.stack(self.inputs[lo:hi]).to(torch.float64)
-        return torch.einsum("bto,bti->boi", d, x).reshape(hi - lo, -1)
+        return factor_rows(torch.stack(self.inputs[lo:hi]), torch.stack(self.deltas[lo:hi]))
 
     def compute(self) -> torch.Tensor:
         """The Gram ``G G^T`` of the flattened per-sample gradients: an ``M x M`` float64 tensor on ``device``
