@@ -65,8 +65,8 @@ class _Final:
         if (ref.shape, ref.slices) != (self.ref.shape, self.ref.slices):
             return float("nan")
         if stream is not None and self.stream is not None and stream.layout() == self.stream.layout():
-            width = stream.rows.length
-            return flat_cosine(stream, self.stream, rows=max(1, BLOCK_ELEMS // max(1, width)))
+            rows = min(1024, max(1, BLOCK_ELEMS // max(1, stream.rows.length)))  # the default blocks of narrow matrices
+            return flat_cosine(stream, self.stream, rows=rows)
         if self._w is None:
             self._w = self.ref.read()
         return flat_cosine(ref.read() if w is None else w, self._w)

@@ -114,6 +114,10 @@ class Stream:
             raise ValueError("a stream reads consecutive rows only")
         return self.rows(r0, max(r0, r1), 0, self.rows.length)
 
+    def detach(self) -> Stream:
+        """The stream itself (it holds no autograd graph), so functions that detach their tensors take it."""
+        return self
+
     def layout(self) -> tuple:
         """What two streams must share for their rows to pair element for element."""
         return self.shape, self.slices, self.transposed
