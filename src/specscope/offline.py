@@ -1,8 +1,16 @@
 """Offline analysis of a model, a checkpoint, or a series of checkpoints (``ss.analyze``).
 
-One matrix at a time, read lazily (memory-mapped safetensors, ``weights_only`` torch files),
-its float64 Gram accumulated in column blocks: peak memory stays near the largest tensor
-(two tensors for a series: the current one and the final one, for ``cos_w_final``).
+One matrix at a time. From a safetensors file, a matrix that is a strided view of its stored
+tensor (a whole tensor, a range of rows, one expert of a packed stack, a transposed
+``Conv1D``, a convolution's kernel positions) is never read whole: its blocks are read with
+``pread`` into one reused buffer and added into the float64 Gram of its short side, whose
+eigenvalues LAPACK then takes in place. Peak memory above the process's: the Gram
+(``8 r^2`` bytes, ``r = min(d_out, d_in)``; at most 2x a float32 matrix, 4x a square
+float16 / bfloat16 one) plus one block. Other matrices (fused ``qkv`` splits that are not
+views, torch files, which are memory-mapped with ``weights_only=True``) are read whole:
+their stored tensor plus the Gram plus one block. For a series, ``cos_w_final`` pairs the
+current and final matrices block by block when both are streamed (no more memory); else the
+final tensor is held while its name is measured across the checkpoints (two tensors).
 """
 from __future__ import annotations
 
@@ -19,19 +27,14 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .models import KINDS, MatrixRef, catalog
-from .models.loading import resolve
+from .models.loading import Checkpoint, Stream, resolve
 from .spectra import series_metrics, singular_values_lowmem, singular_values_many, spectrum_metrics
-from .spectra.compute import singular_values_streamed
+from .spectra.compute import BLOCK_ELEMS, singular_values_streamed
 from .spectra.temporal import cos_w_final
 
 log = logging.getLogger(__name__)
 
 ID_COLUMNS = ["step", "name", "layer", "kind", "part", "d_out", "d_in", "slices"]
-
-
-def _streamable(ref: MatrixRef, method: str) -> bool:
-    """Row blocks give the short-side Gram when the stored matrix is tall or square."""
-    return method == "gram" and ref.blocks is not None and ref.blocks_shape[1] <= ref.blocks_shape[0]
 
 
 @dataclass
@@ -49,6 +52,41 @@ def _bar(total: int, progress: bool, desc: str, unit: str = "matrix"):
     return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
 
 
+class _Final:
+    """The final checkpoint's version of one matrix, for ``cos_w_final``: a stream, or the tensor (read once)."""
+
+    def __init__(self, ck: Checkpoint, ref: MatrixRef) -> None:
+        self.ck, self.ref = ck, ref
+        self.stream = ck.stream(ref)
+        self._w: torch.Tensor | None = None
+
+    def cosine(self, ref: MatrixRef, stream: Stream | None, w: torch.Tensor | None) -> float:
+        """Cosine of the flattened ``ref`` (this checkpoint's) and final matrices; NaN when shaped differently."""
+        if (ref.shape, ref.slices) != (self.ref.shape, self.ref.slices):
+            return float("nan")
+        if stream is not None and self.stream is not None and stream.layout() == self.stream.layout():
+            rows = min(1024, max(1, BLOCK_ELEMS // max(1, stream.rows.length)))  # the default blocks of narrow matrices
+            return cos_w_final(stream, self.stream, rows=rows)
+        if self._w is None:
+            self._w = self.ref.read()
+        return cos_w_final(ref.read() if w is None else w, self._w)
+
+
+def _measure_one(ck: Checkpoint, ref: MatrixRef, method: str, final: _Final | None) -> _Measured:
+    """Spectrum (and, in a series, ``cos_w_final``) of one cataloged matrix of one checkpoint."""
+    stream = ck.stream(ref)
+    w = None
+    if stream is not None and method == "gram":
+        spec = singular_values_streamed(stream.read, stream.shape, stream.slices)
+    else:
+        w = ref.read()
+        spec = singular_values_lowmem(w, method)
+    m = _Measured(ck.step, ref, spec.sv, spec.status)
+    if final is not None:
+        m.cos_w_final = final.cosine(ref, stream, w)
+    return m
+
+
 def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: bool) -> tuple[list[_Measured], bool]:
     keep = set(kinds) if kinds is not None else None
     if isinstance(model_or_path, nn.Module):
@@ -64,33 +102,21 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
     total = sum(len(c) for c in cats)
     with torch.no_grad(), _bar(total, progress, "analyze") as bar:
         for name, ref_final in final.items():
-            w_final = ref_final.read() if series else None
+            end = _Final(ckpts[-1], ref_final) if series else None
             for ck, cat in zip(ckpts, cats):
                 ref = cat.get(name)
                 if ref is None:
                     continue
-                if not series and _streamable(ref, method):
-                    spec = singular_values_streamed(ref.blocks(), ref.blocks_shape)
-                    out.append(_Measured(ck.step, ref, spec.sv, spec.status))
-                    bar.update(1)
-                    continue
-                w = ref.read()
-                spec = singular_values_lowmem(w, method)
-                m = _Measured(ck.step, ref, spec.sv, spec.status)
-                if series:
-                    m.cos_w_final = cos_w_final(w, w_final)
-                out.append(m)
-                del w
+                out.append(_measure_one(ck, ref, method, end))
                 ck.release()
                 bar.update(1)
-            del w_final
+            del end
             for ck in ckpts:
                 ck.release()
         for ck, cat in zip(ckpts, cats):  # matrices only in earlier checkpoints
             for name, ref in cat.items():
                 if name not in final:
-                    spec = singular_values_lowmem(ref.read(), method)
-                    out.append(_Measured(ck.step, ref, spec.sv, spec.status))
+                    out.append(_measure_one(ck, ref, method, None))
                     bar.update(1)
             ck.release()
     return out, series

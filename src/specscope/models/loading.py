@@ -3,8 +3,11 @@
 Formats: a safetensors file; an HF model directory (``config.json`` with ``*.safetensors``,
 sharded or not, or ``pytorch_model*.bin``); a torch checkpoint (``.pt .pth .bin .ckpt``,
 loaded with ``weights_only=True`` and memory-mapped: a pickle that needs code is refused);
-a directory of step-numbered checkpoints. Safetensors are read tensor by tensor through a
-memory map, so peak memory stays near the largest tensor.
+a directory of step-numbered checkpoints. Safetensors are never memory-mapped: their header
+is validated, then each tensor is read with explicit ``pread`` calls
+(:mod:`.safetensors_io`), whole (:meth:`Checkpoint.load`) or, for a matrix that is a
+strided view of its stored tensor, block by block (:meth:`Checkpoint.stream`), so only the
+blocks being used are resident.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import torch
 from ..errors import CheckpointError
 from .catalog import Catalog, ModelInfo, catalog_stored, mark_conv1d, normalize_name, skip_reason
 from .families import Stored
-from .safetensors_io import TensorInfo, read_header, read_rows, row_blocks
+from .ref import MatrixRef
+from .safetensors_io import StridedRows, TensorInfo, read_header, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class Checkpoint:
     loader: Callable[[str], torch.Tensor]
     config: dict = field(default_factory=dict, repr=False)
     step: int | None = None
-    infos: dict[str, TensorInfo] = field(default_factory=dict, repr=False)  # safetensors: stream row blocks
+    infos: dict[str, TensorInfo] = field(default_factory=dict, repr=False)  # safetensors: where each tensor lies
     skipped: dict[str, int] = field(default_factory=dict)
     _last: tuple[str, torch.Tensor] | None = field(default=None, repr=False)
 
@@ -58,15 +62,103 @@ class Checkpoint:
         return t
 
     def release(self) -> None:
+        """Drop the tensor :meth:`load` keeps (returns nothing)."""
         self._last = None
 
     def catalog(self) -> Catalog:
+        """The cataloged matrices of this checkpoint (read lazily through :meth:`load`), as for a live model."""
         info = ModelInfo.from_config(self.config)
         conv = mark_conv1d(self.shapes, info.model_type)
-        stored = [Stored(n, s, (lambda n=n: self.load(n)), conv[n],
-                         (lambda n=n: row_blocks(self.infos[n])) if n in self.infos and len(s) == 2 else None)
-                  for n, s in self.shapes.items()]
+        stored = [Stored(n, s, (lambda n=n: self.load(n)), conv[n]) for n, s in self.shapes.items()]
         return catalog_stored(stored, info, self.skipped)
+
+    def stream(self, ref: MatrixRef) -> Stream | None:
+        """``ref`` (cataloged from this checkpoint) read from its safetensors file block by block, or
+        None when it is not a strided view of its stored tensor (or the file is a torch file)."""
+        info = self.infos.get(ref.param)
+        if info is None or ref.take is None:
+            return None
+        view = strided_view(ref.take, info.shape)
+        if view is None:
+            return None
+        offset, pitch, rows, length, shape, slices, transposed = view
+        return Stream(StridedRows(info, offset, pitch, rows, length), shape, slices, transposed)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A cataloged matrix (or pooled stack) as rows of its file, for spectra and cosines block by block.
+
+    ``shape``: ``(m, n)`` per slice, in the file's orientation (``transposed``: the matrix's
+    transpose, which has the same singular values). ``read(r0, r1, c0, c1)`` is the
+    ``(r1 - r0, c1 - c0, slices)`` block :func:`specscope.spectra.compute.singular_values_streamed`
+    takes; ``self[r0:r1]`` is rows ``[r0, r1)`` with every slice, a ``(r1 - r0, n * slices)``
+    tensor, so :func:`specscope.spectra.temporal.cos_w_final` runs on two streams of one layout.
+    Both return views of one reused buffer, valid until the next read.
+    """
+
+    rows: StridedRows
+    shape: tuple[int, int]
+    slices: int = 1
+    transposed: bool = False
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        """Rows ``[r0, r1)``, columns ``[c0, c1)`` of every slice: ``(r1 - r0, c1 - c0, slices)``, stored dtype."""
+        k = self.slices
+        return self.rows(r0, r1, c0 * k, c1 * k).view(r1 - r0, c1 - c0, k)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        """Rows ``rows`` (a step-1 slice) of every slice, ``(rows, n * slices)`` in the stored dtype."""
+        r0, r1, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("a stream reads consecutive rows only")
+        return self.rows(r0, max(r0, r1), 0, self.rows.length)
+
+    def detach(self) -> Stream:
+        """The stream itself (it holds no autograd graph), so functions that detach their tensors take it."""
+        return self
+
+    def layout(self) -> tuple:
+        """What two streams must share for their rows to pair element for element."""
+        return self.shape, self.slices, self.transposed
+
+
+def strided_view(take: Callable[[torch.Tensor], torch.Tensor], stored: tuple[int, ...]
+                 ) -> tuple[int, int, int, int, tuple[int, int], int, bool] | None:
+    """Where the matrix ``take`` makes of a stored tensor lies in it, or None when it is not a strided view.
+
+    ``take`` runs on a meta tensor of shape ``stored`` (no data), so the layout comes from the
+    very function the catalog reads the matrix with. Returns ``(offset, pitch, rows, length,
+    (m, n), slices, transposed)`` in elements: row ``r`` of the file's view is the ``length``
+    elements from ``offset + r * pitch``; a 2-D matrix is ``m x n`` rows of ``n`` (or, stored
+    transposed, ``n`` rows of ``m``); a stack ``slices x m x n`` with the slice index innermost
+    (a convolution weight ``c_out x c_in x kernel``) is ``m`` rows of ``n * slices``.
+    """
+    base = torch.empty(stored, device="meta")
+    try:
+        v = take(base)
+    except Exception:
+        return None
+    if not isinstance(v, torch.Tensor) or (v is not base and v._base is not base):
+        return None  # a copy (a reshape that could not be a view), not a view of the stored tensor
+    k = 1
+    if v.ndim == 3:
+        k, m, n = v.shape
+        sk, sm, sn = v.stride()
+        if k > 1 and sk != 1:
+            return None
+    elif v.ndim == 2:
+        (m, n), (sm, sn) = v.shape, v.stride()
+    else:
+        return None
+    off = v.storage_offset()
+    if n == 1 or sn == k:  # rows of n (x k) consecutive elements
+        if m == 1 or sm >= n * k:
+            return off, sm if m > 1 else n * k, m, n * k, (m, n), k, False
+    if m == 1 or sm == k:  # columns consecutive: read the transpose
+        if n == 1 or sn >= m * k:
+            return off, sn if n > 1 else m * k, n, m * k, (n, m), k, True
+    return None
 
 
 def _keep(key: str, shape: tuple[int, ...], dtype, skipped: Counter) -> str | None:

@@ -19,6 +19,7 @@ is a one-line :class:`CheckpointError` naming the file and the entry.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -206,14 +207,30 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return infos, meta
 
 
+def _pread_into(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    """Fill ``view`` with the file's bytes from ``offset`` (``pread`` until full)."""
+    got = 0
+    while got < len(view):
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if k <= 0:
+            raise CheckpointError(f"cannot read {path}: unexpected end of file")
+        got += k
+
+
+def _checked_dtype(info: TensorInfo) -> torch.dtype:
+    """The torch dtype of a tensor this reader can return (others: one-line :class:`CheckpointError`)."""
+    if info.dtype not in DTYPES:
+        raise CheckpointError(f"cannot read dtype {info.dtype} of {info.path}")
+    return DTYPES[info.dtype]
+
+
 def read_rows(info: TensorInfo, r0: int, r1: int) -> torch.Tensor:
     """Rows ``[r0, r1)`` of a tensor (all of it for ``0, shape[0]``), read with ``pread``.
 
     Reads only inside ``[info.begin, info.end)``; a row range outside ``[0, shape[0]]`` is a
     caller bug (``ValueError``), a byte range outside the tensor a corrupt ``TensorInfo``.
     """
-    if info.dtype not in DTYPES:
-        raise CheckpointError(f"cannot read dtype {info.dtype} of {info.path}")
+    dtype = _checked_dtype(info)
     if not info.shape or not 0 <= r0 <= r1 <= info.shape[0]:
         raise ValueError(f"rows [{r0}, {r1}) out of range for shape {info.shape} of {info.path}")
     rb = info.row_bytes
@@ -221,23 +238,15 @@ def read_rows(info: TensorInfo, r0: int, r1: int) -> torch.Tensor:
     if not info.begin <= lo <= hi <= info.end:
         raise CheckpointError(f"cannot read {info.path}: rows [{r0}, {r1}) lie outside tensor bytes "
                               f"[{info.begin}, {info.end})")
-    nbytes = hi - lo
-    buf = bytearray(nbytes)
+    buf = bytearray(hi - lo)
     fd = os.open(info.path, os.O_RDONLY)
     try:
-        view = memoryview(buf)
-        got = 0
-        while got < nbytes:
-            k = os.preadv(fd, [view[got:]], lo + got)
-            if k <= 0:
-                raise CheckpointError(f"cannot read {info.path}: unexpected end of file")
-            got += k
+        _pread_into(fd, memoryview(buf), lo, info.path)
     finally:
         os.close(fd)
-    if nbytes == 0:
-        return torch.empty((r1 - r0, *info.shape[1:]), dtype=DTYPES[info.dtype])
-    t = torch.frombuffer(buf, dtype=DTYPES[info.dtype])
-    return t.reshape(r1 - r0, *info.shape[1:])
+    if not buf:
+        return torch.empty((r1 - r0, *info.shape[1:]), dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(r1 - r0, *info.shape[1:])
 
 
 def row_blocks(info: TensorInfo, max_bytes: int = 8 * 2**20) -> Iterator[torch.Tensor]:
@@ -245,3 +254,62 @@ def row_blocks(info: TensorInfo, max_bytes: int = 8 * 2**20) -> Iterator[torch.T
     rows = max(1, max_bytes // max(1, info.row_bytes))
     for r0 in range(0, info.shape[0], rows):
         yield read_rows(info, r0, min(info.shape[0], r0 + rows))
+
+
+class StridedRows:
+    """Rows of a strided 2-D view of one stored tensor, read block by block with ``pread``.
+
+    Row ``r`` (``0 <= r < rows``) is the ``length`` consecutive elements of the tensor (in
+    its stored, row-major order) starting at element ``offset + r * pitch``: the whole
+    tensor seen as ``shape[0] x rest`` (``offset 0, pitch = length = rest``), a range of its
+    rows, one matrix of a packed stack, every other row (``pitch = 2 * length``), or the
+    rows of a stored matrix whose transpose is the matrix of interest. ``self(r0, r1, e0, e1)``
+    reads elements ``[e0, e1)`` of rows ``[r0, r1)``: one ``pread`` when they are contiguous
+    in the file, else one per row. Every block lands in one reused buffer (an anonymous
+    mapping, handed back to the system when this object goes), so the returned tensor is
+    valid until the next call. The view is checked against the tensor's byte range up front.
+    """
+
+    def __init__(self, info: TensorInfo, offset: int, pitch: int, rows: int, length: int) -> None:
+        self.info, self.dtype = info, _checked_dtype(info)
+        self.item = torch.empty((), dtype=self.dtype).element_size()
+        numel = (info.end - info.begin) // self.item
+        last = offset + (rows - 1) * pitch + length if rows and length else 0
+        if min(offset, pitch, rows, length) < 0 or last > numel:
+            raise ValueError(f"rows of {length} elements at {offset} + r * {pitch}, r < {rows}, "
+                             f"lie outside the {numel} elements of {info.path}")
+        self.offset, self.pitch, self.rows, self.length = offset, pitch, rows, length
+        self._buf: mmap.mmap | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, length)``: the view's shape in elements."""
+        return self.rows, self.length
+
+    def _buffer(self, nbytes: int) -> memoryview:
+        """The first ``nbytes`` of the reused buffer (grown, never shrunk)."""
+        if self._buf is None or len(self._buf) < nbytes:
+            self._buf = None  # let the old mapping go before the new one is made
+            self._buf = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE)
+        return memoryview(self._buf)[:nbytes]
+
+    def __call__(self, r0: int, r1: int, e0: int, e1: int) -> torch.Tensor:
+        """Elements ``[e0, e1)`` of rows ``[r0, r1)`` as an ``(r1 - r0, e1 - e0)`` tensor of the stored dtype."""
+        if not (0 <= r0 <= r1 <= self.rows and 0 <= e0 <= e1 <= self.length):
+            raise ValueError(f"block [{r0}:{r1}, {e0}:{e1}] out of range for rows of shape {self.shape}")
+        h, w, item = r1 - r0, e1 - e0, self.item
+        if h == 0 or w == 0:
+            return torch.empty((h, w), dtype=self.dtype)
+        view = self._buffer(h * w * item)
+        start = self.info.begin + (self.offset + r0 * self.pitch + e0) * item
+        fd = os.open(self.info.path, os.O_RDONLY)
+        try:
+            if w == self.pitch or h == 1:  # consecutive in the file: one read
+                _pread_into(fd, view, start, self.info.path)
+            else:
+                step, size = self.pitch * item, w * item
+                for i in range(h):
+                    _pread_into(fd, view[i * size:(i + 1) * size], start + i * step, self.info.path)
+        finally:
+            os.close(fd)
+        return torch.frombuffer(view, dtype=self.dtype).view(h, w)

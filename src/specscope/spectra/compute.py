@@ -11,11 +11,13 @@ singular values matter: the Gram squares the condition number). For one large ma
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +25,8 @@ import torch
 log = logging.getLogger(__name__)
 
 METHODS = ("gram", "svd")
+# read(r0, r1, c0, c1): rows [r0, r1) and columns [c0, c1) of a matrix (x slices, last), see singular_values_streamed
+BlockReader = Callable[[int, int, int, int], torch.Tensor]
 
 
 @dataclass
@@ -228,62 +232,50 @@ def singular_values(w: torch.Tensor | np.ndarray, method: str = "gram") -> Spect
     return singular_values_many([("w", w)], method=method)["w"]
 
 
-def singular_values_lowmem(w: torch.Tensor, method: str = "gram", chunk_elems: int = 2**22) -> Spectrum:
-    """Spectrum of one (possibly large, memory-mapped) matrix with bounded extra memory.
+def singular_values_lowmem(w: torch.Tensor, method: str = "gram", chunk_elems: int = 2**19) -> Spectrum:
+    """Spectrum of one (possibly large) matrix, or a 3-D stack pooled, with bounded extra memory.
 
-    The float64 Gram is accumulated over column blocks of the long side, so at most
-    ``chunk_elems`` float64 elements of ``w`` exist at once beside the Gram itself
-    (``method="svd"`` needs a full float64 copy).
+    ``method="gram"``: :func:`singular_values_streamed` over blocks of ``w`` (about
+    ``chunk_elems`` elements each), so beside the float64 Gram (``8 min(d_out, d_in)^2``
+    bytes per slice) only one block of ``w`` exists in float64 at a time. ``method="svd"``
+    needs a full float64 copy. Singular values descending, in the units of ``w``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     w = _as_matrix(w).detach()
-    if w.ndim == 3:  # a stack: one slice at a time, pooled
-        specs = [singular_values_lowmem(s, method, chunk_elems) for s in w]
-        bad = next((s.status for s in specs if s.status != "ok"), None)
-        sv = np.concatenate([s.sv for s in specs]) if specs else np.full(0, np.nan)
-        shape3 = tuple(int(s) for s in w.shape)
-        return Spectrum(np.full(len(sv), np.nan), bad, shape3) if bad else Spectrum(-np.sort(-sv), "ok", shape3)
-    shape = (int(w.shape[0]), int(w.shape[1]))
-    r = min(shape)
+    shape = tuple(int(s) for s in w.shape)
+    if method == "gram":
+        view = w if w.ndim == 2 else w.permute(1, 2, 0)  # rows x columns (x slices, innermost)
+        spec = singular_values_streamed(lambda r0, r1, c0, c1: view[r0:r1, c0:c1], shape[-2:],
+                                        shape[0] if w.ndim == 3 else 1, chunk_elems)
+        spec.shape = shape
+        return spec
+    r = _rank(shape)
     if r == 0:
         return Spectrum(np.full(0, np.nan), "empty matrix", shape)
     try:
-        if method == "svd":
-            x = w.to(torch.float64)
-            if not bool(torch.isfinite(x).all()):
-                return Spectrum(np.full(r, np.nan), "non-finite entries", shape)
-            return Spectrum(torch.linalg.svdvals(x).cpu().numpy(), "ok", shape)
-        x = w if shape[0] <= shape[1] else w.T  # r x long
-        if x.is_cuda:
-            g = torch.zeros(r, r, dtype=torch.float64, device=x.device)
-        else:
-            g = np.zeros((r, r), order="F")
-        cols = max(1, chunk_elems // r)
-        for c0 in range(0, x.shape[1], cols):
-            blk = x[:, c0 : c0 + cols].to(torch.float64)
-            if not bool(torch.isfinite(blk).all()):
-                return Spectrum(np.full(r, np.nan), "non-finite entries", shape)
-            if x.is_cuda:
-                g.addmm_(blk, blk.T)
-            else:
-                gram_accumulate(g, blk.numpy().T)  # g += blk blk^T
-            del blk
-        if x.is_cuda:
-            g = g.cpu().numpy()
-        if not np.isfinite(np.diagonal(g)).all():  # every entry was finite: the Gram overflowed
-            return Spectrum(np.full(r, np.nan), too_large_status(float(w.abs().max())), shape)
-        return Spectrum(sv_from_eig(desc_eigvalsh(g, overwrite=True)), "ok", shape)
+        x = w.to(torch.float64)
+        if not bool(torch.isfinite(x).all()):
+            return Spectrum(np.full(r, np.nan), "non-finite entries", shape)
+        sv = torch.linalg.svdvals(x).cpu().numpy()
+        return Spectrum(_descending(sv) if x.ndim == 3 else sv, "ok", shape)
     except Exception as exc:  # LAPACK failure etc.: record, never raise
         log.warning("spectrum failed for shape %s: %s", shape, exc)
         return Spectrum(np.full(r, np.nan), failure_status(exc), shape)
 
 
 def gram_accumulate(g: np.ndarray, b: np.ndarray) -> None:
-    """``g += b^T b`` in place (BLAS syrk, lower triangle; ``g`` Fortran-ordered): no n x n temporary."""
+    """``g += b^T b`` in place (BLAS syrk into the lower triangle of the Fortran-ordered float64 ``g``).
+
+    No ``n x n`` temporary, and no copy of ``b`` when it is float64 and C- or Fortran-contiguous.
+    """
     from scipy.linalg.blas import dsyrk
 
-    dsyrk(1.0, np.asarray(b.T, dtype=np.float64, order="F"), beta=1.0, c=g, trans=0, lower=1, overwrite_c=1)
+    b = np.asarray(b, dtype=np.float64)
+    if b.flags.f_contiguous:  # syrk "T": a^T a with a = b
+        dsyrk(1.0, b, beta=1.0, c=g, trans=1, lower=1, overwrite_c=1)
+    else:  # syrk "N": a a^T with a = b^T (Fortran-ordered when b is C-ordered)
+        dsyrk(1.0, np.asarray(b.T, order="F"), beta=1.0, c=g, trans=0, lower=1, overwrite_c=1)
 
 
 def desc_eigvalsh(sym: torch.Tensor | np.ndarray, overwrite: bool = False) -> np.ndarray:
@@ -306,28 +298,100 @@ def sv_from_eig(eig: torch.Tensor | np.ndarray) -> np.ndarray:
     return -np.sort(-sv, axis=-1)
 
 
-def singular_values_streamed(blocks: Iterator[torch.Tensor], shape: tuple[int, int]) -> Spectrum:
-    """Spectrum of a tall-or-square matrix given as consecutive blocks of rows.
+def _scratch(shape: tuple[int, ...], order: str = "C") -> np.ndarray:
+    """A zeroed float64 array in its own private anonymous mapping of 4 KiB pages, unmapped when it goes.
 
-    Accumulates the float64 Gram ``sum_b B^T B`` (``d_in x d_in``, the short side when
-    ``d_in <= d_out``), so only one block of the matrix is in memory at a time, and takes
-    its eigenvalues in place.
+    A page is only made resident when first written: syrk and LAPACK's symmetric
+    eigensolver work on the lower triangle of a Gram, so the pages holding only its upper
+    triangle never are (about half of a large Gram; huge pages, which numpy asks for, would
+    make all of it resident). And a freed heap block of a few MiB stays counted in the
+    process's memory, a mapping does not.
+    """
+    nbytes = 8 * math.prod(shape)
+    buf = mmap.mmap(-1, max(nbytes, 8), flags=mmap.MAP_PRIVATE)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype=np.float64, count=nbytes // 8).reshape(shape, order=order)
+
+
+# Elements read per block (all slices): 2 MiB of float32. A block has at least _MIN_UPDATE rows
+# (or columns), so each Gram update does enough arithmetic per byte of the Gram it touches.
+BLOCK_ELEMS = 2**19
+_MIN_UPDATE = 128
+
+
+def _accumulate(read: BlockReader, grams: list[np.ndarray], group: range, shape: tuple[int, int], slices: int,
+                block_elems: int) -> float:
+    """One pass over the blocks of ``read`` adding each slice of ``group`` into its Gram.
+
+    Tall or square slices (``n <= m``): blocks of rows ``B``, ``G += B^T B`` (``n x n``); wide
+    ones: blocks of columns, ``G += B B^T`` (``m x m``). Returns the largest ``|entry|`` read
+    (``inf`` at the first non-finite entry, with the Grams left incomplete).
     """
     m, n = shape
-    if min(shape) == 0:
-        return Spectrum(np.full(0, np.nan), "empty matrix", shape)
+    tall = n <= m
+    if tall:
+        step = min(m, max(_MIN_UPDATE, block_elems // (n * slices)))
+        blocks = [(r0, min(m, r0 + step), 0, n) for r0 in range(0, m, step)]
+        buf = _scratch((step * n,))
+    else:
+        step = min(n, max(_MIN_UPDATE, block_elems // (m * slices)))
+        blocks = [(0, m, c0, min(n, c0 + step)) for c0 in range(0, n, step)]
+        buf = _scratch((m * step,))
+    amax = 0.0
+    for r0, r1, c0, c1 in blocks:
+        raw = read(r0, r1, c0, c1).reshape(r1 - r0, c1 - c0, slices)
+        lo, hi = (float(v) for v in torch.aminmax(raw))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return math.inf
+        amax = max(amax, hi, -lo)
+        b = buf[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)  # C-ordered float64
+        for g, j in zip(grams, group):
+            torch.from_numpy(b).copy_(raw[:, :, j])
+            gram_accumulate(g, b if tall else b.T)
+    return amax
+
+
+def singular_values_streamed(read: BlockReader, shape: tuple[int, int], slices: int = 1,
+                             block_elems: int = BLOCK_ELEMS) -> Spectrum:
+    """Spectrum of an ``m x n`` matrix (or ``slices`` of them, pooled) read block by block.
+
+    ``read(r0, r1, c0, c1)`` returns rows ``[r0, r1)`` and columns ``[c0, c1)`` of every
+    slice as an ``(r1 - r0, c1 - c0, slices)`` tensor (slice index last; ``(r1 - r0, c1 - c0)``
+    when ``slices == 1``) of any float dtype, on any device; it may reuse one buffer from
+    call to call. The float64 Gram of each slice on its short side (``r = min(m, n)``,
+    ``8 r^2`` bytes) is accumulated from blocks of about ``block_elems`` elements, converted
+    to float64 one slice at a time into one reused buffer, and its eigenvalues are taken in
+    place. The Grams of a stack are held together as far as they fit in twice the stack's
+    stored bytes, one pass over the blocks per group of slices (float32 or float64: all of
+    them, since ``8 r^2 <= 2 * 4 m n``; float16 / bfloat16 square slices: half of them per
+    pass). Returns the singular values
+    descending, in the units of the matrix; a non-finite entry or a Gram that overflows
+    gives NaNs and a status, never an exception.
+    """
+    m, n = (int(s) for s in shape)
+    k = int(slices)
+    label = (k, m, n) if k > 1 else (m, n)
+    r = min(m, n)
+    if r * k == 0:
+        return Spectrum(np.full(0, np.nan), "empty matrix", label)
     try:
-        g = np.zeros((n, n), order="F")
-        amax = 0.0
-        for blk in blocks:
-            b = blk.to(torch.float64).numpy()
-            amax = max(amax, float(np.abs(b).max()) if b.size else 0.0)
-            gram_accumulate(g, b)
-            del b, blk
-        if not np.isfinite(np.diagonal(g)).all():
-            why = too_large_status(amax) if np.isfinite(amax) else "non-finite entries"
-            return Spectrum(np.full(min(shape), np.nan), why, shape)
-        return Spectrum(sv_from_eig(desc_eigvalsh(g, overwrite=True))[: min(shape)], "ok", shape)
-    except Exception as exc:
-        log.warning("spectrum failed for shape %s: %s", shape, exc)
-        return Spectrum(np.full(min(shape), np.nan), failure_status(exc), shape)
+        item = read(0, 1, 0, 1).element_size()  # the stored dtype's size
+        per = max(1, min(k, (2 * item * m * n * k) // (8 * r * r)))
+        lam, amax = [], 0.0
+        for j0 in range(0, k, per):
+            group = range(j0, min(k, j0 + per))
+            grams = [_scratch((r, r), order="F") for _ in group]
+            amax = max(amax, _accumulate(read, grams, group, (m, n), k, block_elems))
+            if not math.isfinite(amax):
+                return Spectrum(np.full(r * k, np.nan), "non-finite entries", label)
+            while grams:  # each Gram goes as soon as its eigenvalues are out
+                g = grams.pop(0)
+                if not np.isfinite(np.diagonal(g)).all():  # every entry was finite: the Gram overflowed
+                    return Spectrum(np.full(r * k, np.nan), too_large_status(amax), label)
+                lam.append(desc_eigvalsh(g, overwrite=True))
+                del g
+        return Spectrum(sv_from_eig(np.concatenate(lam)), "ok", label)
+    except Exception as exc:  # LAPACK or read failure etc.: record, never raise
+        log.warning("spectrum failed for shape %s: %s", label, exc)
+        return Spectrum(np.full(r * k, np.nan), failure_status(exc), label)

@@ -57,7 +57,7 @@ def fit_power_law(evals: np.ndarray, thresh: float = EVALS_THRESH, max_elems: in
         alphas = 1.0 + n / denom
     ds = np.ones(k)
     ok = alphas > 1  # NaN (ties at the top) compares False
-    rows = int(np.clip(max_elems // n_all, 1, 256))
+    rows = int(np.clip(max_elems // n_all, 1, 64))  # a few MiB per work array: its peak adds to analyze's
     # torch for the elementwise work: its vectorized float64 expm1 is ~2x numpy's here
     lx = torch.from_numpy(logx)
     a_all = torch.from_numpy(np.where(ok, alphas, 2.0))  # rows with alpha <= 1 keep D = 1

@@ -58,11 +58,13 @@ def cos_sd_final(sv_series: np.ndarray) -> np.ndarray:
     return cosine(sd, sd[-1][None, :])
 
 
-def cos_w_final(w: torch.Tensor, w_final: torch.Tensor, rows: int = 1024) -> float:
+def cos_w_final(w, w_final, rows: int = 1024) -> float:
     """``cos_w_final`` (SPEC 4): the cosine of ``vec W_t`` and ``vec W_T`` (the final weights), a unitless float in
     float64, accumulated a block of ``rows`` rows at a time (no float64 copy of a whole matrix); NaN when the
-    shapes differ or either matrix is all zeros."""
-    a, b = w.detach(), w_final.detach()
+    shapes differ or either matrix is all zeros. ``w`` and ``w_final`` are tensors, or anything with ``shape``
+    whose row slices ``x[r0:r1]`` are tensors (a :class:`specscope.models.loading.Stream` of a file)."""
+    a = w.detach() if isinstance(w, torch.Tensor) else w
+    b = w_final.detach() if isinstance(w_final, torch.Tensor) else w_final
     if tuple(a.shape) != tuple(b.shape):
         return float("nan")
     dot = na = nb = 0.0
