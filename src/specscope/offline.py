@@ -4,13 +4,15 @@ One matrix at a time. From a safetensors file, a matrix that is a strided view o
 tensor (a whole tensor, a range of rows, one expert of a packed stack, a transposed
 ``Conv1D``, a convolution's kernel positions) is never read whole: its blocks are read with
 ``pread`` into one reused buffer and added into the float64 Gram of its short side, whose
-eigenvalues LAPACK then takes in place. Peak memory above the process's: the Gram
-(``8 r^2`` bytes, ``r = min(d_out, d_in)``; at most 2x a float32 matrix, 4x a square
-float16 / bfloat16 one) plus one block. Other matrices (fused ``qkv`` splits that are not
-views, torch files, which are memory-mapped with ``weights_only=True``) are read whole:
-their stored tensor plus the Gram plus one block. For a series, ``cos_w_final`` pairs the
-current and final matrices block by block when both are streamed (no more memory); else the
-final tensor is held while its name is measured across the checkpoints (two tensors).
+eigenvalues LAPACK then takes in place. Memory above the process's while a spectrum is
+computed: the Gram (``8 r^2`` bytes, ``r = min(d_out, d_in)``: at most 2x a float32 matrix,
+4x a square float16 / bfloat16 one; only its lower triangle is ever touched, so about half
+of it becomes resident) plus one block (about 2 MiB as stored, 4 MiB in float64). Other
+matrices (splits that are copies, such as NeoX's interleaved ``qkv``; torch files, which are
+memory-mapped with ``weights_only=True``) are read whole: their stored tensor, the Gram and
+one block. For a series, ``cos_w_final`` pairs the current and final matrices block by
+block when both are streamed (no more memory); else the final tensor is held while its name
+is measured across the checkpoints (two tensors).
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ class _Final:
     """The final checkpoint's version of one matrix, for ``cos_w_final``: a stream, or the tensor (read once)."""
 
     def __init__(self, ck: Checkpoint, ref: MatrixRef) -> None:
-        self.ck, self.ref = ck, ref
+        self.ref = ref
         self.stream = ck.stream(ref)
         self._w: torch.Tensor | None = None
 
