@@ -37,6 +37,7 @@ bench: venv
 	$(PY) benchmarks/vs_weightwatcher.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/gradient_spectrum.py
+	$(PY) benchmarks/shared_pass.py
 	$(PY) benchmarks/covariance.py
 	$(PY) benchmarks/trajectory.py
 
