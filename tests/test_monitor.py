@@ -172,3 +172,25 @@ def test_probe_that_measures_nothing_or_fails_to_observe_says_so(tmp_path, caplo
     assert list(b["metric"]) == ["probe_error"] and b["status"].iloc[0] == "observe failed: RuntimeError: shape mismatch"
     assert run.scalars()["probe_failed/broken"].tolist() == [1.0] * 4
     assert caplog.text.count("failed to observe") == 1 and caplog.text.count("no cataloged matrix") == 1
+
+
+def test_a_probe_returning_no_measurement_is_a_probe_error_not_a_crash(tmp_path):
+    """A custom probe whose measure() returns None: a probe_error row saying so, and the loop goes on."""
+    from torch import nn as _nn
+
+    import specscope as ss
+    from specscope.probes import Probe
+
+    class Bad(Probe):
+        name = "bad"
+
+        def measure(self, ctx):
+            return None
+
+    with ss.Monitor(_nn.Linear(4, 4), tmp_path / "run", probes=[Bad(every=1)]) as mon:
+        mon.step(0, loss=1.0)
+        mon.step(1, loss=0.5)
+    m = ss.open_run(tmp_path / "run").metrics()
+    rows = m[m["metric"] == "probe_error"]
+    assert sorted(rows["step"]) == [0, 1]
+    assert rows["status"].str.contains("returned NoneType, not a Measurement").all()

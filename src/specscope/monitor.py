@@ -188,6 +188,8 @@ class Monitor:
                     if got is None:
                         with preserved(self.model):
                             got = probe.measure(ctx)
+                    if not isinstance(got, Measurement):
+                        raise TypeError(f"measure() returned {type(got).__name__}, not a Measurement")
                     result = got
                     status = "ok"
                 except Exception as exc:  # never break the user's training
