@@ -142,7 +142,6 @@ def catalog_stored(stored: Iterable[Stored], info: ModelInfo | None = None,
 def _ref(st: Stored, p: Part, layer: int) -> MatrixRef:
     load, take = st.load, p.take
     return MatrixRef(p.name, layer, p.kind, lambda: take(load()), p.shape, split_name(st.param or st.name)[0],
-                     st.row_blocks if p.streams else None, st.shape if (p.streams and st.row_blocks) else None,
                      p.out_index, p.part, st.param or st.name, take, p.slices)
 
 
@@ -166,7 +165,7 @@ def catalog(model: nn.Module) -> Catalog:
             continue
         mod = split_name(pname)[0]
         conv1d = p.ndim == 2 and type(base.get_submodule(mod)).__name__ == "Conv1D"
-        stored.append(Stored(name, tuple(int(s) for s in p.shape), (lambda p=p: p.detach()), conv1d, None, pname))
+        stored.append(Stored(name, tuple(int(s) for s in p.shape), (lambda p=p: p.detach()), conv1d, pname))
     n_buffers = sum(1 for _ in base.named_buffers())
     if n_buffers:
         skipped["buffers"] += n_buffers

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -60,7 +60,6 @@ class Stored:
     shape: tuple[int, ...]
     load: Callable[[], torch.Tensor]
     transposed: bool = False
-    row_blocks: Callable[[], Iterator[torch.Tensor]] | None = None  # stored rows, block by block
     param: str = ""
 
 
@@ -91,7 +90,6 @@ class Part:
     part: int = -1
     slices: int = 1
     out_index: torch.Tensor | None = None
-    streams: bool = False  # the stored rows, block by block, give this matrix's spectrum
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -190,7 +188,7 @@ def _split_2d(st: Stored, mod: str, leaf: str, ctx: Context) -> list[Part]:
                      (lambda t, i=i: base(t).reshape(h, 3, hd, d)[:, i].reshape(h * hd, d)), unit,
                      out_index=order[:, i].reshape(-1)) for i, k in enumerate(QKV)]
     layer, kind = classify(name, ctx.moe_parents)
-    return [Part(name, layer, kind, out_shape, base, unit, part=expert_index(name), streams=not st.transposed)]
+    return [Part(name, layer, kind, out_shape, base, unit, part=expert_index(name))]
 
 
 def _split_rnn(st: Stored, mod: str, m: re.Match, ctx: Context) -> list[Part]:
@@ -201,7 +199,7 @@ def _split_rnn(st: Stored, mod: str, m: re.Match, ctx: Context) -> list[Part]:
     unit = f"{mod}#l{n_layer}"
     layer = block_layer(st.name)
     if gates == 1 or rows % gates:
-        return [Part(st.name, layer, kind, (rows, cols), lambda t: t, unit, streams=True)]
+        return [Part(st.name, layer, kind, (rows, cols), lambda t: t, unit)]
     h = rows // gates
     labels = GATE_LABELS[gates]
     return [Part(f"{st.name}[{labels[g]}]", layer, kind, (h, cols), _rows(g, h), unit, part=g) for g in range(gates)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -29,9 +29,6 @@ class MatrixRef:
     read: Callable[[], torch.Tensor]
     shape: tuple[int, int]  # d_out x d_in (of one slice for a pooled convolution)
     source: str = ""
-    # when read from a file: row blocks of a matrix with the same singular values, and its shape
-    blocks: Callable[[], Iterator[torch.Tensor]] | None = None
-    blocks_shape: tuple[int, int] | None = None
     out_index: torch.Tensor | None = None
     part: int = -1  # expert / gate index where the matrix is one of several; -1 otherwise
     param: str = ""
