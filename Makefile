@@ -10,7 +10,7 @@ LOCK   ?= constraints.txt
 LOCK_VENV ?= .venv-lock
 LPY    := $(LOCK_VENV)/bin/python
 
-.PHONY: venv demo test test-slow bench docs lock clean
+.PHONY: venv demo test test-slow bench docs results lock clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,14 @@ bench: venv
 	$(PY) benchmarks/shared_pass.py
 	$(PY) benchmarks/covariance.py
 	$(PY) benchmarks/trajectory.py
+
+# The README's results section: every built-in study with 3 seeds, then its claims tables copied in
+# (docs/make_results.py). Hours on a 2-core CPU; one study: `make results STUDIES=sosd`.
+STUDIES ?= sosd lifecycle lens taxonomy grokking
+SEEDS ?= 3
+results: venv
+	mkdir -p runs/results; for s in $(STUDIES); do rm -rf runs/results/$$s; $(VENV)/bin/specscope experiment $$s --seeds $(SEEDS) --out runs/results/$$s --no-progress || exit 1; done
+	$(PY) docs/make_results.py
 
 # docs/api.md: every public module, class and function with its signature and docstring
 docs: venv

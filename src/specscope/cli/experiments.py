@@ -27,11 +27,9 @@ TAXONOMY_COLUMNS = ["transition", "target", "T_a", "T_b", "tok_gain", "thr_gain"
 def _grokking(a: argparse.Namespace) -> int:
     from ..experiments.grokking import GrokConfig, run_grokking
 
-    cfg = GrokConfig.quick() if a.quick else GrokConfig()
+    cfg = _seeded(GrokConfig.quick() if a.quick else GrokConfig(), a)
     if a.steps:
         cfg.steps = a.steps
-    if a.seeds:
-        cfg.seeds = tuple(range(a.seeds))
     if a.p:
         cfg.p = a.p
     cfg.task = a.task
@@ -42,7 +40,7 @@ def _grokking(a: argparse.Namespace) -> int:
     for wd, g in res.table.groupby("weight_decay"):
         print(f"weight decay {wd:g}: {g['grok_step'].notna().sum()}/{len(g)} runs grokked (test accuracy >= 0.95)")
     print(f"table: {res.out_dir / 'grokking.csv'}  figure: {res.figure}")
-    return 0
+    return res
 
 
 def _phenomena(a: argparse.Namespace) -> int:
@@ -52,7 +50,7 @@ def _phenomena(a: argparse.Namespace) -> int:
         from ..experiments.sosd import SosdExperiment, run_sosd
 
         cfg = SosdExperiment.quick() if a.quick else SosdExperiment()
-        cfg = with_overrides(cfg, steps=a.steps)
+        cfg = _seeded(with_overrides(cfg, steps=a.steps), a)
         res = run_sosd(cfg, a.out or fresh_dir("runs/sosd"), progress=not a.no_progress)
         _print_table(res.table, ["variant", "loss_knee", "median_onset", "distance_frac", "floor_per_step", "sd_drop_at_mid",
                                  "sd_stable_step", "w_stable_step", "final_val_loss"])
@@ -60,16 +58,14 @@ def _phenomena(a: argparse.Namespace) -> int:
         from ..experiments.lifecycle import LifecycleExperiment, run_lifecycle
 
         cfg = LifecycleExperiment.quick() if a.quick else LifecycleExperiment()
-        cfg = with_overrides(cfg, steps=a.steps)
+        cfg = _seeded(with_overrides(cfg, steps=a.steps), a)
         res = run_lifecycle(cfg, a.out or fresh_dir("runs/lifecycle"), progress=not a.no_progress)
         _print_table(res.table, ["depth", "wave_direction", "velocity", "gradient_reversal_step", "alpha_peak_layer", "inverted_u",
                                  "qk_vo_asymmetry", "delta_alpha", "rho_importance_alpha", "dppl_spectral", "dppl_last_n",
                                  "dppl_random", "last_n_over_spectral", "final_val_loss"])
         print(res.extra["scaling"].get("verdict", ""))
-    print()
-    _print_table(res.claims)
     print(f"table: {res.out_dir}  figure: {res.figure}")
-    return 0
+    return res
 
 
 def _lens(a: argparse.Namespace) -> int:
@@ -78,6 +74,7 @@ def _lens(a: argparse.Namespace) -> int:
 
     cfg = LensExperiment.quick() if a.quick else LensExperiment()
     cfg = with_overrides(cfg, target=a.target, tokens=a.tokens, sweep=a.sweep or None, executor="local" if a.local else None)
+    cfg = _seeded(cfg, a)
     res = run_lens(cfg, a.out or fresh_dir("runs/lens"), progress=not a.no_progress)
     if not res.extra["sweep"].empty:
         print("sweep (successive halving per tier):")
@@ -89,7 +86,7 @@ def _lens(a: argparse.Namespace) -> int:
     print("rho vs early budget (fraction of the median T):")
     _print_table(res.extra["rho_vs_budget"])
     print(f"table: {res.out_dir / 'lens.csv'}  figure: {res.figure}  report: {_comparison_report(res)}")
-    return 0
+    return res
 
 
 def _taxonomy(a: argparse.Namespace) -> int:
@@ -98,16 +95,14 @@ def _taxonomy(a: argparse.Namespace) -> int:
 
     cfg = TaxonomyExperiment.quick() if a.quick else TaxonomyExperiment()
     chain = tuple(s.strip() for s in a.chain.split(",")) if a.chain else None
-    cfg = with_overrides(cfg, target=a.target, tokens=a.tokens, chain=chain)
+    cfg = _seeded(with_overrides(cfg, target=a.target, tokens=a.tokens, chain=chain), a)
     res = run_taxonomy(cfg, a.out or fresh_dir("runs/taxonomy"), progress=not a.no_progress)
     print(f"per stage, T at the loss every stage reached ({res.extra['chain_target']:.4f}):")
     _print_table(res.extra["stages"], ["stage", "T", "Q", "final_val_loss"])
     print("transitions" + (f" at loss {a.target}" if a.target else ", each at the loosest loss both runs reached") + ":")
     _print_table(res.table, TAXONOMY_COLUMNS)
-    print()
-    _print_table(res.claims)
     print(f"table: {res.out_dir / 'taxonomy.csv'}  figure: {res.figure}  report: {_comparison_report(res, chain=True)}")
-    return 0
+    return res
 
 
 def _comparison_report(res, chain: bool = False) -> Path:
@@ -116,16 +111,36 @@ def _comparison_report(res, chain: bool = False) -> Path:
     return write_comparison(res.extra["runs"], res.out_dir / "report.html", target=res.extra["target"], chain=chain)
 
 
+def _seeded(cfg, a: argparse.Namespace):
+    """``cfg`` with ``seeds`` = 0..N-1 when ``--seeds N`` was given."""
+    from ..experiments.common import with_overrides
+
+    return with_overrides(cfg, seeds=tuple(range(a.seeds)) if a.seeds else None)
+
+
+STUDIES = {"grokking": _grokking, "sosd": _phenomena, "lifecycle": _phenomena, "lens": _lens, "taxonomy": _taxonomy}
+
+
 def cmd_experiment(a: argparse.Namespace) -> int:
     """``specscope experiment NAME``: run one built-in study (grokking, sosd, lifecycle, lens, taxonomy), print its
-    table and claims and where its files went. Returns the exit code, 0."""
-    if a.name == "grokking":
-        return _grokking(a)
-    if a.name == "lens":
-        return _lens(a)
-    if a.name == "taxonomy":
-        return _taxonomy(a)
-    return _phenomena(a)
+    table, then its claims table (the paper's number beside ours with its spread over seeds, and a verdict), and
+    where its files went; the claims are also written as ``claims.csv`` / ``claims.md`` and the command with its
+    wall time as ``result.json`` in the study's directory. Returns the exit code, 0."""
+    import sys
+    import time
+
+    from ..experiments.claims import write_claims, write_result
+
+    t0 = time.perf_counter()
+    res = STUDIES[a.name](a)
+    wall = time.perf_counter() - t0
+    print()
+    _print_table(res.claims, ["claim", "paper", "ours", "verdict"])
+    write_claims(res.claims, res.out_dir)
+    seeds = res.extra.get("seeds", a.seeds or 1)
+    write_result(res.out_dir, a.name, " ".join(["specscope", *sys.argv[1:]]), wall, seeds)
+    print(f"claims: {res.out_dir / 'claims.md'}  wall time {wall / 60:.1f} min")
+    return 0
 
 
 def cmd_findings(a: argparse.Namespace) -> int:
@@ -338,7 +353,8 @@ def register(sub) -> None:
     ex.add_argument("--chain", default=None, help="taxonomy: comma-separated cumulative stages, e.g. baseline,rope,muon,untied,softcap")
     ex.add_argument("--quick", action="store_true", help="a tiny configuration (for tests)")
     ex.add_argument("--steps", type=A.positive_int, default=None)
-    ex.add_argument("--seeds", type=A.positive_int, default=None, help="number of seeds per weight-decay setting")
+    ex.add_argument("--seeds", type=A.positive_int, default=None,
+                    help="number of seeds (0..N-1) of every run: the claims report mean and spread over them")
     ex.add_argument("--p", type=A.int_at_least(2), default=None, help="modulus")
     ex.add_argument("--task", choices=["add", "dyck1"], default="add", help="grokking: modular addition or Dyck-1")
     ex.add_argument("--out", type=A.out_dir, default=None)

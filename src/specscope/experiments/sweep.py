@@ -131,6 +131,7 @@ class BudgetedRuns:
     target: float | None = None  # validation loss target (None: chosen from the runs)
     pool_size: int = 64
     seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # the seeds a study repeats its runs over
     max_corpus_mb: float | None = None
 
     QUICK = {"n_layer": 2, "d_model": 32, "n_head": 2, "seq_len": 32, "eval_tokens": 1_000, "pool_size": 8, "max_corpus_mb": 2.0}
