@@ -41,7 +41,8 @@ def claims_markdown(claims: pd.DataFrame) -> str:
         return str(x).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| claim | paper | ours | verdict |", "|---|---|---|---|"]
-    lines += [f"| {cell(r.claim)} | {cell(r.paper)} | {cell(r.ours)} | **{cell(r.verdict)}** |" for r in claims.itertuples()]
+    c = claims.reindex(columns=CLAIM_COLUMNS)
+    lines += [f"| {cell(r.claim)} | {cell(r.paper)} | {cell(r.ours)} | **{cell(r.verdict)}** |" for r in c.itertuples()]
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from ..monitor import Monitor
 from ..probes import Trajectory, Weights
 from ..store.reader import open_run
 from ..train import GPT, GPTConfig
+from .claims import claims_frame
 from .toy import ToyData, accuracy, band_concentration, dyck1, fourier_energy, modular_arithmetic, peak_concentration
 
 log = logging.getLogger(__name__)
@@ -149,12 +150,13 @@ def summarize(run_dir: Path, grok_step: int | None, weight_decay: float, seed: i
 @dataclass
 class GrokResult:
     """The grokking study's outcome: ``table`` (one row per run, see :func:`run_one`), ``out_dir``, ``figure``
-    (PNG path) and ``extra`` (empty)."""
+    (PNG path), ``extra`` (empty) and ``claims`` (the claims table)."""
 
     table: pd.DataFrame
     out_dir: Path
     figure: Path | None = None
     extra: dict = field(default_factory=dict)
+    claims: pd.DataFrame = field(default_factory=lambda: claims_frame([]))
 
 
 def run_grokking(cfg: GrokConfig, out_dir: str | Path, progress: bool = True) -> GrokResult:
