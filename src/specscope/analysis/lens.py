@@ -2,14 +2,22 @@
 (SPEC 5.6-5.7, Spectral Lens sections 3-4), over run stores.
 
 - ``T(B)``: training tokens at the first evaluation whose validation loss is at or below the
-  target; ``eps_tok(B) = T(B) / min_B' T(B')`` within a family; ``Q`` = tokens per second.
+  target; ``eps_tok(B) = T(B) / min_B' T(B')`` within a family; ``Q`` = tokens per second. A run
+  that never reaches the target is **censored**: it has no ``T`` and no ``eps_tok`` (it is not
+  ranked on them, and no ``T`` is made up for it). The default target is the loosest loss every
+  run reached (:func:`common_target`), at which no run is censored.
 - **Alignment** of runs at a matched loss (first evaluation at or below it), matched tokens
   (the measurement nearest that many tokens) or a matched fraction of each run's steps.
-- **Forecast**: the early statistic is ``alpha_tail`` of the deepest probed layer's activation
-  spectrum at the first measurement with at least ``budget`` tokens (default: 20% of the
-  family's median ``T``); per-family min-max normalization; batch sizes ranked by it ascending
-  (a flatter tail = fewer tokens to target). Spearman rho against ``eps_tok`` within each
-  family (mean over families) and on the pooled normalized data, where ``T`` is known.
+- **Forecast**: the early statistic is the rank-decay exponent of the deepest probed layer's
+  activation spectrum (the stored spectrum at the first measurement with at least ``budget``
+  tokens; default budget: 20% of the family's median ``T``) over the **tail window chosen by
+  the model's width** (SPEC 3, :func:`~specscope.spectra.windows.tail_window` of the spectrum's
+  length, which is the width; or a window given), recomputed from the stored spectra over
+  **every window of the bank** as well (:func:`~specscope.spectra.windows.bank_windows`).
+  Per-family min-max normalization; batch sizes ranked by it ascending (a flatter tail = fewer
+  tokens to target). Spearman rho against ``eps_tok`` over the uncensored runs, within each
+  family (mean over families with at least 3 such runs) and on the pooled normalized data, per
+  window and as a function of the early budget (Spectral Lens Fig. 8).
 - **Taxonomy** of a transition a -> b: ``tok_gain = T(a)/T(b) - 1``, ``thr_gain = Q(b)/Q(a) - 1``;
   at matched loss, the change of the activation ``alpha_head``, the JS divergence of the
   gradient spectra and the change of gradient ``rankme``. Labels (thresholds in :class:`TaxonomyRule`):
@@ -29,8 +37,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from ..spectra.powerlaw import alpha_rank
 from ..spectra.temporal import js_divergence
+from ..spectra.windows import bank_windows, tail_window
 from ..store.reader import Run
+
+BUDGET_FRACS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 
 
 def effective_batch(run: Run) -> int | None:
@@ -60,7 +72,7 @@ def _evals(run: Run) -> pd.DataFrame:
 
 def tokens_to_target(run: Run, target: float) -> float | None:
     """Training tokens at the first evaluation with validation loss <= ``target`` (same units as the logged loss),
-    as a float; None if the run never reached it."""
+    as a float; None if the run never reached it (censored)."""
     ev = _evals(run)
     hit = ev[ev["val_loss"] <= target]
     return float(hit["tokens"].iloc[0]) if len(hit) else None
@@ -76,13 +88,19 @@ def throughput(run: Run) -> float:
     return float(sc["tokens_per_s"].median()) if "tokens_per_s" in sc else float("nan")
 
 
-def efficiency(runs: Sequence[Run], target: float) -> pd.DataFrame:
+def efficiency(runs: Sequence[Run], target: float | None) -> pd.DataFrame:
     """One row per run: a DataFrame with columns ``run``, ``family``, ``batch`` (sequences per step), ``T`` (tokens to
-    ``target``; None if never reached), ``Q`` (tokens per second) and ``eps_tok`` (``T`` over its family's least
-    ``T``; 1 = the most token-efficient batch)."""
-    rows = [{"run": r.run_id, "family": family_of(r), "batch": effective_batch(r), "T": tokens_to_target(r, target),
-             "Q": throughput(r)} for r in runs]
-    df = pd.DataFrame(rows)
+    ``target``, a float; NaN when censored or without a target), ``censored`` (True when the run has validation losses
+    but never reached ``target``), ``Q`` (tokens per second) and ``eps_tok`` (``T`` over the least ``T`` of its
+    family's uncensored runs; 1 = the most token-efficient batch; NaN when censored)."""
+    rows = []
+    for r in runs:
+        T = tokens_to_target(r, target) if target is not None else None
+        rows.append({"run": r.run_id, "family": family_of(r), "batch": effective_batch(r),
+                     "T": float("nan") if T is None else T,
+                     "censored": bool(target is not None and T is None and len(_evals(r))), "Q": throughput(r)})
+    df = pd.DataFrame(rows, columns=["run", "family", "batch", "T", "censored", "Q"])
+    df["T"] = df["T"].astype(float)
     df["eps_tok"] = df["T"] / df.groupby("family")["T"].transform("min")
     return df
 
@@ -91,8 +109,9 @@ def align(runs: Sequence[Run], loss: float | None = None, tokens: float | None =
           fraction: float | None = None) -> pd.DataFrame:
     """The step and tokens where each run reaches a matched validation loss (first evaluation at or below
     ``loss``), a matched token count (the logged step nearest ``tokens``) or a matched fraction of its last step:
-    a DataFrame with columns ``run``, ``batch``, ``step`` and ``tokens`` (None where a run never matched). Give
-    exactly one of the three, else ValueError."""
+    a DataFrame with columns ``run``, ``batch``, ``step`` (int) and ``tokens`` (float), object-typed so that a run
+    that never matched holds None in both (never NaN: ``step is None`` is the test for a miss). Give exactly one
+    of the three, else ValueError."""
     if sum(x is not None for x in (loss, tokens, fraction)) != 1:
         raise ValueError("give exactly one of loss, tokens, fraction")
     rows = []
@@ -111,23 +130,45 @@ def align(runs: Sequence[Run], loss: float | None = None, tokens: float | None =
         rows.append({"run": r.run_id, "batch": effective_batch(r),
                      "step": None if row is None else int(row["step"]),
                      "tokens": None if row is None or pd.isna(row["tokens"]) else float(row["tokens"])})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["run", "batch", "step", "tokens"], dtype=object)
 
 
-def _deepest_activation(run: Run, metric: str) -> pd.Series:
-    m = run.metrics(probe="activations", metric=metric)
-    if m.empty:
-        return pd.Series(dtype=float)
-    m = m[m["layer"] == m["layer"].max()]
-    return m.dropna(subset=["tokens"]).groupby("tokens")["value"].mean().sort_index()
+def deepest_spectra(run: Run) -> pd.DataFrame:
+    """The deepest probed layer's activation spectra of ``run`` as eigenvalues: a DataFrame with columns ``tokens``
+    and ``eig`` (a descending float64 array of covariance eigenvalues), one row per measurement (the first stored
+    spectrum of that layer at each step), sorted by tokens; empty without activation spectra or tokens."""
+    s = run.spectra(probe="activations")
+    if s.empty:
+        return pd.DataFrame(columns=["tokens", "eig"])
+    s = s[(s["layer"] == s["layer"].max())].dropna(subset=["tokens"]).drop_duplicates("step").sort_values("tokens")
+    eig = [np.asarray(v, float) ** 2 if q == "sv" else np.asarray(v, float) for v, q in zip(s["values"], s["quantity"])]
+    return pd.DataFrame({"tokens": s["tokens"].to_numpy(float), "eig": eig})
 
 
-def early_alpha(run: Run, budget: float, metric: str = "alpha_tail") -> float:
-    """``metric`` of the deepest probed layer's activation spectrum at the first measurement with >= ``budget``
-    tokens (mean over that layer's series): a float, NaN when there is none."""
-    s = _deepest_activation(run, metric)
-    s = s[s.index >= budget]
-    return float(s.iloc[0]) if len(s) else float("nan")
+def window_label(window: tuple[int, int]) -> str:
+    """A rank window ``(a, b)`` as text: ``"a:b"``."""
+    return f"{window[0]}:{window[1]}"
+
+
+def forecast_windows(width: int, window: tuple[int, int] | None = None) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
+    """``(chosen, windows)`` for activation spectra of length ``width`` (the model's width): the tail window chosen by
+    width (SPEC 3: :func:`~specscope.spectra.windows.tail_window`), or ``window`` when given, and every bank window
+    that fits (:func:`~specscope.spectra.windows.bank_windows`) with the chosen one added; 1-based inclusive ranks."""
+    chosen = tuple(window) if window is not None else tail_window(width)
+    wins = bank_windows(width)
+    if chosen is not None and chosen not in wins:
+        wins.append(chosen)
+    return chosen, wins
+
+
+def window_alpha(eig: np.ndarray, window: tuple[int, int]) -> float:
+    """The rank-decay exponent (``-slope`` of ``ln p_j`` on ``ln j``, Spectral Lens eq. 2; dimensionless) of the
+    trace-normalized eigenvalues ``eig`` over ``window`` (1-based inclusive ranks); NaN when it does not fit."""
+    eig = np.asarray(eig, float)
+    total = eig.sum()
+    if not (np.isfinite(total) and total > 0):
+        return float("nan")
+    return float(alpha_rank((eig / total)[None, :], tuple(window))[0][0])
 
 
 def _minmax(x: pd.Series) -> pd.Series:
@@ -135,74 +176,156 @@ def _minmax(x: pd.Series) -> pd.Series:
     return (x - x.min()) / span if span > 0 else x * 0.0
 
 
-def forecast(runs: Sequence[Run], target: float | None = None, budget: float | None = None, budget_frac: float = 0.2,
-             metric: str = "alpha_tail") -> tuple[pd.DataFrame, dict]:
-    """Rank batch sizes by early ``metric`` (flatter first) and, where ``T`` is known, Spearman rho vs ``eps_tok``.
+def _rho(df: pd.DataFrame, col: str) -> tuple[float | None, int, float | None]:
+    """Spearman rho of ``col`` vs ``eps_tok`` over the uncensored runs with both: (mean within family over families
+    with >= 3 runs, number of such families, pooled over the per-family min-max normalized ``col``)."""
+    ok = df.dropna(subset=["eps_tok", col])
+    rhos = [float(spearmanr(g[col], g["eps_tok"])[0]) for _, g in ok.groupby("family") if len(g) >= 3]
+    rhos = [x for x in rhos if np.isfinite(x)]
+    norm = ok.groupby("family")[col].transform(_minmax)
+    pooled = float(spearmanr(norm, ok["eps_tok"])[0]) if len(ok) >= 3 else None
+    return (float(np.mean(rhos)) if rhos else None), len(rhos), (pooled if pooled is not None and np.isfinite(pooled) else None)
 
-    Returns ``(table, verdict)``. ``table``: :func:`efficiency`'s columns plus ``budget`` (tokens),
-    ``early_alpha``, ``early_alpha_norm`` (min-max within the family, in [0, 1]) and ``predicted_rank`` (1 = the
-    predicted most token-efficient), sorted by family and rank. ``verdict``: ``rho_within_family`` (mean over
-    families with >= 3 runs), ``families_scored``, ``rho_pooled``, ``predicted_best_batch`` (family -> batch) and
-    ``verdict`` (the sentence). ``budget`` (tokens) overrides ``budget_frac`` of the family's median ``T``; without
-    either a budget or a reached ``target``, ValueError."""
-    df = efficiency(runs, target) if target is not None else pd.DataFrame(
-        [{"run": r.run_id, "family": family_of(r), "batch": effective_batch(r), "T": None, "Q": throughput(r)} for r in runs]
-        ).assign(eps_tok=np.nan)
-    by_id = {r.run_id: r for r in runs}
+
+def forecast(runs: Sequence[Run], target: float | None = None, budget: float | None = None, budget_frac: float = 0.2,
+             window: tuple[int, int] | None = None, spectra: dict[str, pd.DataFrame] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Rank batch sizes by their early activation tail exponent (flatter first) and score the ranking.
+
+    ``target`` (validation loss; None: the loosest every run reached, or no target when no run logged a validation
+    loss); ``budget`` (tokens) overrides ``budget_frac`` of the family's median uncensored ``T``; ``window`` (1-based
+    ranks) overrides the tail window chosen by width; ``spectra`` (run id -> :func:`deepest_spectra`) saves reading
+    the stores again.
+
+    Returns ``(table, verdict)``. ``table``: :func:`efficiency`'s columns plus ``budget`` (tokens), ``window``
+    (``"a:b"``), ``early_alpha`` (over that window), ``early_alpha_norm`` (min-max within the family, in [0, 1]),
+    ``predicted_rank`` (1 = predicted most token-efficient; every run with an early spectrum, censored ones
+    included, since the prediction does not use ``T``) and one ``alpha[a:b]`` column per bank window, sorted by
+    family and rank. ``verdict``: ``applies``, ``target``, ``window``, ``window_by`` (``"width N"`` or ``"given"``),
+    ``rho_within_family`` (mean over families with >= 3 uncensored runs; None when none), ``families_scored``,
+    ``rho_pooled``, ``rho_by_window`` and ``rho_pooled_by_window`` (``"a:b"`` -> rho), ``n_runs``, ``n_scored``
+    (uncensored runs with an early exponent), ``censored`` (count) and ``censored_runs``, ``predicted_best_batch``
+    and ``best_batch`` (family -> batch; the latter by least uncensored ``T``) and ``verdict`` (the sentence, which
+    names the window, the budget and the censored runs, or says what the runs lack)."""
+    have_val = [r for r in runs if len(_evals(r))]
+    if target is None and have_val:
+        target = common_target(have_val)
+    df = efficiency(runs, target)
+    spectra = spectra if spectra is not None else {r.run_id: deepest_spectra(r) for r in runs}
     budgets = {}
     for fam, g in df.groupby("family"):
-        if budget is not None:
-            budgets[fam] = float(budget)
-        elif g["T"].notna().any():
-            budgets[fam] = budget_frac * float(g["T"].dropna().median())
-        else:
-            raise ValueError("give a token budget, or a target the runs reached")
-    df["budget"] = df["family"].map(budgets)
-    df["early_alpha"] = [early_alpha(by_id[r], b, metric) for r, b in zip(df["run"], df["budget"])]
-    df["early_alpha_norm"] = df.groupby("family")["early_alpha"].transform(_minmax)
-    df["predicted_rank"] = df.groupby("family")["early_alpha"].rank(method="first").astype("Int64")
+        Ts = g["T"].dropna()
+        budgets[fam] = float(budget) if budget is not None else budget_frac * float(Ts.median()) if len(Ts) else float("nan")
+    df["budget"] = df["family"].map(budgets).astype(float)
+    width = max((len(s["eig"].iloc[0]) for s in spectra.values() if len(s)), default=0)
+    chosen, wins = forecast_windows(width, window) if width else (None, [])
+    early = {}
+    for run, b in zip(df["run"], df["budget"]):
+        s = spectra.get(run, pd.DataFrame(columns=["tokens", "eig"]))
+        s = s[s["tokens"] >= b] if np.isfinite(b) else s.head(0)
+        early[run] = s["eig"].iloc[0] if len(s) else None
+    for w in wins:
+        df[f"alpha[{window_label(w)}]"] = [window_alpha(early[r], w) if early[r] is not None else np.nan for r in df["run"]]
+    df.insert(df.columns.get_loc("budget") + 1, "window", window_label(chosen) if chosen else None)
+    df.insert(df.columns.get_loc("window") + 1, "early_alpha",
+              df[f"alpha[{window_label(chosen)}]"] if chosen else np.nan)
+    df.insert(df.columns.get_loc("early_alpha") + 1, "early_alpha_norm", df.groupby("family")["early_alpha"].transform(_minmax))
+    df.insert(df.columns.get_loc("early_alpha_norm") + 1, "predicted_rank",
+              df.groupby("family")["early_alpha"].rank(method="first").astype("Int64"))
     df = df.sort_values(["family", "predicted_rank"]).reset_index(drop=True)
-    rhos = []
-    for _, g in df.dropna(subset=["eps_tok", "early_alpha"]).groupby("family"):
-        if len(g) >= 3:
-            rhos.append(float(spearmanr(g["early_alpha"], g["eps_tok"])[0]))
-    pooled = df.dropna(subset=["eps_tok", "early_alpha_norm"])
-    pooled_rho = float(spearmanr(pooled["early_alpha_norm"], pooled["eps_tok"])[0]) if len(pooled) >= 3 else None
-    best = df.loc[df.groupby("family")["early_alpha"].idxmin().dropna()] if df["early_alpha"].notna().any() else df.head(0)
-    verdict = {"rho_within_family": float(np.mean(rhos)) if rhos else None, "families_scored": len(rhos),
-               "rho_pooled": pooled_rho, "predicted_best_batch": {str(f): int(b) for f, b in zip(best["family"], best["batch"])},
-               "verdict": "predicted most token-efficient batch: "
-                          + ", ".join(f"B={int(b)}" for b in best["batch"]) if len(best) else "no activation spectra at the budget"}
+    by_win = {window_label(w): _rho(df, f"alpha[{window_label(w)}]") for w in wins}
+    within, n_fam, pooled = _rho(df, "early_alpha") if chosen else (None, 0, None)
+    scored = df.dropna(subset=["eps_tok", "early_alpha"])
+    best = df.loc[df.dropna(subset=["early_alpha"]).groupby("family")["early_alpha"].idxmin()]
+    actual = df.loc[df.dropna(subset=["T"]).groupby("family")["T"].idxmin()]
+    censored = df.loc[df["censored"], "run"].tolist()
+    verdict = {"applies": bool(len(best)), "target": target, "window": window_label(chosen) if chosen else None,
+               "window_by": "given" if window is not None else f"width {width}",
+               "rho_within_family": within, "families_scored": n_fam, "rho_pooled": pooled,
+               "rho_by_window": {k: v[0] for k, v in by_win.items()}, "rho_pooled_by_window": {k: v[2] for k, v in by_win.items()},
+               "n_runs": len(df), "n_scored": len(scored), "censored": len(censored), "censored_runs": censored,
+               "predicted_best_batch": {str(f): _int(b) for f, b in zip(best["family"], best["batch"])},
+               "best_batch": {str(f): _int(b) for f, b in zip(actual["family"], actual["batch"])}}
+    verdict["verdict"] = _sentence(df, verdict, best, have_val, runs)
     return df, verdict
+
+
+def _int(x) -> int | None:
+    return None if x is None or pd.isna(x) else int(x)
+
+
+def _sentence(df: pd.DataFrame, v: dict, best: pd.DataFrame, have_val: list, runs: Sequence[Run]) -> str:
+    """The forecast's verdict sentence: the predicted best batch, the window and budget, rho's sample and the censored
+    runs; or what the runs lack."""
+    lacks = []
+    if not have_val:
+        lacks.append("no validation loss logged: no T(B), eps_tok or rho (give a token budget to rank only)")
+    if v["window"] is None:
+        lacks.append("no activation spectra stored: no early tail exponent (add the Activations probe)")
+    elif df["budget"].isna().all():
+        lacks.append("no token budget: no run reached a target (give a token budget)")
+    if df["batch"].isna().any():
+        lacks.append(f"{int(df['batch'].isna().sum())} run(s) without a batch size in their config (train.micro_batch or batch)")
+    if not len(best):
+        return "; ".join(lacks or ["no activation spectrum at the budget"])
+    budgets = ", ".join(f"{b:,.0f}" for b in sorted(set(df["budget"].dropna())))
+    text = (f"predicted most token-efficient batch: " + ", ".join(f"B={_int(b)}" for b in best["batch"])
+            + f" (early alpha over tail window {v['window']}, chosen by {v['window_by']}, at {budgets} tokens)")
+    if v["target"] is not None:
+        text += f"; target loss {v['target']:.4g}: rho over {v['n_scored']} uncensored run(s) of {v['n_runs']}"
+        if v["censored"]:
+            text += f", {v['censored']} censored (never reached the target: no T, not ranked): " + ", ".join(v["censored_runs"])
+        if v["rho_within_family"] is None:
+            text += "; too few uncensored runs for rho (>= 3 a family)"
+    return "; ".join([text, *lacks])
+
+
+def early_alpha(run: Run, budget: float, window: tuple[int, int] | None = None) -> float:
+    """The rank-decay exponent of the deepest probed layer's activation spectrum at the first measurement with >=
+    ``budget`` tokens, over ``window`` (default: the tail window chosen by the spectrum's width): a float, NaN when
+    there is none."""
+    s = deepest_spectra(run)
+    s = s[s["tokens"] >= budget]
+    if not len(s):
+        return float("nan")
+    eig = s["eig"].iloc[0]
+    w, _ = forecast_windows(len(eig), window)
+    return window_alpha(eig, w) if w is not None else float("nan")
 
 
 def common_target(runs: Sequence[Run]) -> float:
     """The loosest loss every run reached: the largest of the runs' best validation losses (a float, in the units
     of the logged loss); ValueError when no run has a validation loss."""
-    best = [float(_evals(r)["val_loss"].min()) for r in runs]
+    best = [float(_evals(r)["val_loss"].min()) for r in runs if len(_evals(r))]
     best = [b for b in best if np.isfinite(b)]
     if not best:
         raise ValueError("no run has a validation loss")
     return max(best)
 
 
-def rho_vs_budget(runs: Sequence[Run], target: float, median_T: float,
-                  fracs: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)) -> pd.DataFrame:
-    """Spearman rho (within family) of the forecast at early budgets ``frac * median_T`` (Spectral Lens Fig. 8): a
-    DataFrame with columns ``budget_frac``, ``budget_tokens`` and ``rho`` (None where no family could be scored)."""
+def rho_vs_budget(runs: Sequence[Run], target: float | None, median_T: float, fracs: Sequence[float] = BUDGET_FRACS,
+                  window: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Spearman rho (within family, uncensored runs) of the forecast at early budgets ``frac * median_T`` (Spectral Lens
+    Fig. 8): a DataFrame with columns ``budget_frac``, ``budget_tokens``, ``rho`` (the chosen window) and one
+    ``rho[a:b]`` per bank window (None where no family could be scored)."""
+    spectra = {r.run_id: deepest_spectra(r) for r in runs}
     rows = []
     for f in fracs:
-        _, v = forecast(runs, target=target, budget=f * median_T)
-        rows.append({"budget_frac": f, "budget_tokens": f * median_T, "rho": v["rho_within_family"]})
+        _, v = forecast(runs, target=target, budget=f * median_T, window=window, spectra=spectra)
+        rows.append({"budget_frac": f, "budget_tokens": f * median_T, "rho": v["rho_within_family"],
+                     **{f"rho[{k}]": x for k, x in v["rho_by_window"].items()}})
     return pd.DataFrame(rows)
 
 
-def lens_summary(runs: Sequence[Run], target: float, budget_frac: float = 0.2) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
-    """``(table, verdict, rho_table)``: :func:`forecast` at ``budget_frac`` of the median ``T``, its verdict with
-    ``target`` (loss) and ``median_T`` (tokens) added, and :func:`rho_vs_budget`."""
-    table, verdict = forecast(runs, target=target, budget_frac=budget_frac)
+def lens_summary(runs: Sequence[Run], target: float | None = None, budget_frac: float = 0.2,
+                 window: tuple[int, int] | None = None) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """``(table, verdict, rho_table)``: :func:`forecast` at ``budget_frac`` of the median ``T`` (``target`` None: the
+    loosest loss every run reached), its verdict with ``median_T`` (tokens, over uncensored runs) added, and
+    :func:`rho_vs_budget` (empty without a median ``T``)."""
+    table, verdict = forecast(runs, target=target, budget_frac=budget_frac, window=window)
     median_T = float(table["T"].dropna().median()) if table["T"].notna().any() else float("nan")
-    return table, {**verdict, "target": target, "median_T": median_T}, rho_vs_budget(runs, target, median_T)
+    curve = (rho_vs_budget(runs, verdict["target"], median_T, window=window) if np.isfinite(median_T)
+             else pd.DataFrame(columns=["budget_frac", "budget_tokens", "rho"]))
+    return table, {**verdict, "median_T": median_T}, curve
 
 
 def chain_stages(chain: Sequence[Run], target: float, names: Sequence[str]) -> pd.DataFrame:

@@ -71,18 +71,27 @@ def _phenomena(a: argparse.Namespace) -> int:
 def _lens(a: argparse.Namespace) -> int:
     from ..experiments.common import with_overrides
     from ..experiments.lens import LensExperiment, run_lens
+    from ..experiments.lens_toy import ToyLensConfig
 
-    cfg = LensExperiment.quick() if a.quick else LensExperiment()
-    cfg = with_overrides(cfg, target=a.target, tokens=a.tokens, sweep=a.sweep or None, executor="local" if a.local else None)
-    cfg = _seeded(cfg, a)
+    if a.family == "toy":
+        if a.sweep:
+            raise ConfigError("--sweep applies to --family stdlib")
+        cfg = ToyLensConfig.quick() if a.quick else ToyLensConfig()
+    else:
+        cfg = LensExperiment.quick() if a.quick else LensExperiment()
+        cfg = with_overrides(cfg, sweep=a.sweep or None, executor="local" if a.local else None)
+    cfg = _seeded(with_overrides(cfg, target=a.target, tokens=a.tokens), a)
     res = run_lens(cfg, a.out or fresh_dir("runs/lens"), progress=not a.no_progress)
     if not res.extra["sweep"].empty:
         print("sweep (successive halving per tier):")
-        _print_table(res.extra["sweep"], ["rung", "tokens", "batch", "lr", "val_loss", "promoted"])
-    v = res.extra["verdict"]
-    _print_table(res.table, ["batch", "lr", "T", "eps_tok", "Q", "budget", "early_alpha", "predicted_rank"])
-    print(f"target loss {v['target']:.4f}; median T {v['median_T']:,.0f} tokens; " + v["verdict"]
-          + ("" if v["rho_within_family"] is None else f"; Spearman rho(early alpha_tail, eps_tok) = {v['rho_within_family']:.2f}"))
+        _print_table(res.extra["sweep"], ["seed", "rung", "tokens", "batch", "lr", "val_loss", "promoted"])
+    print(f"family: {res.extra['family']}")
+    _print_table(res.table, ["seed", "batch", "lr", "T", "censored", "eps_tok", "Q", "budget", "window", "early_alpha",
+                             "predicted_rank", *[c for c in res.table.columns if c.startswith("alpha[")]])
+    for seed, v in res.extra["verdicts"].items():
+        print(f"seed {seed}: median T {v['median_T']:,.0f} tokens; " + v["verdict"]
+              + f"; Spearman rho(early alpha, eps_tok) = {_num(v['rho_within_family'])}; by window: "
+              + ", ".join(f"{w} {_num(r)}" for w, r in v["rho_by_window"].items()))
     print("rho vs early budget (fraction of the median T):")
     _print_table(res.extra["rho_vs_budget"])
     print(f"table: {res.out_dir / 'lens.csv'}  figure: {res.figure}  report: {_comparison_report(res)}")
@@ -170,18 +179,16 @@ def _runs(paths: list[str]):
 
 
 def cmd_forecast(a: argparse.Namespace) -> int:
-    """``specscope forecast RUNS...``: rank the runs' batch sizes by their early activation ``alpha_tail`` and
-    print the table and verdict (``--json``), optionally writing a comparison report. Returns the exit code, 0;
-    a missing ``--target`` and ``--budget`` is a :class:`ConfigError`."""
+    """``specscope forecast RUNS...``: rank the runs' batch sizes by their early activation tail exponent (over the
+    tail window chosen by the model's width, or ``--window A:B``) and print the table, Spearman rho for every bank
+    window, the censored runs and the verdict (``--json``), optionally writing a comparison report. The target
+    defaults to the loosest loss every run reached. Returns the exit code, 0 (runs that lack what the forecast needs
+    get a verdict saying so); a bad window or a report without a validation loss is a :class:`ConfigError`."""
     from ..analysis.lens import forecast
 
-    if a.target is None and a.budget is None:
-        raise ConfigError("give --target LOSS (runs that reached it) or --budget TOKENS (runs trained only that far)")
-    if a.report and a.target is None:
-        raise ConfigError("--report needs --target (the loss the runs reached)")
     try:
         runs = _runs(a.runs)
-        table, verdict = forecast(runs, target=a.target, budget=a.budget, budget_frac=a.budget_frac)
+        table, verdict = forecast(runs, target=a.target, budget=a.budget, budget_frac=a.budget_frac, window=a.window)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if a.json:
@@ -189,15 +196,37 @@ def cmd_forecast(a: argparse.Namespace) -> int:
 
         print(json.dumps({"table": json.loads(table.to_json(orient="records")), "verdict": jsonable(verdict)}, indent=1))
         return 0
-    _print_table(table, ["family", "batch", "budget", "early_alpha", "early_alpha_norm", "predicted_rank", "T", "eps_tok", "Q", "run"])
+    _print_table(table, ["family", "batch", "budget", "window", "early_alpha", "early_alpha_norm", "predicted_rank", "T",
+                         "censored", "eps_tok", "Q", "run"])
     rho = verdict["rho_within_family"]
     print(verdict["verdict"] + ("" if rho is None else f"; Spearman rho vs eps_tok within family = {rho:.2f}"
-                                                      f" (pooled {verdict['rho_pooled']:.2f})"))
+                                                      f" (pooled {_num(verdict['rho_pooled'])})"))
+    if verdict["rho_by_window"]:
+        print("rho within family by tail window: " + ", ".join(f"{w}: {_num(r)}" for w, r in verdict["rho_by_window"].items()))
     if a.report:
         from ..report.compare import write_comparison
 
-        print(f"report: {write_comparison(runs, a.report, target=a.target)}")
+        if verdict["target"] is None:
+            raise ConfigError("--report needs runs with a validation loss (the matched-loss target)")
+        print(f"report: {write_comparison(runs, a.report, target=verdict['target'])}")
     return 0
+
+
+def _rank_window(text: str) -> tuple[int, int]:
+    """An ``argparse`` type for a rank window ``A:B`` (1-based, ``1 <= A < B``): the pair of ints, or
+    ArgumentTypeError."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected a rank window A:B (e.g. 10:40), got {text!r}")
+    a, b = (A.positive_int(p.strip()) for p in parts)
+    if b <= a:
+        raise argparse.ArgumentTypeError(f"a rank window A:B needs A < B, got {text!r}")
+    return (a, b)
+
+
+def _num(x) -> str:
+    """``x`` with two decimals, ``n/a`` for None or NaN."""
+    return "n/a" if x is None or x != x else f"{x:.2f}"
 
 
 def cmd_taxonomy(a: argparse.Namespace) -> int:
@@ -348,7 +377,9 @@ def register(sub) -> None:
     ex.add_argument("--target", type=A.finite_float, default=None,
                     help="lens / taxonomy: validation loss target (default: the loosest every run reached)")
     ex.add_argument("--tokens", type=A.positive_int, default=None, help="lens / taxonomy: training tokens per run")
-    ex.add_argument("--sweep", action="store_true", help="lens: pick each tier's learning rate by successive halving first")
+    ex.add_argument("--family", choices=["toy", "stdlib"], default="toy",
+                    help="lens: the paper's cyclic-shift batch sweep (toy, Fig. 4a) or the reference GPT on the stdlib corpus")
+    ex.add_argument("--sweep", action="store_true", help="lens --family stdlib: pick each tier's learning rate by successive halving first")
     ex.add_argument("--local", action="store_true", help="lens --sweep: run the trials in this process, without Ray")
     ex.add_argument("--chain", default=None, help="taxonomy: comma-separated cumulative stages, e.g. baseline,rope,muon,untied,softcap")
     ex.add_argument("--quick", action="store_true", help="a tiny configuration (for tests)")
@@ -382,11 +413,15 @@ def register(sub) -> None:
     fc.add_argument("runs", nargs="+", type=A.existing_path,
                     help="runs of one or more families (differing only in batch size), roots holding them, "
                          "or a sweep's output directory (its winners)")
-    fc.add_argument("--target", type=A.finite_float, default=None, help="validation loss target (for T(B), eps_tok and rho)")
+    fc.add_argument("--target", type=A.finite_float, default=None,
+                    help="validation loss target for T(B), eps_tok and rho (default: the loosest every run reached; "
+                         "a run that never reaches it is censored)")
+    fc.add_argument("--window", type=_rank_window, default=None,
+                    help="tail window A:B (1-based ranks; default: chosen by the model's width, SPEC 3)")
     fc.add_argument("--budget", type=A.positive_float, default=None, help="early token budget (default: --budget-frac of the median T)")
     fc.add_argument("--budget-frac", type=A.fraction, default=0.2)
     fc.add_argument("--json", action="store_true")
-    fc.add_argument("--report", type=A.out_file, default=None, help="also write an HTML report here (needs --target)")
+    fc.add_argument("--report", type=A.out_file, default=None, help="also write an HTML report here")
     fc.set_defaults(func=cmd_forecast)
     tx = sub.add_parser("taxonomy", help="intervention taxonomy of a chain of runs (baseline -> variant -> ...)")
     tx.add_argument("runs", nargs="+", type=A.existing_path)
