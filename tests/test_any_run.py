@@ -221,3 +221,16 @@ def test_prune_on_a_run_with_blocks_but_no_checkpoints(tmp_path, capsys):
     assert main(["prune", str(run.dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the run kept no checkpoints" in err[0]
+
+
+def test_forecast_on_runs_without_batch_sizes_val_loss_or_activation_spectra(runs, capsys):
+    from specscope.analysis.lens import forecast
+
+    table, v = forecast([runs["mlp"], runs["cnn"], runs["lstm"]])
+    assert not v["applies"] and v["target"] is None and v["window"] is None and v["rho_within_family"] is None
+    assert v["verdict"] == ("no validation loss logged: no T(B), eps_tok or rho (give a token budget to rank only); "
+                            "no activation spectra stored: no early tail exponent (add the Activations probe); "
+                            "3 run(s) without a batch size in their config (train.micro_batch or batch)")
+    assert len(table) == 3 and table["early_alpha"].isna().all() and not table["censored"].any()
+    assert main(["forecast", str(runs["mlp"].dir)]) == 0
+    assert "no activation spectra stored" in capsys.readouterr().out

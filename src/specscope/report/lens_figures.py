@@ -56,7 +56,8 @@ def _loss_axes(ax, runs: Sequence[Run], labels: Sequence[str], target: float) ->
 
 def lens_figure(runs: Sequence[Run], curve: pd.DataFrame, target: float) -> Figure:
     """One family across batch sizes: loss, matched-loss activation spectra (Fig. 1a), alpha_tail over tokens, rho vs
-    budget (Fig. 8; ``curve`` from :func:`~specscope.analysis.lens.rho_vs_budget`). A Figure."""
+    budget for every bank window and the chosen one (Fig. 8; ``curve`` from
+    :func:`~specscope.analysis.lens.rho_vs_budget`). A Figure."""
     runs = sorted(runs, key=lambda r: effective_batch(r) or 0)
     labels = [f"B={effective_batch(r)}" for r in runs]
     fig = Figure(figsize=(15, 3.8), layout="constrained")
@@ -70,11 +71,15 @@ def lens_figure(runs: Sequence[Run], curve: pd.DataFrame, target: float) -> Figu
             ax_alpha.plot(m["tokens"], m["value"], color=f"C{i}", label=lbl)
     ax_alpha.set_title("alpha_tail of the deepest activations")
     ax_alpha.set_xlabel("tokens")
-    ax_rho.plot(curve["budget_frac"], curve["rho"], "o-")
+    wins = [c for c in curve.columns if c.startswith("rho[")]
+    for c in wins:  # one curve per bank window (Fig. 8)
+        ax_rho.plot(curve["budget_frac"], curve[c].astype(float), ".-", lw=1, label=f"ranks {c[4:-1]}")
+    if "rho" in curve and len(curve):
+        ax_rho.plot(curve["budget_frac"], curve["rho"].astype(float), "o", mfc="none", color="k", label="chosen window")
     ax_rho.axhline(0, color="0.7", lw=0.8)
-    ax_rho.set_title("rho(early alpha_tail, eps_tok) vs budget")
+    ax_rho.set_title("rho(early tail exponent, eps_tok) vs budget")
     ax_rho.set_xlabel("early budget / median T")
-    for ax in (ax_loss, ax_spec, ax_alpha):
+    for ax in (ax_loss, ax_spec, ax_alpha, ax_rho):
         _legend(ax)
     return fig
 
