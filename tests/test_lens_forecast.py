@@ -125,7 +125,7 @@ def test_forecast_reports_rho_over_every_bank_window(family):
     np.testing.assert_allclose(t["early_alpha"], [0.5 + 0.3 * e for e in EPS] + 0.001 * step, rtol=1e-9)
     given, g = forecast(family, target=TARGET, window=(10, 40))
     assert g["window"] == "10:40" and g["window_by"] == "given" and g["rho_within_family"] == pytest.approx(-1.0)
-    assert g["predicted_best_batch"] == {"gpt": 16} and "tail window 10:40, chosen by given" in g["verdict"]
+    assert g["predicted_best_batch"] == {"gpt": 16} and "tail window 10:40, given" in g["verdict"]
     curve = rho_vs_budget(family, TARGET, T_MIN, fracs=(0.2, 1.0))
     assert list(curve.columns) == ["budget_frac", "budget_tokens", "rho", "rho[10:40]", "rho[40:90]", "rho[90:128]"]
     assert curve["rho[10:40]"].tolist() == pytest.approx([-1.0, -1.0]) and curve["rho"].tolist() == pytest.approx([1.0, 1.0])
@@ -193,7 +193,7 @@ def test_forecast_and_taxonomy_commands(family, tmp_path, capsys):
     capsys.readouterr()
     assert main(["forecast", str(tmp_path), "--window", "10:40"]) == 0  # default target: the loosest every run reached
     out = capsys.readouterr().out
-    assert "tail window 10:40, chosen by given" in out and "rho within family by tail window: 10:40: -1.00, 40:90: 1.00" in out
+    assert "tail window 10:40, given" in out and "rho within family by tail window: 10:40: -1.00, 40:90: 1.00" in out
     assert main(["forecast", str(tmp_path), "--window", "40:10"]) == 2
     fig = tmp_path / "tax.png"
     assert main(["taxonomy", str(family[0].dir), str(family[1].dir), "--target", str(TARGET), "--figure", str(fig)]) == 0

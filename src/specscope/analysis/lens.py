@@ -269,7 +269,8 @@ def _sentence(df: pd.DataFrame, v: dict, best: pd.DataFrame, have_val: list, run
         return "; ".join(lacks or ["no activation spectrum at the budget"])
     budgets = ", ".join(f"{b:,.0f}" for b in sorted(set(df["budget"].dropna())))
     text = (f"predicted most token-efficient batch: " + ", ".join(f"B={_int(b)}" for b in best["batch"])
-            + f" (early alpha over tail window {v['window']}, chosen by {v['window_by']}, at {budgets} tokens)")
+            + f" (early alpha over tail window {v['window']}, "
+            + ("given" if v["window_by"] == "given" else f"chosen by {v['window_by']}") + f", at {budgets} tokens)")
     if v["target"] is not None:
         text += f"; target loss {v['target']:.4g}: rho over {v['n_scored']} uncensored run(s) of {v['n_runs']}"
         if v["censored"]:
