@@ -11,6 +11,17 @@ Every stage keeps its predecessors' switches (as in the paper). Stages: ``rope``
 positions), ``muon`` (Muon on the hidden matrices, AdamW on the rest), ``untied`` (separate LM
 head), ``qknorm``, ``softcap`` (logit soft-cap 15), ``relu2`` (squared-ReLU MLP). Learning rates
 are held fixed along the chain (AdamW ``lr``; Muon's own ``muon_lr``), not swept.
+
+Seeds: the whole chain is trained once per seed of ``cfg.seeds``; each transition's gains are
+reported per seed and as mean ± sd over seeds, and labeled from the means with the gains' noise
+over seeds (:func:`~specscope.analysis.lens.taxonomy_over_seeds`; one seed: the fixed thresholds
+of :class:`~specscope.analysis.lens.TaxonomyRule`). The claims table puts the paper's label
+beside ours, and the token gain > 0 with its spread and a verdict, for the transitions the paper
+speaks of.
+
+Default size: 4 stages x 250,000 tokens of a 2-block, width-64 GPT; one stage takes about 25 s
+of one core, so ``specscope experiment taxonomy --seeds 3`` (12 runs) takes about 5-6 minutes on an
+idle 2-core machine (measured as CPU time of one thread under load; wall time grows with load).
 """
 from __future__ import annotations
 
@@ -51,12 +62,19 @@ PAPER_LABELS = {
 class TaxonomyExperiment(BudgetedRuns):
     """The taxonomy study's settings: the :class:`BudgetedRuns` fields plus the ``chain`` of stages (keys of
     ``STAGES``, baseline first), the matched ``batch`` (sequences per step), ``micro_batch`` and the fixed AdamW
-    ``lr``."""
+    ``lr``. Defaults sized for a 2-core CPU (module docstring): 2 blocks of width 64, 64-token sequences, 250,000
+    tokens a stage (489 steps of 8 sequences), evaluated and probed every 12,500 tokens."""
 
     chain: tuple[str, ...] = ("baseline", "rope", "muon", "untied")
     batch: int = 8
     micro_batch: int = 8
     lr: float = 3e-3
+    n_layer: int = 2
+    d_model: int = 64
+    seq_len: int = 64
+    tokens: int = 250_000
+    eval_tokens: int = 12_500
+    pool_size: int = 32
 
     @classmethod
     def quick(cls) -> "TaxonomyExperiment":
