@@ -234,3 +234,27 @@ def test_forecast_on_runs_without_batch_sizes_val_loss_or_activation_spectra(run
     assert len(table) == 3 and table["early_alpha"].isna().all() and not table["censored"].any()
     assert main(["forecast", str(runs["mlp"].dir)]) == 0
     assert "no activation spectra stored" in capsys.readouterr().out
+
+
+def test_taxonomy_on_runs_without_losses_or_lens_probes_is_unscored(runs):
+    from specscope.analysis.lens import taxonomy, taxonomy_over_seeds
+
+    tables = [taxonomy([runs["mlp"], runs["cnn"], runs["lstm"]], target=1.0, names=["mlp", "cnn", "lstm"]) for _ in range(2)]
+    assert tables[0]["label"].tolist() == ["unscored", "unscored"]  # no validation loss: no T, said, not raised
+    summary = taxonomy_over_seeds(tables)
+    assert summary["label"].tolist() == ["unscored", "unscored"] and (summary["seeds"] == 0).all()
+
+
+def test_grok_step_of_an_mlp_run_ignores_a_lucky_evaluation(tmp_path):
+    from specscope.report.edge_figures import grokking
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+    accs = {10: 0.2, 20: 0.97, 30: 0.6, 40: 0.96, 50: 0.99}  # lucky at 20, then a drop: the grok step is 40
+    with ss.Monitor(model, tmp_path / "g", probes=[ss.probes.Weights(every=10)]) as mon:
+        for step in range(1, 51):
+            extra = {"train_acc": 1.0, "test_acc": accs[step]} if step in accs else {}
+            mon.step(step, loss=1.0 / step, **extra)
+    run = ss.open_run(tmp_path / "g")
+    fig = grokking(run.scalars(), run.metrics())
+    assert "grok step 40" in fig.axes[0].get_title()

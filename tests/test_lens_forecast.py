@@ -284,7 +284,7 @@ def test_smoke_taxonomy_experiment_quick(tmp_path, capsys):
     assert main(["experiment", "taxonomy", "--quick", "--chain", "baseline,rope,untied", "--out", str(out), "--no-progress"]) == 0
     table = pd.read_csv(out / "taxonomy.csv")
     assert table["transition"].tolist() == ["baseline -> rope", "rope -> untied"]
-    chain = [ss.open_run(out / "trials" / s) for s in ("baseline", "rope", "untied")]
+    chain = [ss.open_run(out / "trials" / f"{s}-seed0") for s in ("baseline", "rope", "untied")]
     assert [(r.config["model"]["positions"], r.config["model"]["tied"]) for r in chain] == [
         ("learned", True), ("rope", True), ("rope", False)]  # cumulative
     # the numbers of 8k-token runs have no known answer: each transition recomputed from the two run stores
@@ -306,5 +306,10 @@ def test_smoke_taxonomy_experiment_quick(tmp_path, capsys):
             (js, rb / ra - 1, act, shift), rel=1e-6, abs=1e-12)
         assert row.label == label(tok, thr, act, shift) and row.spectral_lean == ("activation" if act >= shift else "gradient")
     text = capsys.readouterr().out
-    assert "section 4 lists RoPE" in text and "lean_agrees" in text and (out / "taxonomy.png").exists() and "Transitions" in (out / "report.html").read_text()
+    assert "section 4 lists RoPE" in text and (out / "taxonomy.png").exists() and "Transitions" in (out / "report.html").read_text()
+    summary = pd.read_csv(out / "taxonomy_summary.csv")  # one seed: the labels are the seed's own
+    assert summary["label"].tolist() == table["label"].tolist() and (summary["seeds"] == 1).all()
+    claims = pd.read_csv(out / "claims.csv")
+    assert claims["claim"].tolist() == ["label of baseline -> rope", "token gain T(a)/T(b) - 1 of baseline -> rope > 0"]
+    assert claims["verdict"].iloc[1] == "not significant"  # one seed: no interval
     assert main(["experiment", "taxonomy", "--quick", "--chain", "baseline,warp", "--out", str(tmp_path / "bad")]) == 2

@@ -68,3 +68,18 @@ def test_claims_table_and_readme_block(tmp_path):
     assert "| a is big | a = 10 |" in text and "Not run yet: `specscope experiment lens" in text
     assert json.loads((out / "result.json").read_text())["wall_s"] == 125.0
     assert math.isnan(df["mean"][1])
+
+
+def test_fisher_verdict_against_the_hypergeometric_closed_form():
+    from math import comb
+
+    from specscope.analysis.stats import fisher_verdict
+
+    # n/n vs 0/n: the only table as extreme, p = 1 / C(2n, n); 3 a side cannot reach p < 0.05 (p = 1/20 exactly)
+    assert fisher_verdict(3, 3, 0, 3) == (pytest.approx(1 / comb(6, 3), rel=1e-12), "not significant")
+    assert fisher_verdict(4, 4, 0, 4) == (pytest.approx(1 / 70, rel=1e-12), "reproduced")
+    # 2/3 vs 0/3: 2 successes among 6, 3 drawn for a: P(X >= 2) = C(2,2) C(4,1) / C(6,3) = 0.2
+    assert fisher_verdict(2, 3, 0, 3)[0] == pytest.approx(comb(2, 2) * comb(4, 1) / comb(6, 3), rel=1e-12)
+    # the opposite direction significant: not reproduced; claimed below (side -1) it is reproduced
+    assert fisher_verdict(0, 6, 6, 6) == (pytest.approx(1.0), "not reproduced")
+    assert fisher_verdict(0, 6, 6, 6, side=-1) == (pytest.approx(1 / comb(12, 6), rel=1e-12), "reproduced")

@@ -20,13 +20,23 @@
   window and as a function of the early budget (Spectral Lens Fig. 8).
 - **Taxonomy** of a transition a -> b: ``tok_gain = T(a)/T(b) - 1``, ``thr_gain = Q(b)/Q(a) - 1``;
   at matched loss, the change of the activation ``alpha_head``, the JS divergence of the
-  gradient spectra and the change of gradient ``rankme``. Labels (thresholds in :class:`TaxonomyRule`):
-  *no measurable gain* when both gains are within ``gain_eps``; *mixed / trade-off* when the two gains have opposite signs and both exceed ``gain_eps`` in size;
-  *throughput-leaning* when ``|thr_gain| > |tok_gain|``; otherwise *activation-led* when the
-  activation displacement (``|d alpha_head| / act_scale``) exceeds the gradient one
-  (``max(js / js_scale, |d rankme| / rankme_scale)``), else *gradient-led*. The two
-  displacements (in those units) and which is larger (``spectral_lean``) are reported for every
-  transition, whatever its outcome label.
+  gradient spectra and the change of gradient ``rankme``. The activation displacement is
+  ``|d alpha_head| / act_scale``, the gradient one ``max(js / js_scale, |d rankme| / rankme_scale)``
+  (units of :class:`TaxonomyRule`); the larger is the transition's ``spectral_lean``, reported
+  whatever its label. A gain is *measurable* when it is beyond its noise: with several seeds,
+  when its 95% confidence interval over seeds (:func:`specscope.analysis.stats.estimate`)
+  excludes 0; with one seed, when ``|gain| > gain_eps`` (a documented fixed threshold). A gain
+  on one axis is *traded* when the other axis measurably loses at least ``tradeoff`` times as
+  much. Labels, checked in this order (:func:`label`):
+
+  1. *no measurable gain*: neither gain is measurable;
+  2. *activation-led*: a measurable token gain, not traded, at least as large as any
+     measurable throughput gain, with the activation displacement >= the gradient one;
+  3. *gradient-led*: the same, with the gradient displacement larger;
+  4. *throughput-leaning*: a measurable throughput gain, not traded (it is larger than the
+     token gain, else rule 2 or 3 applied);
+  5. *mixed / trade-off*: everything else: a gain paid for by a comparable measurable loss on
+     the other axis, or measurable losses only.
 """
 from __future__ import annotations
 
@@ -41,6 +51,7 @@ from ..spectra.powerlaw import alpha_rank
 from ..spectra.temporal import js_divergence
 from ..spectra.windows import bank_windows, tail_window
 from ..store.reader import Run
+from .stats import Estimate, estimate
 
 BUDGET_FRACS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 
@@ -339,11 +350,14 @@ def chain_stages(chain: Sequence[Run], target: float, names: Sequence[str]) -> p
 
 @dataclass
 class TaxonomyRule:
-    """The thresholds of the taxonomy labels (module docstring): ``gain_eps`` (a relative gain that counts as no
-    change), and the size of one unit of displacement for ``|d alpha_head|`` (``act_scale``), the gradient-spectrum JS
-    divergence (``js_scale``, nats) and the relative change of gradient ``rankme`` (``rankme_scale``)."""
+    """The thresholds of the taxonomy labels (module docstring): ``gain_eps`` (with one seed, a relative gain whose
+    size is at most this counts as no change; with seeds the gains' own spread decides), ``tradeoff`` (a measurable
+    loss on the other axis of at least this fraction of a gain makes it a trade-off), and the size of one unit of
+    displacement for ``|d alpha_head|`` (``act_scale``), the gradient-spectrum JS divergence (``js_scale``, nats)
+    and the relative change of gradient ``rankme`` (``rankme_scale``)."""
 
-    gain_eps: float = 0.02  # gains smaller than 2% count as no change
+    gain_eps: float = 0.02  # one seed: gains within +-2% count as no change
+    tradeoff: float = 0.5  # a measurable loss of >= half the other axis's gain makes a trade-off
     act_scale: float = 0.05  # |d alpha_head| that counts as one unit of activation displacement
     js_scale: float = 0.01  # gradient-spectrum JS divergence of one unit
     rankme_scale: float = 0.1  # relative change of gradient rankme of one unit
@@ -362,17 +376,36 @@ def _at_step(run: Run, probe: str, step: int, metric: str | None = None):
     return None if s.empty else np.asarray(s.sort_values("step")["values"].iloc[-1], dtype=float)
 
 
-def label(tok_gain: float, thr_gain: float, act: float, grad: float, rule: TaxonomyRule = TaxonomyRule()) -> str:
-    """The taxonomy label of one transition from its relative token and throughput gains and its activation and
-    gradient displacements (units of ``rule``): ``"no measurable gain"``, ``"mixed / trade-off"``,
-    ``"throughput-leaning"``, ``"activation-led"`` or ``"gradient-led"`` (rules in the module docstring)."""
-    if abs(tok_gain) <= rule.gain_eps and abs(thr_gain) <= rule.gain_eps:
+def gain_sign(gain: float | Estimate, eps: float) -> int:
+    """Whether a relative gain is measurable: +1 (measurably above 0), -1 (measurably below) or 0 (within noise,
+    or not finite). An :class:`~specscope.analysis.stats.Estimate` with an interval (several seeds) is measurable
+    when its interval excludes 0; a float, or an estimate of one seed, when its size exceeds ``eps``."""
+    if isinstance(gain, Estimate):
+        if gain.has_interval:
+            return gain.side(0.0)
+        gain = gain.mean
+    if not np.isfinite(gain) or abs(gain) <= eps:
+        return 0
+    return 1 if gain > 0 else -1
+
+
+def label(tok_gain: float | Estimate, thr_gain: float | Estimate, act: float, grad: float,
+          rule: TaxonomyRule = TaxonomyRule()) -> str:
+    """The taxonomy label of one transition from its relative token and throughput gains (floats of one seed, or
+    :class:`~specscope.analysis.stats.Estimate` over seeds) and its activation and gradient displacements (units of
+    ``rule``): ``"no measurable gain"``, ``"activation-led"``, ``"gradient-led"``, ``"throughput-leaning"`` or
+    ``"mixed / trade-off"``, the rules checked in the module docstring's order."""
+    t, q = gain_sign(tok_gain, rule.gain_eps), gain_sign(thr_gain, rule.gain_eps)
+    tv = tok_gain.mean if isinstance(tok_gain, Estimate) else float(tok_gain)
+    qv = thr_gain.mean if isinstance(thr_gain, Estimate) else float(thr_gain)
+    if t == 0 and q == 0:
         return "no measurable gain"
-    if abs(tok_gain) > rule.gain_eps and abs(thr_gain) > rule.gain_eps and np.sign(tok_gain) != np.sign(thr_gain):
-        return "mixed / trade-off"
-    if abs(thr_gain) > abs(tok_gain):
+    traded = (t == 1 and q == -1 and -qv >= rule.tradeoff * tv) or (q == 1 and t == -1 and -tv >= rule.tradeoff * qv)
+    if t == 1 and not traded and (q != 1 or tv >= qv):
+        return "activation-led" if act >= grad else "gradient-led"
+    if q == 1 and not traded:
         return "throughput-leaning"
-    return "activation-led" if act >= grad else "gradient-led"
+    return "mixed / trade-off"
 
 
 def taxonomy(chain: Sequence[Run], target: float | None = None, names: Iterable[str] | None = None,
@@ -414,4 +447,37 @@ def taxonomy(chain: Sequence[Run], target: float | None = None, names: Iterable[
                      "act_shift": act, "grad_shift": grad,
                      "spectral_lean": "activation" if act >= grad else "gradient",
                      "label": label(tok, thr, act, grad, rule) if np.isfinite(tok) and np.isfinite(thr) else "unscored"})
+    return pd.DataFrame(rows)
+
+
+SEED_MEANS = ("T_a", "T_b", "d_alpha_head", "d_alpha_tail", "grad_js", "d_grad_rankme", "act_shift", "grad_shift")
+
+
+def taxonomy_over_seeds(tables: Sequence[pd.DataFrame], rule: TaxonomyRule = TaxonomyRule()) -> pd.DataFrame:
+    """The transitions of one chain trained once per seed, labeled from their seed-averaged numbers with the gains'
+    noise (module docstring): ``tables`` holds one :func:`taxonomy` table per seed.
+
+    Returns one row per transition (in the first table's order): ``transition``, ``seeds`` (seeds with both gains),
+    ``tok_gain`` and ``thr_gain`` (relative, mean over seeds) each with ``_sd`` (sample sd over seeds) and
+    ``_lo`` / ``_hi`` (95% Student-t interval; NaN with one seed), the means of :data:`SEED_MEANS` (units of
+    :func:`taxonomy`), ``noise`` (how "within noise" was decided), ``spectral_lean``, ``label`` (``unscored``
+    when no seed has both gains) and ``seed_labels`` (each seed's own label, ``;``-separated)."""
+    if not tables:
+        return pd.DataFrame()
+    allrows = pd.concat(list(tables), ignore_index=True)
+    rows = []
+    for tr in dict.fromkeys(tables[0]["transition"]):
+        g = allrows[allrows["transition"] == tr]
+        scored = g[np.isfinite(g["tok_gain"].astype(float)) & np.isfinite(g["thr_gain"].astype(float))]
+        tok, thr = estimate(scored["tok_gain"]), estimate(scored["thr_gain"])
+        means = {c: float(pd.to_numeric(g[c], errors="coerce").mean()) for c in SEED_MEANS if c in g}
+        act, grad = means.get("act_shift", 0.0), means.get("grad_shift", 0.0)
+        noise = (f"95% CI over {tok.n} seeds excludes 0" if tok.has_interval
+                 else f"|gain| > {rule.gain_eps:g} (one seed)")
+        row = {"transition": tr, "seeds": tok.n}
+        for name, est in (("tok_gain", tok), ("thr_gain", thr)):
+            row.update({name: est.mean, f"{name}_sd": est.sd, f"{name}_lo": est.lo, f"{name}_hi": est.hi})
+        rows.append({**row, **means, "noise": noise, "spectral_lean": "activation" if act >= grad else "gradient",
+                     "label": label(tok, thr, act, grad, rule) if tok.n else "unscored",
+                     "seed_labels": "; ".join(g["label"].astype(str))})
     return pd.DataFrame(rows)

@@ -147,3 +147,18 @@ def within(est: Estimate, low: float, high: float) -> str:
     if est.hi < low or est.lo > high:
         return "not reproduced"
     return "not significant"
+
+
+def fisher_verdict(k_a: int, n_a: int, k_b: int, n_b: int, side: int = 1, alpha: float = 0.05) -> tuple[float, str]:
+    """Fisher's exact test of the claim "the rate ``k_a / n_a`` is above (``side=+1``) / below (``side=-1``) the rate
+    ``k_b / n_b``" (counts of successes out of trials, e.g. runs that grok): ``(p, verdict)``, ``p`` the one-sided
+    p-value in the claimed direction and ``verdict`` **reproduced** when ``p < alpha``, **not reproduced** when the
+    opposite one-sided p-value is below ``alpha``, **not significant** otherwise."""
+    from scipy.stats import fisher_exact
+
+    table = [[k_a, n_a - k_a], [k_b, n_b - k_b]]
+    claimed, other = ("greater", "less") if side > 0 else ("less", "greater")
+    p = float(fisher_exact(table, alternative=claimed)[1])
+    if p < alpha:
+        return p, "reproduced"
+    return p, "not reproduced" if float(fisher_exact(table, alternative=other)[1]) < alpha else "not significant"

@@ -22,6 +22,8 @@ def _print_table(df, cols=None) -> None:
 
 TAXONOMY_COLUMNS = ["transition", "target", "T_a", "T_b", "tok_gain", "thr_gain", "d_alpha_head", "d_alpha_tail", "grad_js",
                     "d_grad_rankme", "act_shift", "grad_shift", "spectral_lean", "label"]
+TAXONOMY_SUMMARY_COLUMNS = ["transition", "seeds", "tok_gain", "tok_gain_sd", "thr_gain", "thr_gain_sd", "act_shift", "grad_shift",
+                            "spectral_lean", "noise", "label", "seed_labels"]
 
 
 def _grokking(a: argparse.Namespace) -> int:
@@ -33,12 +35,17 @@ def _grokking(a: argparse.Namespace) -> int:
     if a.p:
         cfg.p = a.p
     cfg.task = a.task
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     res = run_grokking(cfg, a.out or fresh_dir("runs/grokking"), progress=not a.no_progress)
     _print_table(res.table, ["task", "weight_decay", "seed", "grok_step", "final_train_acc", "final_test_acc", "gap12_wq_before",
                              "gap12_wq_at", "gap12_wq_final", "traj_gap_before", "traj_gap_at", "traj_gap_final",
                              "h_peak_final", "h_s_final"])
     for wd, g in res.table.groupby("weight_decay"):
-        print(f"weight decay {wd:g}: {g['grok_step'].notna().sum()}/{len(g)} runs grokked (test accuracy >= 0.95)")
+        print(f"weight decay {wd:g}: {g['grok_step'].notna().sum()}/{len(g)} runs grokked "
+              "(test accuracy >= 0.95 from the grok step to the end of the run)")
     print(f"table: {res.out_dir / 'grokking.csv'}  figure: {res.figure}")
     return res
 
@@ -106,10 +113,12 @@ def _taxonomy(a: argparse.Namespace) -> int:
     chain = tuple(s.strip() for s in a.chain.split(",")) if a.chain else None
     cfg = _seeded(with_overrides(cfg, target=a.target, tokens=a.tokens, chain=chain), a)
     res = run_taxonomy(cfg, a.out or fresh_dir("runs/taxonomy"), progress=not a.no_progress)
-    print(f"per stage, T at the loss every stage reached ({res.extra['chain_target']:.4f}):")
-    _print_table(res.extra["stages"], ["stage", "T", "Q", "final_val_loss"])
-    print("transitions" + (f" at loss {a.target}" if a.target else ", each at the loosest loss both runs reached") + ":")
-    _print_table(res.table, TAXONOMY_COLUMNS)
+    print("per stage and seed, T at the loosest loss every stage of that seed reached (column target):")
+    _print_table(res.extra["stages"], ["seed", "stage", "target", "T", "Q", "final_val_loss"])
+    print("transitions per seed" + (f" at loss {a.target}" if a.target else ", each at the loosest loss both runs reached") + ":")
+    _print_table(res.table, ["seed", *TAXONOMY_COLUMNS])
+    print(f"transitions over {len(cfg.seeds)} seed(s): mean gains ± sd, labeled from the means with the gains' noise:")
+    _print_table(res.extra["summary"], TAXONOMY_SUMMARY_COLUMNS)
     print(f"table: {res.out_dir / 'taxonomy.csv'}  figure: {res.figure}  report: {_comparison_report(res, chain=True)}")
     return res
 

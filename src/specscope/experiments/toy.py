@@ -134,6 +134,17 @@ def band_concentration(m: np.ndarray, band) -> float:
     return float(m[list(band)].sum() / tot) if tot > 0 else float("nan")
 
 
+def top_band_concentration(m: np.ndarray, size: int) -> float:
+    """``H_S`` with ``S`` the ``size`` strongest nonzero frequencies of the energies ``m`` (``m[0]``, the mean, left
+    out of ``S`` and of the total): the fraction (in [0, 1]) of the energy there, so every run and step of a study
+    uses the same ``|S| = size``. NaN when the energy is 0; ValueError unless ``0 < size < len(m) - 1`` (an ``S``
+    holding every frequency would make ``H_S`` 1 whatever the profile)."""
+    m = np.asarray(m, dtype=np.float64)[1:]
+    if not 0 < size < len(m):
+        raise ValueError(f"|S| = {size} must be at least 1 and below the {len(m)} nonzero frequencies")
+    return band_concentration(m, np.argsort(m, kind="stable")[::-1][:size])
+
+
 def peak_concentration(m: np.ndarray) -> float:
     """``H_peak = max_r m_r / sum_r m_r``: the fraction (in [0, 1]) of the energy ``m`` in its strongest frequency;
     NaN when ``m`` sums to 0."""

@@ -42,8 +42,9 @@ def render_comparison(runs: Sequence[Run], target: float | None = None, chain: b
                      "d_alpha_head / d_alpha_tail: change of the deepest activation spectrum's head / tail exponent; grad_js / "
                      "d_grad_rankme: Jensen-Shannon divergence and relative RankMe change of the per-sample gradient spectrum; "
                      "act_shift / grad_shift: the activation (head) and gradient displacements in the units of "
-                     "specscope.analysis.lens.TaxonomyRule, the larger one the spectral lean. Labels: no measurable gain (both gains "
-                     "within 2%), mixed / trade-off (gains of opposite sign), throughput-leaning, else activation- or gradient-led."
+                     "specscope.analysis.lens.TaxonomyRule, the larger one the spectral lean. Labels, checked in this order: no "
+                     "measurable gain (both gains within 2% for one seed), activation-led / gradient-led (a token gain, not traded "
+                     "away), throughput-leaning (a throughput gain, not traded away), else mixed / trade-off."
                      "</p>" + _table(table))
         parts.append(_section("Loss, matched-loss spectra and the taxonomy", taxonomy_figure(runs, names, table, target)))
     else:

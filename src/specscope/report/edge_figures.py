@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..analysis.grokking import grok_step
 from .figures import _grid
 
 PHASE_COLORS = {"rise": "#cfe8ff", "plateau": "#d8f5d0", "decline": "#fff1c9", "collapse": "#f9d0d0"}
@@ -88,13 +89,12 @@ def stability(metrics: pd.DataFrame) -> Figure | None:
 
 def grokking(scalars: pd.DataFrame, metrics: pd.DataFrame, threshold: float = 0.95) -> Figure | None:
     """Train / test accuracy, ``gap12`` of ``W_Q`` and its trajectory gap ratio, and the Fourier concentrations, with
-    the first step where test accuracy reaches ``threshold`` (a fraction) marked. A Figure; None when the run logged
+    the grok step (the first evaluation from which test accuracy stays >= ``threshold``, a fraction) marked. A Figure; None when the run logged
     no ``test_acc``."""
     if "test_acc" not in scalars or scalars["test_acc"].notna().sum() == 0:
         return None
     sc = scalars.dropna(subset=["test_acc"]).sort_values("step")
-    hit = sc[sc["test_acc"] >= threshold]
-    grok = int(hit["step"].iloc[0]) if len(hit) else None
+    grok = grok_step(sc["step"], sc["test_acc"], threshold)
     fig, axes = _grid(3, width=4.6, height=3.0, ncols=3)
     axes[0].plot(sc["step"], sc["train_acc"], color="C0", label="train")
     axes[0].plot(sc["step"], sc["test_acc"], color="C3", label="test")

@@ -143,7 +143,7 @@ def _trajectory_sections(f: Finding, metrics, spectra, scalars) -> list[str]:
     parts = []
     grok = edge_figures.grokking(scalars, metrics)
     if grok is not None:
-        parts.append(_section("Grokking watch", grok, "Dotted line: the first evaluation with test accuracy ≥ 0.95. "
+        parts.append(_section("Grokking watch", grok, "Dotted line: the grok step, the first evaluation from which test accuracy stays ≥ 0.95. "
                               "H_S: share of the Fourier energy in the 5 strongest frequencies; H_peak: in the strongest one."))
     v = f.verdict
     fig = edge_figures.gap_timeline(f.table, f.extras.get("events", pd.DataFrame())) if f.applies else None

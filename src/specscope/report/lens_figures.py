@@ -84,19 +84,27 @@ def lens_figure(runs: Sequence[Run], curve: pd.DataFrame, target: float) -> Figu
     return fig
 
 
-def taxonomy_axes(ax, table: pd.DataFrame) -> None:
+def taxonomy_axes(ax, table: pd.DataFrame, per_seed: pd.DataFrame | None = None) -> None:
     """Token gain vs throughput gain of each transition of a taxonomy table, colored by its label (Spectral Lens
-    Fig. 3a style), drawn on ``ax``. Returns None."""
+    Fig. 3a style), drawn on ``ax``: for a seed-averaged table (columns ``tok_gain_sd`` / ``thr_gain_sd``) the mean
+    with +-1 sd bars over seeds, and each seed's point (``per_seed``, the per-seed rows) as a small faint dot.
+    Returns None."""
     ax.axhline(0, color="0.7", lw=0.8)
     ax.axvline(0, color="0.7", lw=0.8)
+    if per_seed is not None and not per_seed.empty:
+        ax.scatter(per_seed["thr_gain"], per_seed["tok_gain"], s=8, color="0.6", alpha=0.6, zorder=2, label="one seed")
     for lbl, g in table.groupby("label"):
-        ax.scatter(g["thr_gain"], g["tok_gain"], s=40, color=LABEL_COLORS.get(lbl, "k"), label=lbl, zorder=3)
+        color = LABEL_COLORS.get(lbl, "k")
+        if "tok_gain_sd" in g and g[["tok_gain_sd", "thr_gain_sd"]].notna().any().any():
+            ax.errorbar(g["thr_gain"], g["tok_gain"], xerr=g["thr_gain_sd"], yerr=g["tok_gain_sd"], fmt="none",
+                        ecolor=color, lw=1, zorder=3)
+        ax.scatter(g["thr_gain"], g["tok_gain"], s=40, color=color, label=lbl, zorder=4)
     for r in table.itertuples():
         if np.isfinite(r.thr_gain) and np.isfinite(r.tok_gain):
             ax.annotate(r.transition, (r.thr_gain, r.tok_gain), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("throughput gain Q(b)/Q(a) - 1")
     ax.set_ylabel("token gain T(a)/T(b) - 1")
-    ax.set_title("intervention taxonomy")
+    ax.set_title("intervention taxonomy" + (" (mean ± sd over seeds)" if "tok_gain_sd" in table else ""))
     _legend(ax)
 
 
@@ -109,9 +117,10 @@ def taxonomy_scatter(table: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def taxonomy_figure(chain: Sequence[Run], names: Sequence[str], table: pd.DataFrame, target: float) -> Figure:
+def taxonomy_figure(chain: Sequence[Run], names: Sequence[str], table: pd.DataFrame, target: float,
+                    per_seed: pd.DataFrame | None = None) -> Figure:
     """A chain of interventions: loss, activation and gradient spectra at matched loss ``target``, and the taxonomy
-    scatter of ``table``. A Figure."""
+    scatter of ``table`` (with each seed's point from ``per_seed``, see :func:`taxonomy_axes`). A Figure."""
     fig = Figure(figsize=(15, 3.8), layout="constrained")
     ax_loss, ax_act, ax_grad, ax_tax = fig.subplots(1, 4)
     _loss_axes(ax_loss, chain, names, target)
@@ -120,5 +129,5 @@ def taxonomy_figure(chain: Sequence[Run], names: Sequence[str], table: pd.DataFr
     for ax in (ax_loss, ax_act, ax_grad):
         _legend(ax)
     if not table.empty:
-        taxonomy_axes(ax_tax, table)
+        taxonomy_axes(ax_tax, table, per_seed)
     return fig
