@@ -166,7 +166,8 @@ def _matrix_row(key: tuple, g: pd.DataFrame, rule: SosdRule, use_lr: bool) -> di
     bound = (g["lr"] / g["nuclear_norm"]).to_numpy(float)
     sm = moving_median(values[np.isfinite(values)], rule.smooth)
     at = np.nonzero(steps == onset)[0] if onset is not None else []
-    return {**dict(zip(ID, key)), "onset_step": onset,
+    raw = onset_step(steps, g["sd_variation"].to_numpy(float), rule.factor, rule.floor_frac, rule.smooth)
+    return {**dict(zip(ID, key)), "onset_step": onset, "onset_raw": raw,
             "peak_step": int(steps[np.isfinite(values)][np.argmax(sm)]) if len(sm) else None,
             "peak_lr": float(sm.max()) if len(sm) and use_lr else np.nan,
             "floor_lr": floor_of(steps, values, rule.floor_frac) if use_lr else np.nan,
@@ -201,11 +202,12 @@ def sosd(run: Run, rule: SosdRule = SosdRule(), have: RunContents | None = None)
     """SoSD (SPEC 5.1, rules in the module docstring) of ``run``.
 
     Returns ``(table, verdict)``. ``table``: one row per hidden matrix (each part of a layer its own row) with
-    ``onset_step``, ``peak_step``, ``peak_lr`` and ``floor_lr`` (smoothed peak and floor of ``sd_variation_lr``,
+    ``onset_step``, ``onset_raw`` (the same rule on the raw SD variation, which the weight norm's growth and the
+    schedule also bring down), ``peak_step``, ``peak_lr`` and ``floor_lr`` (smoothed peak and floor of ``sd_variation_lr``,
     unitless), ``floor`` (raw SD variation per step), ``paired``, ``samples`` and the stability bound
     ``lr / ||W||_*`` at the onset and at the last sample (``bound_at_onset``, ``bound_final``; per unit of
     nuclear norm). ``verdict``: ``onset_median`` (step), ``onset_lo`` / ``onset_hi`` (its bootstrap 95% interval
-    over matrices, steps), ``onset_by_kind``, ``knee`` (step), ``knee_loss`` (``"val_loss"`` or ``"loss"``),
+    over matrices, steps), ``onset_median_raw`` (step), ``onset_by_kind``, ``knee`` (step), ``knee_loss`` (``"val_loss"`` or ``"loss"``),
     ``distance_frac`` (``|onset_median - knee|`` over the run's last step), ``floor`` and ``floor_lr`` (medians over
     matrices), ``paired``, ``matrices``, ``matrices_with_onset``, ``last_step``, ``missing`` (sentences: what the
     run lacked), ``applies`` and the ``verdict`` sentence."""
@@ -243,8 +245,10 @@ def sosd(run: Run, rule: SosdRule = SosdRule(), have: RunContents | None = None)
             head += (f"; loss knee at step {knee} ({on}): onset {'aligned with' if dist <= 0.1 else 'away from'} the "
                      f"knee, {dist:.0%} of the run apart")
     per_kind = table.groupby("kind")["onset_step"].median().dropna().to_dict()
+    raw = table["onset_raw"].dropna().astype(float) if use_lr else onsets
     verdict = {"onset_median": med, "onset_lo": spread.lo if med is not None else None,
                "onset_hi": spread.hi if med is not None else None,
+               "onset_median_raw": float(raw.median()) if len(raw) else None,
                "onset_by_kind": {k: float(v) for k, v in per_kind.items()}, "knee": knee, "knee_loss": knee_loss,
                "distance_frac": dist, "floor": float(table["floor"].median()),
                "floor_lr": float(table["floor_lr"].median()) if use_lr else float("nan"),
