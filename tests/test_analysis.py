@@ -28,6 +28,22 @@ def test_across_time_metrics(tmp_path):
     np.testing.assert_allclose(get("compression"), [0, 1 - 5 / 9, 1 - 5 / 9])
     assert get("cos_sd_final")[-1] == pytest.approx(1.0)
     assert get("cos_sd_final")[0] == pytest.approx((0.5 * 0.75 + 0.5 * 0.25) / (np.sqrt(0.5) * np.sqrt(0.625)))
+    np.testing.assert_allclose(get("nuclear_norm"), [4.0, 4.0, 4.0])
+    assert "sd_variation_lr" not in set(df["metric"])  # the run logged no learning rate
+
+
+def test_across_time_lr_normalized(tmp_path):
+    w = RunWriter(tmp_path / "r")
+    for step, sv in ((0, [2.0, 2.0]), (10, [3.0, 1.0]), (11, [3.0, 1.0])):
+        w.add("spectra", {"step": step, "tokens": None, "probe": "weights", "layer": 0, "kind": "q", "name": "b.0.q",
+                          "quantity": "sv", "values": sv, "status": "ok"})
+    for step, lr in ((5, 0.1), (10, 0.2)):  # lr logged at steps 5 and 10 only: held until the next one
+        w.add("scalars", {"step": step, "tokens": None, "name": "lr", "value": lr, "wall_time": 0.0})
+    w.close()
+    df = across_time(ss.open_run(tmp_path / "r"))
+    v = df[df["metric"] == "sd_variation_lr"].sort_values("step")["value"].to_numpy()
+    # (0 -> 10): sqrt(2) 0.25 over 10 steps, times ||W_0||_* = 4, over the rate at step 10 (0.2)
+    assert np.isnan(v[0]) and v[1] == pytest.approx(np.sqrt(2) * 0.25 / 10 * 4 / 0.2) and v[2] == 0
 
 
 def test_describe_eigenvalue_spectrum():

@@ -94,9 +94,11 @@ def test_findings_on_the_readme_mlp_say_what_is_missing(runs):
     sosd = f["sosd"].verdict
     loss = runs["mlp"].scalars()[["step", "tokens", "loss"]].dropna(subset=["loss"])
     knee = loss_knee(loss["step"].to_numpy(), loss["loss"].to_numpy(), 0.1, 0.05, loss["tokens"].to_numpy(float))
-    assert sosd["applies"] and sosd["knee_on"] == "loss" and sosd["loss_knee"] == knee and isinstance(knee, int)
+    assert sosd["applies"] and sosd["knee_loss"] == "loss" and sosd["knee"] == knee and isinstance(knee, int)
+    assert "no validation loss logged: loss knee on the training loss" in sosd["missing"]
     assert "no tokens logged" not in sosd["verdict"]
-    assert "no learning rate logged: no stability bound" in sosd["verdict"]
+    assert "no learning rate logged: onset on the raw SD variation, no stability bound lr / ||W||_*" in sosd["missing"]
+    assert "no paired measurements (t, t+1) for 2 of 2 matrices" in sosd["verdict"] and not sosd["paired"]
     assert set(f["sosd"].table["layer"]) == {0, 1} and (f["sosd"].table["part"] == -1).all()
     waves = f["compression_waves"].verdict
     assert not waves["applies"] and waves["verdict"].startswith("only 2 layers: a compression wave across depth needs >= 3")
@@ -144,10 +146,11 @@ def test_a_deeper_mlp_gets_its_wave_and_depth_profile(runs):
     assert prof.applies and prof.verdict["n_layers_finite"] == 5 and prof.verdict["peak_layer"] == profile.idxmax()
     assert re.match(r"alpha_tail depth profile: (inverted U|U|monotone|no shape) \(curvature .*\), peak at layer \d", prof.verdict["verdict"])
     assert "no learning rate logged" not in f["sosd"].verdict["verdict"]  # lr was logged: the bound is there
-    frob = runs["deep"].metrics(probe="weights", metric="frob_sq")
-    last = frob[frob["step"] == frob["step"].max()].set_index("name")["value"]
+    spec = runs["deep"].spectra(probe="weights")
+    # the last sample is the interval (20, 30), indexed at 20: lr / ||W_20||_*
+    nuclear = spec[spec["step"] == 20].set_index("name")["values"].map(np.sum)
     bound = f["sosd"].table.set_index("name")["bound_final"]
-    assert bound.to_dict() == pytest.approx((1e-3 / np.sqrt(last[bound.index])).to_dict(), rel=1e-9)  # lr / ||W||_F
+    assert bound.to_dict() == pytest.approx((1e-3 / nuclear[bound.index]).to_dict(), rel=1e-9)
 
 
 def test_cnn_and_lstm_findings(runs):
@@ -168,6 +171,26 @@ def test_cnn_and_lstm_findings(runs):
     assert note in lstm["depth_profile"].verdict["verdict"] and note in lstm["compression_waves"].verdict["verdict"]
     for f in (cnn, lstm):
         assert f["pruning"].verdict["verdict"] == "no transformer blocks in this run: layer importance needs block skipping"
+
+
+def test_paired_lstm_run_gets_a_sosd_verdict(tmp_path):
+    torch.manual_seed(0)
+    model = _LSTM()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with ss.Monitor(model, tmp_path / "p", probes=[ss.probes.Weights(every=5, paired=True)]) as mon:
+        for step in range(40):
+            x, y = torch.randn(8, 5, 8), torch.randint(0, 4, (8,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(step, loss=loss.item(), lr=1e-2, **({"val_loss": loss.item()} if step % 4 == 0 else {}))
+    f = _by_name(ss.open_run(tmp_path / "p"))["sosd"]
+    table, v = f.table, f.verdict
+    assert v["applies"] and v["paired"] and v["knee_loss"] == "val_loss" and table["paired"].all()
+    assert not any("paired" in m for m in v["missing"]) and "no learning rate" not in v["verdict"]
+    assert set(table["kind"]) >= {"rnn_ih", "rnn_hh"} and np.isfinite(table["floor_lr"]).all()
+    assert (table["bound_final"] > 0).all()
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "lstm"])

@@ -37,27 +37,32 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reference_sosd_row(run, steps: int) -> dict:
-    """sosd_row's floor, drop at the midpoint and stable steps, recomputed from the stored spectra and checkpoints."""
+    """sosd_row's raw floor, drop at the midpoint and stable steps, recomputed from the stored spectra and checkpoints:
+    per matrix the SD variation per step of the paired measurements (t, t + 1) when it has them, else of every
+    interval divided by its gap, indexed at t."""
     spec = run.spectra(probe="weights")
     per_step, cos_sd, floors = [], [], []
     for _, g in spec[spec["layer"] >= 0].groupby("name"):
         g = g.sort_values("step")
         t, sv = g["step"].to_numpy(float), np.stack(g["values"].to_numpy())
         sd = sv / sv.sum(axis=1, keepdims=True)  # singular distribution
-        per = np.linalg.norm(np.diff(sd, axis=0), axis=1) / np.diff(t)
-        floors.append(np.median(per[-max(1, round(0.2 * len(t))):]))  # the last 20% of the measurements
-        per_step += list(zip(t[1:], per))
+        gap = np.diff(t)
+        per = np.linalg.norm(np.diff(sd, axis=0), axis=1) / gap
+        keep = gap == 1 if (gap == 1).sum() >= 3 else np.ones(len(gap), bool)
+        ts, per = t[:-1][keep], per[keep]
+        floors.append(np.median(per[ts >= ts.max() - 0.2 * (ts.max() - ts.min())]))  # the last 20% of the run
+        per_step += list(zip(ts, per))
         cos_sd += [(s, _cos(x, sd[-1])) for s, x in zip(t, sd)]
     med = _median_by_step(per_step)
     mid = steps // 2
-    drop = med[med.index <= mid].tail(3).median() / med[med.index > mid].head(3).median()
+    drop = med[med.index < mid].tail(3).median() / med[med.index >= mid].head(3).median()
     ckpts = sorted((run.dir / "checkpoints").glob("step_*.safetensors"))
     final = load_file(str(ckpts[-1]))
     blocks = [k for k, w in final.items() if k.startswith("blocks.") and w.ndim == 2]
     cos_w = [(int(p.stem.split("_")[1]), _cos(w[k].double().reshape(-1).numpy(), final[k].double().reshape(-1).numpy()))
              for p in ckpts for w in [load_file(str(p))] for k in blocks]
     val = run.scalars()["val_loss"].dropna()
-    return {"floor_per_step": float(np.median(floors)), "sd_drop_at_mid": float(drop),
+    return {"floor": float(np.median(floors)), "sd_drop_at_mid": float(drop),
             "sd_stable_step": _first_at_least(_median_by_step(cos_sd), STABLE),
             "w_stable_step": _first_at_least(_median_by_step(cos_w), STABLE), "final_val_loss": float(val.iloc[-1])}
 
@@ -67,7 +72,8 @@ def test_sosd_row_on_a_planted_run(tmp_path):
     u, d = np.array([0.4, 0.3, 0.2, 0.1]), np.array([1.0, -1.0, 0.0, 0.0])
     x = [0.04 * k for k in range(6)] + [0.2 + 0.001 * j for j in range(1, 6)]
     rows = [(s, layer, "q", u + xi * d) for s, xi in zip(range(0, 101, 10), x) for layer in (0, 1)]
-    run = write_weights_run(tmp_path / "r", rows, scalars=[(0, "val_loss", 3.0), (50, "val_loss", 2.5), (100, "val_loss", 2.25)])
+    val = [(s, "val_loss", 3.0 - 0.1 * np.log1p(s)) for s in range(0, 101, 5)]
+    run = write_weights_run(tmp_path / "r", rows, scalars=val)
     # checkpoints W_t = cos(theta) A + sin(theta) B, A and B orthonormal, W_final = A: cos_w_final = cos(theta)
     a, b = torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)
     a[0, 0], b[0, 1] = 1.0, 1.0
@@ -76,67 +82,87 @@ def test_sosd_row_on_a_planted_run(tmp_path):
         w = c * a + np.sqrt(1 - c * c) * b
         save_file({f"blocks.{layer}.attn.q.weight": w.clone() for layer in (0, 1)},
                   str(run.dir / "checkpoints" / f"step_{step:07d}.safetensors"))
-    row = sosd_row("planted", run.dir, steps=100)
-    assert row["floor_per_step"] == pytest.approx(0.001 * np.sqrt(2) / 10, rel=1e-9)  # the last 2 of 11 measurements
+    row = sosd_row("planted", run.dir, steps=100, seed=3)
+    # unpaired: intervals of 10 steps indexed at their start; the last 20% of the run: the samples at 80 and 90
+    assert row["floor"] == pytest.approx(0.001 * np.sqrt(2) / 10, rel=1e-9) and not row["paired"]
     assert row["sd_drop_at_mid"] == pytest.approx(40.0, rel=1e-9)  # 0.04 / 0.001 across step 50
     # cos_sd_final: 0.986 at step 30, 0.996 at step 40 (computed below); cos_w_final 0.95 at 60, 0.995 at 80
     assert row["sd_stable_step"] == 40 and row["w_stable_step"] == 80
-    assert row["median_onset"] == 60  # variation drops below 5% of its peak for good after step 50
-    assert row["final_val_loss"] == 2.25
+    assert row["onset_median"] == 50 and row["onset_frac"] == 1.0  # the interval (50, 60) is the first on the floor
+    assert row["knee_loss"] == "val_loss" and row["seed"] == 3
+    assert row["final_val_loss"] == pytest.approx(3.0 - 0.1 * np.log1p(100))
     ref = reference_sosd_row(run, 100)
     assert {k: row[k] for k in ref} == pytest.approx(ref, rel=1e-9)
-    claims = sosd_claims(pd.DataFrame([row]))
-    assert claims.set_index("claim").loc["the singular distribution stabilizes before the weights", "reproduced"]
 
 
-def _variant(name, floor, drop, dist, sd_step, w_step):
-    return {"variant": name, "floor_per_step": floor, "sd_drop_at_mid": drop, "distance_frac": dist,
-            "sd_stable_step": sd_step, "w_stable_step": w_step}
+def _variant(name, seed, floor, drop, dist, sd_step, w_step, onset_frac=1.0):
+    return {"variant": name, "seed": seed, "floor": floor, "sd_drop_at_mid": drop, "distance_frac": dist,
+            "sd_stable_step": sd_step, "w_stable_step": w_step, "onset_frac": onset_frac}
+
+
+def _hand_table(dists=(0.03, 0.04, 0.02)):
+    rows = []
+    for s, j in zip(range(3), (1.0, 1.1, 0.9)):
+        rows += [_variant("adamw-wsd-wd0", s, 1e-3 * j, 1.0 * j, dists[s], 100, 300 + 10 * s),
+                 _variant("muon-wsd-wd0", s, 1e-4 / j, 1.0, dists[s], 120, 330, onset_frac=(1.0, 0.9, 1.0)[s]),
+                 _variant("adamw-wsd", s, 5e-4 * j, 1.0 / j, dists[s], 90, 310 - 10 * s),
+                 _variant("step", s, 4e-4 * j, 10.0 * j, dists[s], 110, 280)]
+    return pd.DataFrame(rows)
 
 
 def test_sosd_claims_on_a_hand_table():
-    table = pd.DataFrame([_variant("cosine", 2e-4, 1.2, 0.05, 100, 400), _variant("step", 1e-4, 8.0, 0.02, 150, 300),
-                          _variant("muon", 5e-5, 1.0, 0.30, 500, 300), _variant("cosine-no-wd", 3e-4, 1.1, 0.07, 120, 350)])
-    c = sosd_claims(table).set_index("claim")
-    assert c["reproduced"].to_dict() == {
-        "the singular distribution stabilizes before the weights": False,  # muon: 500 >= 300
-        "SoSD onset aligns with the loss knee": True,  # median of 0.05, 0.02, 0.30, 0.07 = 0.06 <= 0.1
-        "Muon's SD-variation floor is below AdamW's": True,  # 5e-5 < 2e-4
-        "step decay produces a sharp drop of the SD variation": True,  # 8.0 > 2 * max(1.2, 1)
-        "weight decay keeps the SD variation higher": False}  # 2e-4 < 3e-4
-    assert c.loc["SoSD onset aligns with the loss knee", "ours"] == "median distance 6% of the run (4 runs; max 30%)"
-    assert c.loc["Muon's SD-variation floor is below AdamW's", "ours"] == "Muon 5e-05 vs AdamW 0.0002 per step"
-    assert c.loc["step decay produces a sharp drop of the SD variation", "ours"] == "step: x8.00 across the cut; cosine: x1.20 there"
-    table.loc[1, "sd_drop_at_mid"] = 2.0  # below 2 x 1.2
-    table.loc[3, "floor_per_step"] = 1e-4
-    c = sosd_claims(table).set_index("claim")["reproduced"]
-    assert not c["step decay produces a sharp drop of the SD variation"] and c["weight decay keeps the SD variation higher"]
+    from specscope.experiments.claims import CLAIM_COLUMNS
+
+    c = sosd_claims(_hand_table(), steps=1000)
+    assert list(c.columns) == CLAIM_COLUMNS
+    c = c.set_index("claim")
+    assert c["verdict"].to_dict() == {
+        "SoSD onset aligns with the validation-loss knee": "reproduced",  # 3%, 4%, 2%: CI well below 10%
+        "the singular distribution settles before the weights": "reproduced",  # ~20% of the run later
+        "Muon's SD-variation floor is below AdamW's (WSD, weight decay 0)": "reproduced",  # log10 ratio -1, -1.08, -0.91
+        "a step decay cuts the SD variation sharply": "reproduced",  # log10(10) - log10(1) on every seed
+        "weight decay keeps the SD variation higher": "not reproduced",  # 5e-4 vs 1e-3 on every seed: lower
+        "SoSD persists under Muon": "reproduced"}  # 1.0, 0.9, 1.0 > 0.5
+    mu = c.loc["Muon's SD-variation floor is below AdamW's (WSD, weight decay 0)"]
+    diffs = [np.log10(1e-4 / j) - np.log10(1e-3 * j) for j in (1.0, 1.1, 0.9)]
+    assert mu["mean"] == pytest.approx(np.mean(diffs)) and mu["sd"] == pytest.approx(np.std(diffs, ddof=1)) and mu["n"] == 3
+    assert mu["ours"].startswith("log10(Muon / AdamW floor) = -1.00 ± 0.0")
+    lead = c.loc["the singular distribution settles before the weights"]
+    assert lead["mean"] == pytest.approx(np.mean([(200 + 210 + 200 + 170) / 4000, (210 + 210 + 210 + 170) / 4000,
+                                                  (220 + 210 + 220 + 170) / 4000]))
+    # a spread straddling 10%: not significant
+    c = sosd_claims(_hand_table(dists=(0.01, 0.3, 0.02)), steps=1000).set_index("claim")
+    assert c.loc["SoSD onset aligns with the validation-loss knee", "verdict"] == "not significant"
+    # a variant missing: its claims are left out
+    c = sosd_claims(_hand_table().query("variant != 'muon-wsd-wd0'"), steps=1000)
+    assert not c["claim"].str.contains("Muon").any() and len(c) == 4
 
 
 @pytest.mark.smoke
 def test_smoke_sosd_experiment_quick(tmp_path, capsys):
     assert main(["experiment", "sosd", "--quick", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
     table = pd.read_csv(tmp_path / "s" / "sosd.csv")
-    assert list(table["variant"]) == ["cosine", "step", "muon"] and (tmp_path / "s" / "sosd.png").exists()
+    assert list(table["variant"]) == ["adamw-wsd-wd0", "muon-wsd-wd0", "adamw-wsd", "step"] and (tmp_path / "s" / "sosd.png").exists()
+    assert table["paired"].all() and (table["seed"] == 0).all()
     import specscope as ss
 
     for r in table.itertuples():  # every number of the table, recomputed from the run store
-        ref = reference_sosd_row(ss.open_run(tmp_path / "s" / r.variant), 60)
+        ref = reference_sosd_row(ss.open_run(tmp_path / "s" / r.variant / "seed0"), 60)
         got = {k: getattr(r, k) for k in ref}
         assert got == pytest.approx(ref, rel=1e-9, nan_ok=True), r.variant
-        assert np.isfinite(got["floor_per_step"]) and np.isfinite(got["final_val_loss"])
-    claims = pd.read_csv(tmp_path / "s" / "sosd_claims.csv").set_index("claim")
+        assert np.isfinite(got["floor"]) and np.isfinite(got["final_val_loss"])
+    claims = pd.read_csv(tmp_path / "s" / "claims.csv").set_index("claim")
+    assert set(claims["verdict"]) <= {"reproduced", "not reproduced", "not significant"} and len(claims) == 6
     by = table.set_index("variant")
-    mu, ad = by.loc["muon", "floor_per_step"], by.loc["cosine", "floor_per_step"]
-    muon = claims.loc["Muon's SD-variation floor is below AdamW's"]
-    assert bool(muon["reproduced"]) == (mu < ad) and muon["ours"] == f"Muon {mu:.3g} vs AdamW {ad:.3g} per step"
-    drop = claims.loc["step decay produces a sharp drop of the SD variation", "reproduced"]
-    assert bool(drop) == (by.loc["step", "sd_drop_at_mid"] > 2 * max(by.loc["cosine", "sd_drop_at_mid"], 1.0))
-    assert muon["ours"] in capsys.readouterr().out  # the printed claims table
-    assert main(["findings", str(tmp_path / "s" / "step")]) == 0
+    mu = claims.loc["Muon's SD-variation floor is below AdamW's (WSD, weight decay 0)"]
+    assert mu["mean"] == pytest.approx(np.log10(by.loc["muon-wsd-wd0", "floor"] / by.loc["adamw-wsd-wd0", "floor"]))
+    assert mu["verdict"] == "not significant"  # one seed: no interval
+    assert mu["ours"] in capsys.readouterr().out  # the printed claims table
+    assert json.loads((tmp_path / "s" / "result.json").read_text())["seeds"] == 1
+    assert main(["findings", str(tmp_path / "s" / "step" / "seed0")]) == 0
     assert "Stability of the singular distribution" in capsys.readouterr().out
-    assert main(["report", str(tmp_path / "s" / "step")]) == 0
-    page = (tmp_path / "s" / "step" / "report.html").read_text()
+    assert main(["report", str(tmp_path / "s" / "step" / "seed0")]) == 0
+    page = (tmp_path / "s" / "step" / "seed0" / "report.html").read_text()
     for section in ("SoSD onset and the loss knee", "Compression per layer and step", "Compression wave across depth",
                     "Depth profile of"):
         assert section in page

@@ -43,3 +43,18 @@ def test_cos_sd_final_and_cos_w_final_known_answers():
     assert cos_w_final(a, b, rows=2) == pytest.approx(want, rel=1e-12)  # blocks of 2 rows: the same answer
     assert cos_w_final(a, a) == pytest.approx(1.0, rel=1e-12)
     assert np.isnan(cos_w_final(a, b[:2])) and np.isnan(cos_w_final(torch.zeros(3, 2), b))
+
+
+def test_lr_normalized_variation():
+    from specscope.spectra import series_metrics
+
+    # steps 0, 1, 10: sd (0.75, 0.25) -> (0.5, 0.5) -> (0.5, 0.5); nuclear norms 4, 4, 8
+    sv = np.array([[3.0, 1.0], [2.0, 2.0], [4.0, 4.0]])
+    m = series_metrics(sv, np.array([0, 1, 10]), lr=np.array([np.nan, 0.01, 0.02]))
+    np.testing.assert_allclose(m["nuclear_norm"], [4.0, 4.0, 8.0])
+    # row 1: ||(-0.25, 0.25)|| per 1 step, times ||W_0||_* = 4, over lr 0.01
+    assert np.isnan(m["sd_variation_lr"][0]) and m["sd_variation_lr"][1] == pytest.approx(np.sqrt(2) * 0.25 * 4 / 0.01)
+    assert m["sd_variation_lr"][2] == 0
+    assert "sd_variation_lr" not in series_metrics(sv, np.array([0, 1, 10]))  # no learning rate: not computed
+    m = series_metrics(sv, np.array([0, 1, 10]), lr=np.array([1.0, 0.0, -1.0]))
+    assert np.isnan(m["sd_variation_lr"]).all()  # a rate that is not positive gives NaN

@@ -8,7 +8,8 @@ same gap the same way:
 - ``weights(n, what)``: "only 2 weight measurements: SoSD onset needs >= 3";
 - ``layers_missing(n, what)``: "only 1 layer: a depth profile of alpha_tail needs >= 3";
 - ``blocks(what)``: "no transformer blocks in this run: layer importance needs block skipping";
-- ``loss_for_knee()``: which loss the knee is taken on, and why not the validation loss;
+- ``loss_for_knee()``: which loss the knee is taken on (the validation loss; the training loss only
+  when too few validation losses were logged), and why not the validation loss;
 - ``tokens_note(what)``: "no tokens logged: loss-decrease rate per step";
 - ``parts_note()`` / ``depth_note()``: which kinds had several matrices per layer (experts,
   gates) averaged, and what ``layer`` means in a model without transformer blocks.
@@ -25,6 +26,9 @@ from ..models import BLOCK_KINDS
 from ..store.reader import Run
 
 log = logging.getLogger(__name__)
+
+MIN_KNEE_POINTS = 5  # logged losses a loss knee needs (a smoothed rate, its maximum, and a fall after it)
+
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
@@ -77,14 +81,19 @@ class RunContents:
         return None if self.has_blocks else f"no transformer blocks in this run: {what}"
 
     def loss_for_knee(self) -> tuple[str | None, str | None]:
-        """``(scalar, note)``: the loss the knee is taken on (None: none logged), and a note when there is none.
+        """``(scalar, note)``: the loss the knee is taken on, ``"val_loss"`` or ``"loss"`` (None: neither has
+        :data:`MIN_KNEE_POINTS` values), and the sentence saying why not the validation loss (None when it is).
 
-        The knee is taken on the training loss, as the built-in SoSD results in the README were
-        measured; SPEC 5.1's validation-loss knee is the next step of the SoSD analysis.
+        SPEC 5.1: the knee is taken on the validation loss; on the training loss only when the run logged
+        too few validation losses for a knee, and then said so.
         """
-        if self.loss_points == 0:
-            return None, "no loss logged: no loss knee"
-        return "loss", None
+        if self.val_loss_points >= MIN_KNEE_POINTS:
+            return "val_loss", None
+        why = ("no validation loss logged" if self.val_loss_points == 0 else
+               f"only {_plural(self.val_loss_points, 'validation-loss value')} logged (a knee needs >= {MIN_KNEE_POINTS})")
+        if self.loss_points >= MIN_KNEE_POINTS:
+            return "loss", f"{why}: loss knee on the training loss"
+        return None, f"{why} and {'no' if self.loss_points == 0 else 'too few'} training losses: no loss knee"
 
     def tokens_note(self, what: str) -> str | None:
         """Why ``what`` is per step rather than per token, or None."""

@@ -59,8 +59,8 @@ def _phenomena(a: argparse.Namespace) -> int:
         cfg = SosdExperiment.quick() if a.quick else SosdExperiment()
         cfg = _seeded(with_overrides(cfg, steps=a.steps), a)
         res = run_sosd(cfg, a.out or fresh_dir("runs/sosd"), progress=not a.no_progress)
-        _print_table(res.table, ["variant", "loss_knee", "median_onset", "distance_frac", "floor_per_step", "sd_drop_at_mid",
-                                 "sd_stable_step", "w_stable_step", "final_val_loss"])
+        _print_table(res.table, ["variant", "seed", "onset_median", "onset_raw", "knee", "knee_loss", "distance_frac", "floor", "floor_lr",
+                                 "sd_drop_at_mid", "sd_stable_step", "w_stable_step", "final_val_loss"])
     else:
         from ..experiments.lifecycle import LifecycleExperiment, run_lifecycle
 

@@ -29,8 +29,8 @@ class CorpusStudy:
     """Model and training settings of a study that trains the reference GPT on the stdlib corpus with the
     weight probe: width ``d_model``, ``n_head`` heads, ``seq_len`` tokens a sequence, ``steps`` optimizer
     steps of ``micro_batch`` sequences, peak learning rate ``lr`` after ``warmup`` steps, the probe every
-    ``probe_every`` steps, ``seed`` (of one run; ``seeds``: the seeds a study repeats its runs over, its claims
-    reporting mean and spread across them), and the corpus cut to ``max_corpus_mb`` MiB (None: all of it)."""
+    ``probe_every`` steps (and each step after, with ``paired``), ``seed`` (of one run; ``seeds``: the seeds a
+    study repeats its runs over, its claims reporting mean and spread across them), and the corpus cut to ``max_corpus_mb`` MiB (None: all of it)."""
 
     d_model: int = 128
     n_head: int = 4
@@ -40,6 +40,7 @@ class CorpusStudy:
     lr: float = 3e-3
     warmup: int = 50
     probe_every: int = 25
+    paired: bool = False
     seed: int = 0
     seeds: tuple[int, ...] = (0,)
     max_corpus_mb: float | None = None
@@ -59,8 +60,8 @@ class CorpusStudy:
         tcfg = TrainConfig(steps=self.steps, micro_batch=self.micro_batch, lr=self.lr, warmup=self.warmup,
                            seed=self.seed if seed is None else seed,
                            eval_every=max(1, self.steps // evals), probe_every=self.probe_every, lens_every=0, **train_cfg)
-        return train(model_cfg, tcfg, run_dir, probes=[Weights(every=self.probe_every)], corpus=corpus, progress=progress,
-                     run_id=run_id)
+        probes = [Weights(every=self.probe_every, paired=self.paired)]
+        return train(model_cfg, tcfg, run_dir, probes=probes, corpus=corpus, progress=progress, run_id=run_id)
 
 
 def with_overrides(cfg, **kw):

@@ -9,6 +9,8 @@
   (add ``| every(1000)`` to go on).
 - ``a | b``: the union (due when either is); a plain int or callable on either side is taken as
   :func:`as_schedule` takes it.
+- :func:`paired` ``(schedule)``: due at ``t`` and ``t + 1`` whenever ``schedule`` is due at ``t``
+  (paired measurements: the step-to-step change between consecutive optimizer steps, SPEC 5.1).
 
 Each is a :class:`Schedule`, whose ``str()`` says what it does (``"every 25"``,
 ``"log_spaced(1, 10000, 8/decade)"``, ``"custom my_fn"``), as stored in a run's ``meta.json``.
@@ -106,6 +108,17 @@ def log_spaced(start: int, stop: int, per_decade: int = 8) -> Schedule:
     Described ``"log_spaced(start, stop, N/decade)"``."""
     steps = frozenset(log_spaced_steps(start, stop, per_decade))
     return Schedule(steps.__contains__, f"log_spaced({start}, {stop}, {per_decade}/decade)", steps)
+
+
+def paired(schedule: ScheduleLike) -> Schedule:
+    """Due at ``t`` and at ``t + 1`` whenever ``schedule`` (anything :func:`as_schedule` takes) is due at ``t``: a
+    :class:`Schedule` described ``"paired(every 25)"``, whose ``.steps`` are the listed steps and each one after
+    when ``schedule`` lists its steps. A probe on it measures consecutive optimizer steps ``(t, t + 1)``, so a
+    step-to-step change (SPEC 5.1's SD variation) is measured rather than divided by the gap between
+    measurements."""
+    base = as_schedule(schedule, "paired(schedule)")
+    steps = None if base.steps is None else frozenset(base.steps | {s + 1 for s in base.steps})
+    return Schedule(lambda step: base(step) or (step >= 1 and base(step - 1)), f"paired({base.text})", steps)
 
 
 def as_schedule(value: Any, what: str = "every") -> Schedule:

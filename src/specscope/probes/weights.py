@@ -11,6 +11,7 @@ from ..spectra import singular_values_many, spectrum_metrics
 from ..spectra.compute import METHODS
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
 from .schedule import ScheduleLike
+from .schedule import paired as paired_schedule
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,9 @@ class Weights(Probe):
     ``eigvalsh``) or ``"svd"`` (exact). ``scale`` is the model width used to choose the tail
     window (default: each matrix's short side). ``store_spectra`` keeps the full singular values.
     ``every`` / ``at``: the schedule (:class:`~.base.Probe`; e.g. ``every=log_spaced(1, 10000)`` for
-    dense early probing). Needs ``parameters`` only (no forward pass).
+    dense early probing). ``paired``: also measure at ``t + 1`` whenever the schedule is due at ``t``
+    (:func:`~.schedule.paired`), so that the SD variation between consecutive optimizer steps is measured
+    (SPEC 5.1). Needs ``parameters`` only (no forward pass).
     """
 
     name = "weights"
@@ -38,8 +41,12 @@ class Weights(Probe):
         store_spectra: bool = True,
         knee: bool = True,
         name: str | None = None,
+        paired: bool = False,
     ):
         super().__init__(every, at, name)
+        self.paired = bool(paired)
+        if self.paired:
+            self.schedule = paired_schedule(self.schedule)
         self.kinds = check_kinds(kinds)
         self.method = check_choice("Weights: method", method, METHODS)
         self.scale = None if scale is None else check_int("Weights: scale", scale, 1)
@@ -48,7 +55,9 @@ class Weights(Probe):
         self._said_empty = False
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "kinds": sorted(self.kinds) if self.kinds else None, "method": self.method}
+        """The base description plus ``kinds``, ``method`` and ``paired``: a dict for ``meta.json``."""
+        return {**super().describe(), "kinds": sorted(self.kinds) if self.kinds else None, "method": self.method,
+                "paired": self.paired}
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         """SPEC section 3 metrics of every cataloged matrix of ``kinds`` (and its singular values with

@@ -107,17 +107,22 @@ def render(run: Run) -> str:
 def _phenomena_sections(run: Run, have: RunContents, items: dict[str, Finding], across, scalars) -> list[str]:
     """SoSD, compression, the wave, the depth profile and pruning: a figure each where the finding applies."""
     from ..analysis.lifecycle import compression_frame, final_metric
-    from ..analysis.sosd import sosd_curves
+    from ..analysis.sosd import SosdRule, sosd_curves, variation_series
 
     def why(f: Finding) -> str:
         return f.verdict.get("verdict", "")
 
     parts = []
     f = items["sosd"]
-    fig = phenomena_figures.sosd_figure(across, scalars, f.table, f.verdict, sosd_curves(run)) if f.applies else None
+    rule = SosdRule()
+    fig = (phenomena_figures.sosd_figure(variation_series(run, rule, across), scalars, f.table, f.verdict, sosd_curves(run))
+           if f.applies else None)
     parts.append(_section("SoSD onset and the loss knee", fig,
-                          html.escape(f"{why(f)}. Onset: first step after the peak from which SD variation stays "
-                                      "below 5% of it; knee: the smoothed loss-decrease rate falls below 10% of its maximum."),
+                          html.escape(f"{why(f)}. Onset: first step after the peak from which the smoothed "
+                                      f"sd_variation_lr = SD variation per step x ||W||_* / lr stays within a factor "
+                                      f"{rule.factor:g} of its floor (median of the last {rule.floor_frac:.0%} of the run); "
+                                      f"knee: the smoothed decrease rate of the validation loss falls below "
+                                      f"{rule.knee_frac:.0%} of its maximum."),
                           why(f)))
     few = have.weights(2, "compression")
     heat = None if few else compression_frame(run).rename(columns={"compression": "value"}).assign(metric="compression")

@@ -9,37 +9,39 @@ from matplotlib.figure import Figure
 from .figures import _grid, _kinds
 
 
-def sosd_figure(across: pd.DataFrame, scalars: pd.DataFrame, table: pd.DataFrame, verdict: dict,
+def sosd_figure(series: pd.DataFrame, scalars: pd.DataFrame, table: pd.DataFrame, verdict: dict,
                 curves: pd.DataFrame) -> Figure | None:
-    """SD variation per kind (median over layers) with onsets, the loss with its knee, and cos to the final state. A
-    Figure; None without ``sd_variation`` of hidden matrices."""
-    sd = across[(across["metric"] == "sd_variation") & (across["layer"] >= 0)].dropna(subset=["value"])
+    """SD variation per step per kind (median over layers; LR-normalized ``sd_variation_lr`` when the run logged a
+    learning rate) with the median onset per kind, the loss with its knee and the median onset, and cos to the
+    final state. ``series``: :func:`~specscope.analysis.sosd.variation_series`. A Figure; None without samples."""
+    col = "sd_variation_lr" if series["sd_variation_lr"].notna().any() else "sd_variation"
+    sd = series.dropna(subset=[col])
     if sd.empty:
         return None
     fig, axes = _grid(3, width=4.8, height=3.2, ncols=3)
     ax_sd, ax_loss, ax_cos = axes
     for i, kind in enumerate(_kinds(sd)):
-        g = sd[sd["kind"] == kind].groupby("step")["value"].median()
+        g = sd[sd["kind"] == kind].groupby("step")[col].median()
         ax_sd.semilogy(g.index, g.clip(lower=1e-12), color=f"C{i}", label=kind)
         on = verdict.get("onset_by_kind", {}).get(kind)
         if on is not None:
             ax_sd.axvline(on, color=f"C{i}", lw=0.7, ls=":")
-    ax_sd.set_title("SD variation (median over layers); dotted: onsets")
+    ax_sd.set_title(f"{col} per step (median over layers); dotted: onsets", fontsize=9)
     if "loss" in scalars:
         tr = scalars[["step", "loss"]].dropna()
         ax_loss.plot(tr["step"], tr["loss"], color="0.7", lw=0.7, label="train")
     if "val_loss" in scalars:
         va = scalars[["step", "val_loss"]].dropna()
         ax_loss.plot(va["step"], va["val_loss"], "o-", ms=2.5, color="C3", label="validation")
-    if verdict.get("loss_knee") is not None:
-        ax_loss.axvline(verdict["loss_knee"], color="k", lw=0.8, ls="--", label="loss knee")
-    if verdict.get("median_onset") is not None:
-        ax_loss.axvline(verdict["median_onset"], color="C0", lw=0.8, ls=":", label="median SoSD onset")
+    if verdict.get("knee") is not None:
+        ax_loss.axvline(verdict["knee"], color="k", lw=0.8, ls="--", label=f"knee ({verdict.get('knee_loss')})")
+    if verdict.get("onset_median") is not None:
+        ax_loss.axvline(verdict["onset_median"], color="C0", lw=0.8, ls=":", label="median SoSD onset")
     ax_loss.set_title("loss, knee and onset")
-    for col, style in (("cos_sd_final", "--"), ("cos_w_final", "-")):
-        if col in curves and curves[col].notna().any():
-            c = curves.groupby("step")[col].median().dropna()
-            ax_cos.plot(c.index, c.to_numpy(), style, color="C0" if col == "cos_sd_final" else "C1", label=col)
+    for c_name, style in (("cos_sd_final", "--"), ("cos_w_final", "-")):
+        if c_name in curves and curves[c_name].notna().any():
+            c = curves.groupby("step")[c_name].median().dropna()
+            ax_cos.plot(c.index, c.to_numpy(), style, color="C0" if c_name == "cos_sd_final" else "C1", label=c_name)
     ax_cos.set_title("cos to the final spectrum (dashed) / weights (solid)")
     for ax in axes:
         ax.set_xlabel("step")

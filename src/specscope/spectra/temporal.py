@@ -96,16 +96,40 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
-def series_metrics(sv_series: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
+def sd_variation_lr(per_step: np.ndarray, nuclear: np.ndarray, lr: np.ndarray) -> np.ndarray:
+    """``sd_variation_lr`` (SPEC 4, 5.1): the per-step SD variation ending at each row times the nuclear norm
+    ``tr(Sigma) = sum_j s_j`` of the row before, over the learning rate ``lr`` of the row (the rate applied in the
+    steps that led to it). Unitless; one value per row, NaN at row 0 and where ``lr`` is not positive or finite.
+    The SoSD bound makes the variation at most of order ``lr / ||W||_*``, so this is the variation in units of
+    its bound: schedules and warm-up change ``sd_variation`` but not this."""
+    per = np.asarray(per_step, dtype=np.float64)
+    nuc = np.asarray(nuclear, dtype=np.float64)
+    rate = np.asarray(lr, dtype=np.float64)
+    out = np.full(len(per), np.nan)
+    if len(per) > 1:
+        ok = np.isfinite(rate[1:]) & (rate[1:] > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[1:] = np.where(ok, per[1:] * nuc[:-1] / np.where(ok, rate[1:], 1.0), np.nan)
+    return out
+
+
+def series_metrics(sv_series: np.ndarray, steps: np.ndarray, lr: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """SPEC section 4 metrics of one matrix's spectra over time, rows in step order.
 
-    Returns ``sd_variation``, ``sd_variation_per_step``, ``cos_sd_final`` (against the last
-    row) and ``compression`` (stable rank against the first row), each one value per row.
+    Returns ``sd_variation``, ``sd_variation_per_step`` (divided by the steps between rows: the variation
+    between consecutive optimizer steps when they are one step apart), ``cos_sd_final`` (against the last
+    row), ``compression`` (stable rank against the first row) and ``nuclear_norm`` (``sum_j s_j``, in the
+    units of the singular values), each one value per row; with ``lr`` (the learning rate of each row, see
+    :func:`sd_variation_lr`) also ``sd_variation_lr`` (unitless).
     """
     sv = np.atleast_2d(np.asarray(sv_series, dtype=np.float64))
     var, per = sd_variation(sv, steps)
     lam = sv * sv
     with np.errstate(divide="ignore", invalid="ignore"):
         stable_rank = lam.sum(axis=1) / lam[:, 0]
-    return {"sd_variation": var, "sd_variation_per_step": per, "cos_sd_final": cos_sd_final(sv),
-            "compression": compression(stable_rank)}
+    nuclear = sv.sum(axis=1)
+    out = {"sd_variation": var, "sd_variation_per_step": per, "cos_sd_final": cos_sd_final(sv),
+           "compression": compression(stable_rank), "nuclear_norm": nuclear}
+    if lr is not None:
+        out["sd_variation_lr"] = sd_variation_lr(per, nuclear, lr)
+    return out

@@ -55,6 +55,7 @@ class TrainConfig:
     eval_batch: int = 16  # sequences per evaluation batch: the same windows whatever the training batch
     ckpt_every: int = 0  # 0: only the final checkpoint
     probe_every: int = 25
+    probe_paired: bool = False  # the weight probe also measures at t + 1 whenever it measures at t (SoSD, SPEC 5.1)
     lens_every: int = 100  # activation and per-sample gradient spectra (0: off)
     pool_size: int = 64  # probe-pool sequences (from the corpus' probe split, seeded)
     grad_samples: int = 32  # sequences of the pool used for the gradient spectrum
@@ -153,10 +154,11 @@ def load_state(run_dir: Path, model: GPT, opt, data_gen: np.random.Generator) ->
 
 
 def default_probes(cfg: TrainConfig, corpus: Corpus, seq_len: int) -> list[Probe]:
-    """The trainer's probes: :class:`Weights` every ``probe_every`` steps; with ``lens_every`` > 0, the activation
+    """The trainer's probes: :class:`Weights` every ``probe_every`` steps (and each step after, with
+    ``probe_paired``); with ``lens_every`` > 0, the activation
     and gradient spectra of the deepest block every ``lens_every`` steps over a seeded pool of ``pool_size``
     sequences from the corpus' probe split. A list of probes."""
-    probes: list[Probe] = [Weights(every=cfg.probe_every)]
+    probes: list[Probe] = [Weights(every=cfg.probe_every, paired=cfg.probe_paired)]
     if cfg.lens_every > 0:
         pool = make_pool(corpus.probe, n=cfg.pool_size, seq_len=seq_len, seed=0)
         probes += [Activations(pool, every=cfg.lens_every), Gradients(pool, samples=cfg.grad_samples, every=cfg.lens_every)]
