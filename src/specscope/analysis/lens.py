@@ -472,8 +472,8 @@ def taxonomy_over_seeds(tables: Sequence[pd.DataFrame], rule: TaxonomyRule = Tax
         tok, thr = estimate(scored["tok_gain"]), estimate(scored["thr_gain"])
         means = {c: float(pd.to_numeric(g[c], errors="coerce").mean()) for c in SEED_MEANS if c in g}
         act, grad = means.get("act_shift", 0.0), means.get("grad_shift", 0.0)
-        noise = (f"95% CI over {tok.n} seeds excludes 0" if tok.has_interval
-                 else f"|gain| > {rule.gain_eps:g} (one seed)")
+        noise = (f"measurable: 95% CI over {tok.n} seeds excludes 0" if tok.has_interval
+                 else f"measurable: |gain| > {rule.gain_eps:g} (one seed)")
         row = {"transition": tr, "seeds": tok.n}
         for name, est in (("tok_gain", tok), ("thr_gain", thr)):
             row.update({name: est.mean, f"{name}_sd": est.sd, f"{name}_lo": est.lo, f"{name}_hi": est.hi})
