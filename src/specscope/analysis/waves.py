@@ -164,7 +164,7 @@ def compression_waves(run: Run, kinds: Iterable[str] | None = None,
                       have: RunContents | None = None) -> tuple[pd.DataFrame, dict]:
     """``(table, verdict)``: the pooled wave's table (:func:`grid_wave`) and a verdict with the pooled wave's keys,
     ``velocity_layers_per_step`` (= ``velocity``), ``by_kind`` (kind -> that kind's :func:`grid_wave` verdict, for
-    each kind with >= 3 layers), ``kinds``, ``n_layers``, ``missing`` (what the run lacked), ``applies`` and
+    each kind with >= 3 layers; the sentence names the kinds with fewer), ``kinds``, ``n_layers``, ``missing`` (what the run lacked), ``applies`` and
     ``verdict`` (the sentence: pooled, then per kind). Never raises for want of data."""
     have = have if have is not None else contents(run)
     empty = pd.DataFrame(columns=["step", "gradient", "front_layer"])
@@ -180,14 +180,16 @@ def compression_waves(run: Run, kinds: Iterable[str] | None = None,
     table, pooled = grid_wave(_grid(comp))
     if why:
         return table, {"verdict": join(why, *notes), "missing": [why], "applies": False, "n_layers": n_layers, "by_kind": {}}
-    by_kind = {}
+    by_kind, shallow = {}, []
     for kind in kinds:
         c = comp[comp["kind"] == kind].dropna(subset=["compression"])
         if c["layer"].nunique() >= MIN_LAYERS:
             by_kind[kind] = grid_wave(_grid(c))[1]
+        else:
+            shallow.append(f"{kind}: only {c['layer'].nunique()} layers, no wave of its own")
     missing = [] if "direction" in pooled else [pooled["verdict"]]
-    per_kind = "; ".join(f"{k}: {v['direction']}" + (f" {v['velocity']:.3g} layers/step" if v.get("direction", "").endswith(
-        ("late", "early")) else "") for k, v in by_kind.items() if "direction" in v)
+    per_kind = "; ".join([f"{k}: {v['direction']}" + (f" {v['velocity']:.3g} layers/step" if v.get("direction", "").endswith(
+        ("late", "early")) else "") for k, v in by_kind.items() if "direction" in v] + shallow)
     sentence = f"pooled over {', '.join(kinds)}: {pooled['verdict']}"
     return table, {**pooled, "velocity_layers_per_step": pooled.get("velocity", _NAN), "by_kind": by_kind,
                    "kinds": kinds, "n_layers": n_layers, "missing": missing, "applies": not missing,

@@ -9,7 +9,7 @@ row per kind.
 
 Default size: depths 4 / 6 / 8, width 64, 4 heads, 64-token sequences, 300 steps of 8 sequences,
 warmup 30; the weight probe every 2 steps through warmup, log-spaced (10 per decade) and every 25
-steps after (about 45 measurements a run: the wave passes in the first few percent); pruning on 32
+steps after (39 measurements a run: the wave passes in the first few percent); pruning on 32
 held-out sequences with 20 random draws. ``specscope experiment lifecycle --seeds 3`` (9 runs) takes
 about 8 minutes on an idle 2-core CPU.
 """
