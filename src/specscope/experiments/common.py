@@ -50,10 +50,10 @@ class CorpusStudy:
         return load_corpus("stdlib", max_bytes=megabytes(self.max_corpus_mb))
 
     def train_run(self, corpus: Corpus, n_layer: int, run_dir: str | Path, run_id: str, evals: int,
-                  progress: bool = True, seed: int | None = None, schedule: ScheduleLike | None = None,
+                  progress: bool = True, seed: int | None = None, probe_schedule: ScheduleLike | None = None,
                   **train_cfg) -> TrainResult:
         """Train one GPT of ``n_layer`` blocks on ``corpus`` into ``run_dir`` with these settings, the weight
-        probe every ``probe_every`` steps (or on ``schedule``, e.g. ``log_spaced(1, steps) | every(25)``) and about
+        probe every ``probe_every`` steps (or on ``probe_schedule``, e.g. ``log_spaced(1, steps) | every(25)``) and about
         ``evals`` validation evaluations, seeded with ``seed`` (default ``self.seed``; ``train_cfg``: more
         :class:`~specscope.train.TrainConfig` fields); returns the trainer's result."""
         model_cfg = GPTConfig(vocab_size=corpus.vocab_size, seq_len=self.seq_len, n_layer=n_layer, n_head=self.n_head,
@@ -61,7 +61,8 @@ class CorpusStudy:
         tcfg = TrainConfig(steps=self.steps, micro_batch=self.micro_batch, lr=self.lr, warmup=self.warmup,
                            seed=self.seed if seed is None else seed,
                            eval_every=max(1, self.steps // evals), probe_every=self.probe_every, lens_every=0, **train_cfg)
-        return train(model_cfg, tcfg, run_dir, probes=[Weights(every=self.probe_every if schedule is None else schedule)], corpus=corpus, progress=progress,
+        every = self.probe_every if probe_schedule is None else probe_schedule
+        return train(model_cfg, tcfg, run_dir, probes=[Weights(every=every)], corpus=corpus, progress=progress,
                      run_id=run_id)
 
 

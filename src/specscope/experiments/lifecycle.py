@@ -113,7 +113,7 @@ def _study_run(cfg: LifecycleExperiment, corpus, pool, depth: int, seed: int, ou
     from .pruning import pruning_study, summarize_comparison
 
     res = cfg.train_run(corpus, depth, out / f"L{depth}-s{seed}", f"lifecycle-L{depth}-s{seed}", evals=10,
-                        progress=progress, seed=seed, schedule=cfg.probe_schedule())
+                        progress=progress, seed=seed, probe_schedule=cfg.probe_schedule())
     run = open_run(res.run_dir)
     _, wave = compression_waves(run)
     variants = profile_variants(run)
