@@ -348,7 +348,7 @@ def _prune_sequences(a: argparse.Namespace, model, family: str):
 def register(sub) -> None:
     """Add this group's subcommands to the ``specscope`` parser's subparsers ``sub``."""
     ex = sub.add_parser("experiment", help="built-in experiments: grokking, sosd (schedules / weight decay / Muon), "
-                                           "lifecycle (compression waves, alpha depth profiles and pruning at depths 4 / 6 / 8), lens (token efficiency across batch sizes), "
+                                           "lifecycle (compression waves, alpha depth profiles and pruning at depths 4 / 6), lens (token efficiency across batch sizes), "
                                            "taxonomy (baseline -> RoPE -> Muon -> untied)")
     ex.add_argument("name", choices=["grokking", "sosd", "lifecycle", "lens", "taxonomy"])
     ex.add_argument("--target", type=A.finite_float, default=None,

@@ -7,13 +7,15 @@ comparison (spectral rule vs Last-N vs random from the same candidates); across 
 ``waves.csv`` (one row per run and kind), ``pruning.csv``, the claims table and a figure with one
 row per kind.
 
-Default size: depths 4 / 6 / 8, width 64, 4 heads, 64-token sequences, 300 steps of 8 sequences,
-warmup 30; the weight probe every 2 steps through warmup, log-spaced (10 per decade) and every 25
-steps after (39 measurements a run: the wave passes in the first few percent); pruning on 32
-held-out sequences with 20 random draws. ``specscope experiment lifecycle --seeds 3`` (9 runs) is sized
-for about 8 minutes on an idle 2-core CPU; that is an estimate, not a measurement: on a 2-core machine
-shared at a load of 8-11, one depth-4 run took 11 minutes (0.49 s per training step, against roughly
-0.03-0.05 s expected idle for this width and batch). ``--steps N`` shortens every run.
+Default size: depths 4 and 6 (``--depths`` is not a flag: the fit ``delta_alpha ~ L^beta`` then has two
+points and no R^2; set ``depths=(4, 6, 8)`` for three), width 64, 4 heads, 64-token sequences, 100
+steps of 8 sequences, warmup 10; the weight probe every step through warmup, log-spaced (10 per
+decade) and every 25 steps after (22 measurements a run: the wave passes in the first few
+percent); pruning on 32 held-out sequences with 20 random draws. Runtime: measured only under shared
+load (2 cores at a load of 6-15): ``--seeds 2 --steps 120`` with depths 4 / 6 / 8 took 55 minutes wall
+and 19.7 CPU-minutes, a third of it the analyses after training; scaled from that CPU time, this
+default with ``--seeds 3`` needs about 10 minutes on an idle 2-core machine (an extrapolation, not a
+measurement). ``--steps N`` shortens every run.
 """
 from __future__ import annotations
 
@@ -48,13 +50,13 @@ class LifecycleExperiment(CorpusStudy):
     ``metric`` ranks the blocks for importance and pruning, scored on ``prune_sequences`` held-out sequences
     against ``random_seeds`` random draws."""
 
-    depths: tuple[int, ...] = (4, 6, 8)
+    depths: tuple[int, ...] = (4, 6)
     d_model: int = 64
     seq_len: int = 64
-    steps: int = 300
+    steps: int = 100
     micro_batch: int = 8
-    warmup: int = 30
-    early_every: int = 2
+    warmup: int = 10
+    early_every: int = 1
     per_decade: int = 10
     metric: str = SV_ALPHA
     prune_sequences: int = 32
