@@ -15,7 +15,6 @@ from scipy.stats import spearmanr
 
 from conftest import write_weights_run
 from specscope.cli import main
-from specscope.experiments.lifecycle import lifecycle_claims
 from specscope.experiments.sosd import sosd_claims, sosd_row
 
 STABLE = 0.99  # sosd_row's default cosine level for "stable"
@@ -168,30 +167,15 @@ def test_smoke_sosd_experiment_quick(tmp_path, capsys):
         assert section in page
 
 
-def test_lifecycle_claims_on_a_hand_table():
-    table = pd.DataFrame({"depth": [4, 8], "wave_direction": ["early -> late", "late -> early"],
-                          "gradient_reversal_step": [100.0, np.nan], "alpha_shape": ["monotone", "inverted U"],
-                          "alpha_peak_layer": [3, 4], "inverted_u": [False, True], "qk_vo_asymmetry": [2.5, 1.5],
-                          "rho_importance_alpha": [0.8, np.nan], "last_n_over_spectral": [1.5, 0.8]})
-    c = lifecycle_claims(table, {"beta": 0.3, "verdict": "beta = 0.30"}).set_index("claim")
-    assert c["reproduced"].to_dict() == {
-        "compression wave moves from early to late layers": False,  # one of two depths late -> early
-        "alpha forms an inverted U across depth in deeper models": True,  # the deepest (8) is an inverted U
-        "Q/K carry the depth dependence, V/O compress uniformly": True,  # 2.5x and 1.5x, both > 1
-        "delta_alpha ~ L^0.26": True,  # 0.1 <= 0.3 <= 0.5
-        "alpha predicts layer importance": False,  # depth 8 has no rho
-        "spectral pruning beats Last-N": False}  # 0.8x at depth 8
-    assert c.loc["compression wave moves from early to late layers", "ours"] == (
-        "1/2 depths early -> late; 1/2 with a gradient reversal")
-    assert c.loc["alpha predicts layer importance", "ours"] == "L4: 0.80, L8: n/a"
-    assert not lifecycle_claims(table, {"beta": 0.6})["reproduced"].iloc[3]
-
-
 @pytest.mark.smoke
 def test_smoke_lifecycle_experiment_quick_and_prune(tmp_path, capsys):
     assert main(["experiment", "lifecycle", "--quick", "--out", str(tmp_path / "l"), "--no-progress"]) == 0
     table = pd.read_csv(tmp_path / "l" / "lifecycle.csv")
-    assert list(table["depth"]) == [2, 3] and (tmp_path / "l" / "lifecycle.png").exists()
+    assert list(table["depth"]) == [3, 4] and (tmp_path / "l" / "lifecycle.png").exists()
+    claims = pd.read_csv(tmp_path / "l" / "claims.csv")
+    assert set(claims["verdict"]) <= {"reproduced", "not reproduced", "not significant"} and len(claims) == 12
+    waves = pd.read_csv(tmp_path / "l" / "waves.csv")
+    assert {"q", "k", "v", "o", "mlp_in", "mlp_out", "pooled"} <= set(waves["kind"])
     pruning = pd.read_csv(tmp_path / "l" / "pruning.csv")
     assert set(pruning["rule"]) == {"spectral", "last_n", "random"}
     for r in table.itertuples():  # the table's pruning columns are the per-rule means at the largest k
@@ -201,20 +185,21 @@ def test_smoke_lifecycle_experiment_quick_and_prune(tmp_path, capsys):
             (mean["spectral"], mean["last_n"], mean["random"]), rel=1e-9)
         assert r.last_n_over_spectral == pytest.approx(mean["last_n"] / mean["spectral"], rel=1e-9)
     capsys.readouterr()
-    assert main(["prune", str(tmp_path / "l" / "L3"), "--sequences", "4", "--seq-len", "16", "--random-seeds", "2",
+    assert main(["prune", str(tmp_path / "l" / "L3-s0"), "--sequences", "4", "--seq-len", "16", "--random-seeds", "2",
                  "--max-corpus-mb", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     imp = pd.DataFrame(doc["importance"])
     assert len(imp) == 3 and "Last-N / spectral" in doc["verdict"]["verdict"]
+    assert "the lowest goes first" in doc["verdict"]["direction"]  # alpha_tail: a rank-decay exponent
     np.testing.assert_allclose(imp["delta_loss"], imp["loss"] - imp["base_loss"], rtol=0, atol=1e-9)  # JSON: 10 digits
     assert doc["verdict"]["rho"] == pytest.approx(spearmanr(imp["alpha_tail"], imp["delta_loss"])[0], rel=1e-12)
     assert doc["verdict"]["most_important_layer"] == int(imp.loc[imp["delta_loss"].idxmax(), "layer"])
-    assert (tmp_path / "l" / "L3" / "artifacts" / "pruning" / "summary.parquet").exists()
-    assert main(["findings", str(tmp_path / "l" / "L3"), "--json"]) == 0
+    assert (tmp_path / "l" / "L3-s0" / "artifacts" / "pruning" / "summary.parquet").exists()
+    assert main(["findings", str(tmp_path / "l" / "L3-s0"), "--json"]) == 0
     names = [f["name"] for f in json.loads(capsys.readouterr().out)]
     assert names[-1] == "pruning" and "compression_waves" in names
-    assert main(["report", str(tmp_path / "l" / "L3")]) == 0
-    assert "Layer importance and pruning" in (tmp_path / "l" / "L3" / "report.html").read_text()
+    assert main(["report", str(tmp_path / "l" / "L3-s0")]) == 0
+    assert "Layer importance and pruning" in (tmp_path / "l" / "L3-s0" / "report.html").read_text()
 
 
 def test_prune_hf_directory_and_bad_input(tmp_path, capsys):

@@ -11,10 +11,11 @@ import pandas as pd
 
 from ..store.artifacts import jsonable, load_artifact
 from ..store.reader import Run, open_run
-from .coverage import RunContents, contents
+from .coverage import RunContents, contents, join
 from .edge import edge_analysis
-from .lifecycle import compression_waves, depth_profiles
+from .lifecycle import depth_profiles, paper_range_sentence, profile_variants
 from .sosd import sosd
+from .waves import compression_waves
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ def findings(run: Run | str | os.PathLike, metric: str = "alpha_tail") -> list[F
     table, verdict = compression_waves(run, have=have)
     out.append(Finding("compression_waves", "Compression waves across depth", verdict, table))
     table, verdict = depth_profiles(run, metric, have=have)
+    if verdict.get("applies"):  # the three alpha variants of SPEC 5.3, and which one matches the paper's range
+        variants = profile_variants(run, have)
+        verdict = {**verdict, "variants": variants, "verdict": join(verdict["verdict"], paper_range_sentence(variants))}
     out.append(Finding("depth_profile", f"Depth profile of {metric}", verdict, table))
     table, events, verdict = edge_analysis(run)
     out.append(Finding("spectral_edge", "Trajectory gap dynamics (spectral edge)", verdict, table, {"events": events}))

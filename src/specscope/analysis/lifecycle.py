@@ -1,27 +1,24 @@
-"""The spectral lifecycle across depth (SPEC 5.2-5.3): compression waves, depth profiles of alpha,
-the Q/K vs V/O asymmetry, and the depth scaling of the alpha range across runs.
+"""The spectral lifecycle across depth (SPEC 5.3): depth profiles of three alpha variants, the Q/K vs V/O
+asymmetry, and the depth scaling of the alpha range across runs. Compression waves (SPEC 5.2) live in
+:mod:`specscope.analysis.waves` (re-exported here).
 
 Rules (documented):
 
-- **Compression gradient** at a step: least-squares slope of ``compression`` (mean over the
-  kinds in ``kinds``: the transformer block kinds, or every kind of a model without blocks,
-  whose layers are its matrices' order in depth; several parts of one layer, e.g. experts or
-  recurrent gates, are averaged per layer) against layer index; a wave needs >= 3 layers. Its
-  **reversal step**: the first step after the gradient's largest magnitude where its sign is
-  the opposite one.
-- **Wave front** at a measurement: the layer with the largest compression rate
-  (``d compression / d step`` between consecutive measurements). **Velocity**: least-squares
-  slope of the front layer against step (layers per step), over the measurements up to the
-  reversal step (all of them without a reversal); positive = the wave moves early -> late.
-- **Depth profile**: final ``metric`` (default ``alpha_tail``) per layer and kind (the parts of
-  one layer averaged: ``parts`` says how many); the peak layer;
-  an ordinary least-squares quadratic ``a l^2 + b l + c`` over the layers, with the 95% confidence
-  interval of the curvature ``a`` (and of the slope at the middle layer) from the OLS covariance
-  and Student's t with ``n - 3`` degrees of freedom. A coefficient is **significant** when its
-  interval excludes 0. The standard errors (fitted in depth scaled to [-1, 1]) have a floor at float
-  resolution, 1e-9 of the profile's largest magnitude, so an exact fit of an analytically zero
-  coefficient is not called significant by rounding. The **shape** label (``SHAPES``), checked in
-  this order:
+- **Alpha variants** (``ALPHA_VARIANTS``): ``alpha_sv``, the rank-decay exponent of the singular
+  values ``s_j ~ j^-alpha`` (:func:`sv_decay_alpha`: weighted least squares of ``ln s_j`` on
+  ``ln j`` over every positive ``s_j``, weights ``1/j`` so that each factor of ten in rank weighs
+  the same and the many tail ranks do not swamp the head; computed here from the stored final
+  spectra), and the probe's ``alpha_weighted`` and ``alpha_mle`` (WeightWatcher's ESD tail
+  exponent, a density exponent: ``1 + 1/a`` for ``lam_j ~ j^-a``). The paper's "Weighted Alpha"
+  (values 0.1-0.55) is checked against each variant's values (``PAPER_ALPHA_RANGE``).
+- **Depth profile**: final ``metric`` per layer and kind (the parts of one layer averaged: ``parts``
+  says how many); the peak layer; an ordinary least-squares quadratic ``a l^2 + b l + c`` over the
+  layers, with the 95% confidence interval of the curvature ``a`` (and of the slope at the middle
+  layer) from the OLS covariance and Student's t with ``n - 3`` degrees of freedom. A coefficient is
+  **significant** when its interval excludes 0. The standard errors (fitted in depth scaled to
+  [-1, 1]) have a floor at float resolution, 1e-9 of the profile's largest magnitude, so an exact fit
+  of an analytically zero coefficient is not called significant by rounding. The **shape** label
+  (``SHAPES``), checked in this order:
 
   - ``too few layers``: fewer than 4 finite layers (a quadratic has 3 parameters: no residual
     left to test it); curvature and interval are NaN;
@@ -46,116 +43,60 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from ..models import BLOCK_KINDS
 from ..store.reader import Run
 from .coverage import RunContents, contents, join, nan_reasons
-from .timeseries import across_time
+from .waves import HIDDEN, MIN_LAYERS, compression_frame, compression_waves, slope  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-HIDDEN = tuple(BLOCK_KINDS)
-MIN_LAYERS = 3  # a wave front needs at least this many layers
 SHAPES = ("inverted U", "U", "monotone", "no shape", "too few layers")
 MIN_PROFILE_LAYERS = 4
 CI_LEVEL = 0.95
 _FLOAT_RESOLUTION = 1e-9  # relative: a coefficient this small against the profile's magnitude is rounding
+SV_ALPHA = "alpha_sv"
+ALPHA_VARIANTS = (SV_ALPHA, "alpha_weighted", "alpha_mle")
+PAPER_ALPHA_RANGE = (0.1, 0.55)  # the Lifecycle paper's "Weighted Alpha" axis (Fig. 9, 10, 19, 21)
 
 
-def compression_frame(run: Run) -> pd.DataFrame:
-    """``compression`` (stable rank against the first measurement, dimensionless) of every hidden matrix (layer >= 0)
-    of the weight probe: a long DataFrame with columns ``step``, ``layer``, ``kind``, ``compression`` (parts of one
-    layer averaged); empty with those columns when the run has no weight spectra."""
-    a = across_time(run)
-    if a.empty:
-        return pd.DataFrame(columns=["step", "layer", "kind", "compression"])
-    a = a[(a["metric"] == "compression") & (a["layer"] >= 0)]
-    return a.groupby(["step", "layer", "kind"], as_index=False)["value"].mean().rename(columns={"value": "compression"})
-
-
-def slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope of ``y`` against ``x`` over the finite pairs (units of ``y`` per unit of ``x``); NaN with
-    fewer than 2 pairs or a constant ``x``."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 2 or np.ptp(x[ok]) == 0:
+def sv_decay_alpha(sv: np.ndarray) -> float:
+    """Rank-decay exponent of singular values ``s_j ~ j^-alpha`` (dimensionless): ``-slope`` of the weighted
+    least-squares line of ``ln s_j`` on ``ln j`` over the positive, finite ``s_j`` (``j`` = 1-based rank in
+    descending order), weights ``1/j``; NaN with fewer than 3 such values."""
+    s = np.sort(np.asarray(sv, dtype=float).ravel())[::-1]
+    j = np.arange(1, len(s) + 1, dtype=float)
+    ok = np.isfinite(s) & (s > 0)
+    if ok.sum() < 3:
         return float("nan")
-    return float(np.polyfit(x[ok], y[ok], 1)[0])
+    x, y, w = np.log(j[ok]), np.log(s[ok]), 1.0 / j[ok]
+    xm, ym = (w @ x) / w.sum(), (w @ y) / w.sum()
+    return float(-(w * (x - xm)) @ (y - ym) / ((w * (x - xm)) @ (x - xm)))
 
 
-def wave_table(comp: pd.DataFrame, kinds: Iterable[str] = HIDDEN) -> pd.DataFrame:
-    """One row per step of ``comp`` (from :func:`compression_frame`, restricted to ``kinds``): a DataFrame with
-    columns ``step``, ``gradient`` (compression per layer, the slope across depth) and ``front_layer`` (the layer
-    of fastest compression since the previous step; NaN at the first)."""
-    c = comp[comp["kind"].isin(list(kinds))]
-    grid = c.pivot_table(index="step", columns="layer", values="compression", aggfunc="mean").sort_index()
-    if grid.empty:
-        return pd.DataFrame(columns=["step", "gradient", "front_layer"])
-    layers = grid.columns.to_numpy(float)
-    steps = grid.index.to_numpy(float)
-    vals = grid.to_numpy()
-    grad = np.array([slope(layers, row) for row in vals])
-    rate = np.full_like(vals, np.nan)
-    rate[1:] = np.diff(vals, axis=0) / np.diff(steps)[:, None]
-    front = np.array([layers[int(np.nanargmax(r))] if np.isfinite(r).any() else np.nan for r in rate])
-    return pd.DataFrame({"step": steps.astype(int), "gradient": grad, "front_layer": front})
-
-
-def compression_waves(run: Run, kinds: Iterable[str] | None = None,
-                      have: RunContents | None = None) -> tuple[pd.DataFrame, dict]:
-    """``(table, verdict)``: the :func:`wave_table` and a verdict dict with :func:`wave_verdict`'s keys,
-    ``n_layers``, ``missing`` (what the run lacked), ``applies`` and ``verdict`` (the sentence).
-
-    ``kinds`` None: the transformer block kinds, or every kind when the run has no blocks.
-    """
-    have = have if have is not None else contents(run)
-    why = have.weights(3, "a compression wave") or have.hidden("a compression wave")
-    if why:
-        return pd.DataFrame(columns=["step", "gradient", "front_layer"]), {"verdict": why, "missing": [why], "applies": False}
-    kinds = list(kinds) if kinds is not None else list(HIDDEN) if have.has_blocks else list(have.kinds)
-    comp = compression_frame(run)
-    comp = comp[comp["kind"].isin(kinds)]
-    table = wave_table(comp, kinds)
-    n_layers = int(comp.dropna(subset=["compression"])["layer"].nunique())
-    notes = [have.depth_note(), have.parts_note(set(kinds))]
-    why = have.layers_missing(MIN_LAYERS, "a compression wave across depth", n_layers)
-    if why:
-        return table, {"verdict": join(why, *notes), "missing": [why], "applies": False, "n_layers": n_layers}
-    verdict = wave_verdict(table)
-    missing = [] if "direction" in verdict else [verdict["verdict"]]
-    return table, {**verdict, "n_layers": n_layers, "missing": missing, "applies": not missing,
-                   "verdict": join(verdict["verdict"], *notes)}
-
-
-def wave_verdict(table: pd.DataFrame) -> dict:
-    """The verdict of one wave table: a dict with ``gradient_peak`` (compression per layer) and
-    ``gradient_peak_step``, ``reversal_step`` (None without a reversal), ``velocity_layers_per_step``, ``direction``
-    (``early -> late``, ``late -> early`` or ``static``) and ``verdict`` (the sentence); only ``verdict`` when no
-    gradient is finite."""
-    g = table["gradient"].to_numpy() if not table.empty else np.array([])
-    if not np.isfinite(g).any():
-        return {"verdict": "no compression measured across depth"}
-    steps = table["step"].to_numpy()
-    peak_i = int(np.nanargmax(np.abs(g)))
-    sign = np.sign(g[peak_i])
-    rev = np.nonzero(np.sign(g[peak_i + 1 :]) == -sign)[0]
-    reversal = int(steps[peak_i + 1 + rev[0]]) if len(rev) else None
-    upto = table if reversal is None else table[table["step"] <= reversal]
-    vel = slope(upto["step"].to_numpy(float), upto["front_layer"].to_numpy(float))
-    direction = "early -> late" if vel > 0 else "late -> early" if vel < 0 else "static"
-    return {"gradient_peak": float(g[peak_i]), "gradient_peak_step": int(steps[peak_i]), "reversal_step": reversal,
-            "velocity_layers_per_step": vel, "direction": direction,
-            "verdict": f"compression wave {direction} ({vel:.3g} layers/step)"
-                       + (f", gradient reverses at step {reversal}" if reversal is not None else ", no gradient reversal")}
+def final_sv_alpha(run: Run) -> pd.DataFrame:
+    """:data:`SV_ALPHA` of every hidden matrix's stored spectrum at the last weight-probe step: columns ``layer``,
+    ``kind``, ``name``, ``value``; empty without stored spectra."""
+    spec = run.spectra(probe="weights")
+    spec = spec[spec["layer"] >= 0] if not spec.empty else spec
+    if spec.empty:
+        return pd.DataFrame(columns=["layer", "kind", "name", "value"])
+    spec = spec[spec["step"] == spec["step"].max()]
+    vals = [sv_decay_alpha(np.sqrt(np.clip(v, 0, None)) if q == "eig" else v) for v, q in zip(spec["values"], spec["quantity"])]
+    return spec[["layer", "kind", "name"]].assign(value=vals)
 
 
 def final_metric(run: Run, metric: str = "alpha_tail") -> pd.DataFrame:
     """Value of ``metric`` at the last weight-probe step per (layer, kind) of the hidden matrices: a DataFrame with
     columns ``layer``, ``kind``, ``<metric>`` (the mean over the matrices of a kind in one layer: experts, gates) and
-    ``parts`` (how many); empty with those columns when nothing was measured."""
+    ``parts`` (how many); empty with those columns when nothing was measured. :data:`SV_ALPHA` is computed from the
+    stored final spectra (:func:`sv_decay_alpha`) when the probe did not store it."""
     m = run.metrics(probe="weights", metric=metric)
     m = m[m["layer"] >= 0]
+    if m.empty and metric == SV_ALPHA:
+        m = final_sv_alpha(run)
     if m.empty:
         return pd.DataFrame(columns=["layer", "kind", metric, "parts"])
-    m = m[m["step"] == m["step"].max()]
+    if "step" in m:
+        m = m[m["step"] == m["step"].max()]
     g = m.groupby(["layer", "kind"], as_index=False)
     return g["value"].mean().rename(columns={"value": metric}).merge(
         g["name"].nunique().rename(columns={"name": "parts"}), on=["layer", "kind"])
@@ -274,6 +215,45 @@ def depth_profiles(run: Run, metric: str = "alpha_tail", have: RunContents | Non
                "inverted_u_kinds": table.loc[table["inverted_u"], "kind"].tolist(),
                "missing": missing, "applies": not few, "verdict": join(shape, ratio, *missing, *notes)}
     return table, verdict
+
+
+def variant_summary(table: pd.DataFrame, verdict: dict, kind: str = "q") -> dict:
+    """A compact summary of one :func:`depth_profiles` result: ``metric``, ``shape`` / ``inverted_u`` /
+    ``peak_layer`` / ``curvature`` with its CI (the profile of ``kind`` when the run has it, else the mean over
+    kinds; ``profile_of`` says which), ``median``, ``min``, ``max`` (over every layer and kind, metric units),
+    ``in_paper_range`` (the median inside :data:`PAPER_ALPHA_RANGE`), ``qk_vo_asymmetry``, ``delta_alpha`` and
+    ``verdict`` (the depth profile's sentence)."""
+    keys = ("shape", "inverted_u", "peak_layer", "curvature", "curvature_ci_lower", "curvature_ci_upper")
+    out = {"metric": verdict.get("metric"), "verdict": verdict.get("verdict", ""),
+           "qk_vo_asymmetry": verdict.get("qk_vo_asymmetry", float("nan")), "delta_alpha": verdict.get("delta_alpha", float("nan"))}
+    if table.empty:
+        return {**out, "profile_of": None, "median": float("nan"), "min": float("nan"), "max": float("nan"),
+                "in_paper_range": False, **{k: verdict.get(k) for k in keys}}
+    vals = np.array([x for v in table["values"] for x in v], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    row = table.set_index("kind").loc[kind] if kind in set(table["kind"]) else None
+    src = row.to_dict() if row is not None else verdict
+    med = float(np.median(vals)) if len(vals) else float("nan")
+    return {**out, "profile_of": kind if row is not None else "mean over kinds", "median": med,
+            "min": float(vals.min()) if len(vals) else float("nan"), "max": float(vals.max()) if len(vals) else float("nan"),
+            "in_paper_range": bool(PAPER_ALPHA_RANGE[0] <= med <= PAPER_ALPHA_RANGE[1]),
+            **{k: (src[k] if k in src else None) for k in keys}}
+
+
+def profile_variants(run: Run, have: RunContents | None = None, kind: str = "q") -> dict[str, dict]:
+    """:func:`variant_summary` of the depth profile of each of :data:`ALPHA_VARIANTS`: a dict metric -> summary
+    (a variant the run lacks has shape ``None`` or ``too few layers`` and its sentence says why)."""
+    have = have if have is not None else contents(run)
+    return {m: variant_summary(*depth_profiles(run, m, have=have), kind=kind) for m in ALPHA_VARIANTS}
+
+
+def paper_range_sentence(variants: dict[str, dict]) -> str:
+    """Which alpha variants' median final value lies in the paper's "Weighted Alpha" range: one sentence."""
+    lo, hi = PAPER_ALPHA_RANGE
+    inside = [m for m, v in variants.items() if v["in_paper_range"]]
+    vals = ", ".join(f"{m} median {v['median']:.3g}" for m, v in variants.items() if np.isfinite(v["median"]))
+    return (f"paper's Weighted Alpha range {lo}-{hi}: " + (f"matched by {', '.join(inside)}" if inside else "matched by none")
+            + (f" ({vals})" if vals else ""))
 
 
 def depth_scaling(runs: Iterable[Run], metric: str = "alpha_tail") -> tuple[pd.DataFrame, dict]:

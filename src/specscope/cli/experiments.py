@@ -67,10 +67,15 @@ def _phenomena(a: argparse.Namespace) -> int:
         cfg = LifecycleExperiment.quick() if a.quick else LifecycleExperiment()
         cfg = _seeded(with_overrides(cfg, steps=a.steps), a)
         res = run_lifecycle(cfg, a.out or fresh_dir("runs/lifecycle"), progress=not a.no_progress)
-        _print_table(res.table, ["depth", "wave_direction", "velocity", "gradient_reversal_step", "alpha_peak_layer", "inverted_u",
-                                 "qk_vo_asymmetry", "delta_alpha", "rho_importance_alpha", "dppl_spectral", "dppl_last_n",
-                                 "dppl_random", "last_n_over_spectral", "final_val_loss"])
-        print(res.extra["scaling"].get("verdict", ""))
+        _print_table(res.table, ["depth", "seed", "wave_q_direction", "wave_q_velocity", "wave_k_direction", "wave_k_velocity",
+                                 "gradient_reversal_step", "alpha_sv_shape", "alpha_sv_median", "alpha_weighted_median",
+                                 "alpha_mle_median", "qk_vo_asymmetry", "delta_alpha", "rho_core", "p_core", "direction_check",
+                                 "dppl_spectral", "dppl_last_n", "dppl_random", "last_n_over_spectral", "final_val_loss"])
+        from ..analysis.pruning import direction_text
+
+        print(direction_text(cfg.metric) + "; random baseline: " + f"{cfg.random_seeds} draws from the same candidates")
+        for seed, v in res.extra["scaling"].items():
+            print(f"seed {seed}: " + v.get("verdict", ""))
     print(f"table: {res.out_dir}  figure: {res.figure}")
     return res
 
@@ -308,6 +313,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
                           "comparison": json.loads(summary.to_json(orient="records")),
                           "verdict": jsonable(verdict)}, indent=1))
         return 0
+    print(verdict["direction"])
     _print_table(importance)
     print()
     _print_table(summary)
@@ -380,7 +386,7 @@ def _prune_sequences(a: argparse.Namespace, model, family: str):
 def register(sub) -> None:
     """Add this group's subcommands to the ``specscope`` parser's subparsers ``sub``."""
     ex = sub.add_parser("experiment", help="built-in experiments: grokking, sosd (schedules / weight decay / Muon), "
-                                           "lifecycle (depths 4 / 8 / 12 and pruning), lens (token efficiency across batch sizes), "
+                                           "lifecycle (compression waves, alpha depth profiles and pruning at depths 4 / 6), lens (token efficiency across batch sizes), "
                                            "taxonomy (baseline -> RoPE -> Muon -> untied)")
     ex.add_argument("name", choices=["grokking", "sosd", "lifecycle", "lens", "taxonomy"])
     ex.add_argument("--target", type=A.finite_float, default=None,
@@ -410,10 +416,13 @@ def register(sub) -> None:
     pr.add_argument("path", type=A.existing_path,
                     help="a run directory or safetensors checkpoint of the reference GPT, or an HF model directory")
     pr.add_argument("--k", type=A.positive_int_list, default=None, help="comma-separated numbers of blocks to remove (default 1..L/2)")
-    pr.add_argument("--metric", default="alpha_tail")
+    pr.add_argument("--metric", default="alpha_tail",
+                    help="the spectral rule's exponent: a rank-decay one (alpha_sv, alpha_tail, ...: lowest removed first) "
+                         "or an ESD one (alpha_mle, alpha_weighted: highest removed first)")
     pr.add_argument("--sequences", type=A.positive_int, default=64, help="held-out sequences (stdlib probe split)")
     pr.add_argument("--seq-len", type=A.int_at_least(2), default=128)
-    pr.add_argument("--random-seeds", type=A.nonneg_int, default=5)
+    pr.add_argument("--random-seeds", type=A.nonneg_int, default=20,
+                    help="random prunings averaged, drawn from the spectral rule's candidates")
     pr.add_argument("--allow-first", action="store_true", help="let the spectral rule remove block 0")
     pr.add_argument("--max-corpus-mb", type=A.positive_float, default=8.0)
     pr.add_argument("--json", action="store_true")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..probes import Weights
+from ..probes.schedule import ScheduleLike
 from ..train import Corpus, GPTConfig, TrainConfig, TrainResult, load_corpus, train
 from ..train.corpus import megabytes
 
@@ -30,7 +31,8 @@ class CorpusStudy:
     weight probe: width ``d_model``, ``n_head`` heads, ``seq_len`` tokens a sequence, ``steps`` optimizer
     steps of ``micro_batch`` sequences, peak learning rate ``lr`` after ``warmup`` steps, the probe every
     ``probe_every`` steps (and each step after, with ``paired``), ``seed`` (of one run; ``seeds``: the seeds a
-    study repeats its runs over, its claims reporting mean and spread across them), and the corpus cut to ``max_corpus_mb`` MiB (None: all of it)."""
+    study repeats its runs over, its claims reporting mean and spread across them), and the corpus cut to
+    ``max_corpus_mb`` MiB (None: all of it)."""
 
     d_model: int = 128
     n_head: int = 4
@@ -50,17 +52,19 @@ class CorpusStudy:
         return load_corpus("stdlib", max_bytes=megabytes(self.max_corpus_mb))
 
     def train_run(self, corpus: Corpus, n_layer: int, run_dir: str | Path, run_id: str, evals: int,
-                  progress: bool = True, seed: int | None = None, **train_cfg) -> TrainResult:
+                  progress: bool = True, seed: int | None = None, probe_schedule: ScheduleLike | None = None,
+                  **train_cfg) -> TrainResult:
         """Train one GPT of ``n_layer`` blocks on ``corpus`` into ``run_dir`` with these settings, the weight
-        probe every ``probe_every`` steps and about ``evals`` validation evaluations, seeded with ``seed`` (default
-        ``self.seed``; ``train_cfg``: more :class:`~specscope.train.TrainConfig` fields); returns the trainer's
-        result."""
+        probe every ``probe_every`` steps (or on ``probe_schedule``, e.g. ``log_spaced(1, steps) | every(25)``) and
+        about ``evals`` validation evaluations, seeded with ``seed`` (default ``self.seed``; ``train_cfg``: more
+        :class:`~specscope.train.TrainConfig` fields); returns the trainer's result."""
         model_cfg = GPTConfig(vocab_size=corpus.vocab_size, seq_len=self.seq_len, n_layer=n_layer, n_head=self.n_head,
                               d_model=self.d_model)
         tcfg = TrainConfig(steps=self.steps, micro_batch=self.micro_batch, lr=self.lr, warmup=self.warmup,
                            seed=self.seed if seed is None else seed,
                            eval_every=max(1, self.steps // evals), probe_every=self.probe_every, lens_every=0, **train_cfg)
-        probes = [Weights(every=self.probe_every, paired=self.paired)]
+        every = self.probe_every if probe_schedule is None else probe_schedule
+        probes = [Weights(every=every, paired=self.paired)]
         return train(model_cfg, tcfg, run_dir, probes=probes, corpus=corpus, progress=progress, run_id=run_id)
 
 

@@ -15,12 +15,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..analysis.lifecycle import SV_ALPHA, final_sv_alpha
 from ..analysis.pruning import block_alpha, importance_verdict, pruning_verdict, rule_choice
 from ..errors import UnsupportedModelError
 from ..measure import _batches, _device, find_blocks, sequence_losses
 from ..models.modes import kept_modes
 
 log = logging.getLogger(__name__)
+RANDOM_DRAWS = 20  # random prunings averaged (SPEC 5.4: >= 20)
 
 
 def _identity_hook(_mod, args, kwargs, out):
@@ -83,9 +85,10 @@ def _ppl(loss: float) -> float:
 
 
 def compare_rules(model: nn.Module, sequences: torch.Tensor, alpha: pd.Series, ks: Iterable[int], metric: str = "alpha_tail",
-                  random_seeds: int = 5, batch: int = 8, keep_first: bool = True) -> pd.DataFrame:
+                  random_seeds: int = RANDOM_DRAWS, batch: int = 8, keep_first: bool = True) -> pd.DataFrame:
     """Delta-perplexity of removing k blocks by the spectral rule, Last-N, and random choice (``random_seeds``
-    seeds), for each ``k`` in ``ks`` with ``0 < k < blocks``: a DataFrame with columns ``k``, ``rule``, ``seed``,
+    draws from the spectral rule's candidates), for each ``k`` in ``ks`` with ``0 < k < blocks`` (a rule with fewer
+    than ``k`` blocks to remove is left out at that ``k``): a DataFrame with columns ``k``, ``rule``, ``seed``,
     ``layers`` (list of removed indices), ``loss`` (nats per token) and ``delta_ppl`` (perplexity increase over the
     full model)."""
     n = len(blocks_of(model))
@@ -106,27 +109,53 @@ def compare_rules(model: nn.Module, sequences: torch.Tensor, alpha: pd.Series, k
     return pd.DataFrame(rows)
 
 
+def model_alpha(model: nn.Module, metric: str = "alpha_tail") -> pd.Series:
+    """Each block's ``metric`` (mean over its matrices) measured on the model's weights now: a float Series indexed
+    by layer. :data:`~specscope.analysis.lifecycle.SV_ALPHA` is fit to the singular values
+    (:func:`~specscope.analysis.lifecycle.sv_decay_alpha`); the other metrics are SPEC section 3's."""
+    from ..offline import analyze, analyze_into
+
+    if metric != SV_ALPHA:
+        return block_alpha(analyze(model, progress=False), metric)
+    import tempfile
+
+    from ..store.reader import open_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        analyze_into(model, tmp, progress=False)
+        table = final_sv_alpha(open_run(tmp))
+    return block_alpha(table.rename(columns={"value": metric}), metric)
+
+
 def pruning_study(model: nn.Module, sequences: torch.Tensor, ks: Iterable[int] | None = None, metric: str = "alpha_tail",
-                  random_seeds: int = 5, batch: int = 8, keep_first: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """``(importance, comparison, verdict)``: :func:`block_importance` with each block's ``metric`` (mean over its
-    matrices, from the weights) joined on, :func:`compare_rules` for ``ks`` (default ``1..max(2, blocks // 2)``),
-    and a dict with the keys of :func:`~specscope.analysis.pruning.importance_verdict` and
+                  random_seeds: int = RANDOM_DRAWS, batch: int = 8, keep_first: bool = True,
+                  alpha: pd.Series | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """``(importance, comparison, verdict)``: :func:`block_importance` with each block's ``metric`` (``alpha``, a
+    Series indexed by layer, or measured on the weights by :func:`model_alpha`) joined on, :func:`compare_rules`
+    for ``ks`` (default ``1..max(2, blocks // 2)``), and a dict with the keys of
+    :func:`~specscope.analysis.pruning.importance_verdict` (Spearman rho over all and over the core blocks, the
+    rule's direction and whether this model's importance agrees with it) and
     :func:`~specscope.analysis.pruning.pruning_verdict`, ``metric``, ``most_important_layer`` and ``verdict`` (the
     sentence). :class:`UnsupportedModelError` for a model without blocks."""
-    from ..offline import analyze
-
     blocks_of(model)  # fails first, in one line, on a model without blocks
-    weights = analyze(model, progress=False)
-    alpha = block_alpha(weights, metric)
-    importance = block_importance(model, sequences, batch).merge(alpha.rename(metric).reset_index(), on="layer", how="left")
+    alpha = model_alpha(model, metric) if alpha is None else alpha
+    importance = block_importance(model, sequences, batch).merge(alpha.rename(metric).rename_axis("layer").reset_index(),
+                                                                   on="layer", how="left")
     n = len(importance)
     ks = list(ks) if ks is not None else list(range(1, max(2, n // 2) + 1))
     comparison = compare_rules(model, sequences, alpha, ks, metric, random_seeds, batch, keep_first)
     verdict = {**importance_verdict(importance, metric), **pruning_verdict(comparison), "metric": metric,
                "most_important_layer": int(importance.loc[importance["delta_loss"].idxmax(), "layer"])}
-    verdict["verdict"] = (f"Spearman rho(importance, {metric}) = "
-                          + ("n/a" if verdict["rho"] is None else f"{verdict['rho']:.2f}") + "; " + verdict.get("verdict", ""))
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    verdict["verdict"] = (f"{verdict['direction']}; Spearman rho(importance, {metric}) = {fmt(verdict['rho'])} over all "
+                          f"blocks, {fmt(verdict['rho_core'])} (p = {fmt(verdict['p_core'])}) over the {verdict['n_core']} "
+                          f"core blocks: this model {_check_text(verdict['direction_check'])}; " + verdict.get("verdict", ""))
     return importance, comparison, verdict
+
+
+def _check_text(check: str) -> str:
+    return {"agrees": "agrees with the rule's direction", "disagrees": "disagrees with the rule's direction"}.get(
+        check, "neither agrees nor disagrees significantly with the rule's direction")
 
 
 def summarize_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
