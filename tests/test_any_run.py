@@ -1,6 +1,7 @@
 """findings / report / prune on runs of models that are not the reference GPT (SPEC section 5: every analysis
 runs on any model's run and says what the run lacks): the README's plain MLP (with and without tokens), a deeper
 MLP, a small CNN (kind ``conv``) and an LSTM (kinds ``rnn_ih`` / ``rnn_hh``, one part per gate)."""
+import json
 import re
 
 import numpy as np
@@ -240,6 +241,15 @@ def test_cli_findings_and_report(runs, name, capsys):
         assert any(m.startswith("only 2 layers: a compression wave") for m in missing)
     if name == "cnn":
         assert not any("compression wave" in m for m in missing)
+
+
+def test_findings_json_exposes_onset_knee_and_wave_velocities(runs, capsys):
+    assert main(["findings", str(runs["deep"].dir), "--json"]) == 0
+    doc = {f["name"]: f["verdict"] for f in json.loads(capsys.readouterr().out)}
+    sosd, waves = doc["sosd"], doc["compression_waves"]
+    assert {"onset_median", "knee", "knee_loss"} <= set(sosd) and sosd["knee_loss"] in ("val_loss", "loss")
+    assert set(waves["by_kind"]) == {"other"}
+    assert {"velocity", "velocity_ci_lower", "velocity_ci_upper", "direction"} <= set(waves["by_kind"]["other"])
 
 
 def test_prune_refuses_a_model_without_blocks_in_one_line(runs, tmp_path, capsys):

@@ -7,15 +7,12 @@ comparison (spectral rule vs Last-N vs random from the same candidates); across 
 ``waves.csv`` (one row per run and kind), ``pruning.csv``, the claims table and a figure with one
 row per kind.
 
-Default size: depths 4 and 6 (``--depths`` is not a flag: the fit ``delta_alpha ~ L^beta`` then has two
-points and no R^2; set ``depths=(4, 6, 8)`` for three), width 64, 4 heads, 64-token sequences, 100
-steps of 8 sequences, warmup 10; the weight probe every step through warmup, log-spaced (10 per
-decade) and every 25 steps after (22 measurements a run: the wave passes in the first few
-percent); pruning on 32 held-out sequences with 20 random draws. Runtime: measured only under shared
-load (2 cores at a load of 6-15): ``--seeds 2 --steps 120`` with depths 4 / 6 / 8 took 55 minutes wall
-and 19.7 CPU-minutes, a third of it the analyses after training; scaled from that CPU time, this
-default with ``--seeds 3`` needs about 10 minutes on an idle 2-core machine (an extrapolation, not a
-measurement). ``--steps N`` shortens every run.
+Default size: depths 4 / 6 / 8 (three points for the fit ``delta_alpha ~ L^beta``), width 64, 4 heads,
+64-token sequences, 300 steps of 8 sequences, warmup 30; the weight probe every step through warmup,
+log-spaced (10 per decade) and every 25 steps after (the wave passes in the first few percent); pruning
+on 32 held-out sequences with 20 random draws. Runtime: depths 4 / 6 at 100 steps took 1.3 minutes
+for ``--seeds 3`` on the 2-core machine; this default is sized for about 7 minutes (README: measured).
+``--steps N`` shortens every run.
 """
 from __future__ import annotations
 
@@ -50,12 +47,12 @@ class LifecycleExperiment(CorpusStudy):
     ``metric`` ranks the blocks for importance and pruning, scored on ``prune_sequences`` held-out sequences
     against ``random_seeds`` random draws."""
 
-    depths: tuple[int, ...] = (4, 6)
+    depths: tuple[int, ...] = (4, 6, 8)
     d_model: int = 64
     seq_len: int = 64
-    steps: int = 100
+    steps: int = 300
     micro_batch: int = 8
-    warmup: int = 10
+    warmup: int = 30
     early_every: int = 1
     per_decade: int = 10
     metric: str = SV_ALPHA
