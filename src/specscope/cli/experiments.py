@@ -26,7 +26,7 @@ TAXONOMY_SUMMARY_COLUMNS = ["transition", "seeds", "tok_gain", "tok_gain_sd", "t
                             "spectral_lean", "noise", "label", "seed_labels"]
 
 
-def _grokking(a: argparse.Namespace) -> int:
+def _grokking(a: argparse.Namespace):
     from ..experiments.grokking import GrokConfig, run_grokking
 
     cfg = _seeded(GrokConfig.quick() if a.quick else GrokConfig(), a)
@@ -50,7 +50,7 @@ def _grokking(a: argparse.Namespace) -> int:
     return res
 
 
-def _phenomena(a: argparse.Namespace) -> int:
+def _phenomena(a: argparse.Namespace):
     from ..experiments.common import with_overrides
 
     if a.name == "sosd":
@@ -80,7 +80,7 @@ def _phenomena(a: argparse.Namespace) -> int:
     return res
 
 
-def _lens(a: argparse.Namespace) -> int:
+def _lens(a: argparse.Namespace):
     from ..experiments.common import with_overrides
     from ..experiments.lens import LensExperiment, run_lens
     from ..experiments.lens_toy import ToyLensConfig
@@ -110,7 +110,7 @@ def _lens(a: argparse.Namespace) -> int:
     return res
 
 
-def _taxonomy(a: argparse.Namespace) -> int:
+def _taxonomy(a: argparse.Namespace):
     from ..experiments.common import with_overrides
     from ..experiments.taxonomy import TaxonomyExperiment, run_taxonomy
 
@@ -141,6 +141,7 @@ def _seeded(cfg, a: argparse.Namespace):
     return with_overrides(cfg, seeds=tuple(range(a.seeds)) if a.seeds else None)
 
 
+# each runs one study, prints its own table and returns its ExperimentResult
 STUDIES = {"grokking": _grokking, "sosd": _phenomena, "lifecycle": _phenomena, "lens": _lens, "taxonomy": _taxonomy}
 
 
