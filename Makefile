@@ -42,7 +42,7 @@ bench: venv
 	$(PY) benchmarks/trajectory.py
 
 # The README's results section: every built-in study over seeds, then its claims tables copied in
-# (docs/make_results.py). About an hour on a 2-core CPU; one study: `make results STUDIES=sosd`.
+# (docs/make_results.py). About 30 minutes on a 2-core CPU; one study: `make results STUDIES=sosd`.
 # Grokking takes 4 seeds: with 3 a side, 3/3 vs 0/3 is p = 0.05 in Fisher's exact test, never below it.
 STUDIES ?= sosd lifecycle lens taxonomy grokking
 SEEDS ?= 3
