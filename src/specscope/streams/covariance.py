@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from .state import Stream
 
-class StreamingCovariance:
+
+class StreamingCovariance(Stream):
     """Streaming covariance of ``dim``-dimensional rows: ``count`` (rows seen), ``mean`` (``dim``, float64) and
     ``m2`` (``dim x dim`` centered scatter, float64) on ``device``; :meth:`compute` gives the sample covariance, in
     the squared units of the rows."""
@@ -18,13 +20,10 @@ class StreamingCovariance:
     def __init__(self, dim: int, device: torch.device | str | None = None):
         self.dim = int(dim)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.add_state("count", 0, "custom")
+        self.add_state("mean", torch.zeros(self.dim, dtype=torch.float64, device=self.device), "custom")
+        self.add_state("m2", torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device), "custom")
         self.reset()
-
-    def reset(self) -> None:
-        """Forget every row: count 0, zero mean and scatter. Returns None."""
-        self.count = 0
-        self.mean = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
-        self.m2 = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
 
     def update(self, x: torch.Tensor) -> None:
         """Add rows of ``x`` (any leading shape, last dim = ``dim``), accumulated in float64. Returns None."""
@@ -50,9 +49,11 @@ class StreamingCovariance:
         dimensions differ."""
         if other.dim != self.dim:
             raise ValueError("dimensions differ")
+        return super().merge(other)
+
+    def _merge_custom(self, other: "StreamingCovariance") -> None:
         if other.count:
             self._combine(other.count, other.mean.to(self.device), other.m2.to(self.device))
-        return self
 
     def compute(self) -> torch.Tensor:
         """The sample covariance ``M2 / (N - 1)``: a ``dim x dim`` float64 tensor on ``device``, all NaN with fewer

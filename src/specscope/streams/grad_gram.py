@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from .state import Stream
+
 
 KEEP_BYTES = 64 * 2**20  # per-sample gradients up to this size (float64) are computed once, not once per block
 
@@ -59,26 +61,26 @@ def factor_rows(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bto,bti->boi", d, xx).reshape(x.shape[0], -1)
 
 
-class _ChunkedGram:
-    """What both accumulators share: the chunk size of the blocked Gram and its device."""
+class _ChunkedGram(Stream):
+    """What both accumulators share: the chunk size of the blocked Gram and its device; each declares its per-sample
+    state (``"cat"``: merging two accumulators, or two ranks, gives the Gram of the union of their samples)."""
 
     def __init__(self, chunk: int = 16, device: torch.device | str | None = None):
         self.chunk = int(chunk)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._declare()
         self.reset()
 
-    def reset(self) -> None:
-        """Forget every sample added so far. Returns None."""
+    def _declare(self) -> None:
         raise NotImplementedError
 
 
 class PerSampleGradGram(_ChunkedGram):
     """The float64 Gram of the per-sample gradients of one linear map, from its inputs and output gradients."""
 
-    def reset(self) -> None:
-        """Forget every sample's layer inputs and output gradients. Returns None."""
-        self.inputs: list[torch.Tensor] = []  # per sample: (T, d_in)
-        self.deltas: list[torch.Tensor] = []  # per sample: (T, d_out)
+    def _declare(self) -> None:
+        self.add_state("inputs", [], "cat")  # per sample: (T, d_in)
+        self.add_state("deltas", [], "cat")  # per sample: (T, d_out)
 
     def update(self, x: torch.Tensor, delta: torch.Tensor) -> None:
         """Add samples: ``x`` (B, T, d_in) layer inputs, ``delta`` (B, T, d_out) loss gradients at its output, kept
@@ -86,12 +88,6 @@ class PerSampleGradGram(_ChunkedGram):
         for xi, di in zip(x.detach(), delta.detach()):
             self.inputs.append(xi.to(self.device))
             self.deltas.append(di.to(self.device))
-
-    def merge(self, other: "PerSampleGradGram") -> "PerSampleGradGram":
-        """Append ``other``'s samples after this one's (the Gram of the union); returns ``self``."""
-        self.inputs += other.inputs
-        self.deltas += other.deltas
-        return self
 
     def _grads(self, lo: int, hi: int) -> torch.Tensor:
         return factor_rows(torch.stack(self.inputs[lo:hi]), torch.stack(self.deltas[lo:hi]))
@@ -105,9 +101,8 @@ class PerSampleGradGram(_ChunkedGram):
 class RowGram(_ChunkedGram):
     """The float64 Gram of per-sample gradient rows added with :meth:`update` (``B x P`` each)."""
 
-    def reset(self) -> None:
-        """Forget every gradient row. Returns None."""
-        self.rows: list[torch.Tensor] = []  # per sample: (P,)
+    def _declare(self) -> None:
+        self.add_state("rows", [], "cat")  # per sample: (P,)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -116,11 +111,6 @@ class RowGram(_ChunkedGram):
         """Add samples: ``rows`` (B, ...), one gradient per sample, flattened to (B, P) and kept (detached, in their
         own dtype) on ``device``. Returns None."""
         self.rows.extend(rows.detach().reshape(rows.shape[0], -1).to(self.device))
-
-    def merge(self, other: "RowGram") -> "RowGram":
-        """Append ``other``'s rows after this one's (the Gram of the union); returns ``self``."""
-        self.rows += other.rows
-        return self
 
     def _grads(self, lo: int, hi: int) -> torch.Tensor:
         return torch.stack(self.rows[lo:hi]).to(torch.float64)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..spectra.compute import desc_eigvalsh, sv_from_eig
+from .state import Stream
 
 
 class CountSketch:
@@ -30,20 +31,19 @@ class CountSketch:
         return out.index_add_(0, self.bucket.to(x.device), x * self.sign.to(x.device, torch.float64))
 
 
-class TrajectoryWindow:
+class TrajectoryWindow(Stream):
     """The last ``window`` update vectors (rows of ``X``, oldest first, stored in ``store_dtype`` on ``device``) and
-    ``gram`` = ``K = X X^T`` (float64, on the CPU), in squared parameter units."""
+    ``gram`` = ``K = X X^T`` (float64, on the CPU), in squared parameter units. Declared state: ``rows`` stay local,
+    ``gram`` sums: windows over disjoint shards of the parameters (one per rank) merge into the Gram of the whole
+    update vectors, their inner products being sums over the shards."""
 
     def __init__(self, window: int, store_dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         self.window = int(window)
         self.store_dtype = store_dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.add_state("rows", [], "local")  # oldest first
+        self.add_state("gram", torch.zeros(0, 0, dtype=torch.float64), "sum")
         self.reset()
-
-    def reset(self) -> None:
-        """Empty the window: no rows, a 0 x 0 Gram. Returns None."""
-        self.rows: list[torch.Tensor] = []  # oldest first
-        self.gram = torch.zeros(0, 0, dtype=torch.float64)
 
     def __len__(self) -> int:
         return len(self.rows)
