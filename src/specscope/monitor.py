@@ -18,7 +18,9 @@ from torch import nn
 from .models import MatrixRef, catalog as build_catalog
 from .models.modes import kept_modes, kept_rng
 from .probes.base import Measurement, Probe, ProbeContext
-from .store.writer import RunWriter
+from .store.rows import Measurement as Rows
+from .store.writer import NullWriter, RunWriter
+from .streams.dist import DEFAULT_TIMEOUT_S, Dist, DistBroken, PeerFailed, failure
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,17 @@ def preserved(model: nn.Module) -> Iterator[None]:
     """No grad; module modes and CPU/CUDA RNG states are restored on exit."""
     with kept_rng(), torch.no_grad(), kept_modes(model):
         yield
+
+
+def scalar(v: Any) -> float | None:
+    """A logged value as a Python float (numbers, one-element tensors), in the value's own units; None for anything
+    else (strings, multi-element tensors, objects)."""
+    if isinstance(v, (str, bytes)):
+        return None
+    try:
+        return float(v.detach().item() if hasattr(v, "detach") else v)
+    except (TypeError, ValueError, RuntimeError):
+        return None
 
 
 def share_groups(probes: Iterable[Probe]) -> list[list[Probe]]:
@@ -68,8 +81,21 @@ class Monitor:
     manager or call :meth:`close`.
 
     ``resume=True`` appends to a run directory that holds a finished run (else that is a
-    :class:`~specscope.errors.ConfigError`); ``rank`` names this writer ``rank{N}`` (each DDP rank
-    may run its own monitor on one run directory).
+    :class:`~specscope.errors.ConfigError`).
+
+    **Distributed jobs** (an initialized ``torch.distributed`` process group of two or more ranks, as under
+    ``torchrun``; ``distributed=None`` detects it, ``False`` turns it off): every rank constructs the monitor
+    with the same probes and calls :meth:`step` at every step, as the same script does on every rank. The
+    ranks share the measuring (each probe splits its work: matrices of the weight sweep, batches of the
+    pool, coordinates of the trajectory; a sharded FSDP2 parameter is gathered matrix by matrix onto the
+    rank that measures it) and rank 0 alone writes the run store, each measurement once. The scalars
+    given to :meth:`step` are averaged over the ranks (with equal per-rank batches, the loss of the
+    global batch); :meth:`log` records rank 0's own. The monitor's collectives run on a gloo group of
+    its own with ``timeout_s``; a probe that fails on one rank is recorded as failed (NaN and the
+    reason) on every rank, and after a timeout the monitor stops its collectives and records why.
+
+    ``rank=N`` instead names this writer ``rank{N}``: each rank then runs an independent monitor writing
+    its own rows into one run directory (no shared measuring).
     """
 
     def __init__(
@@ -83,6 +109,8 @@ class Monitor:
         catalog: list[MatrixRef] | None = None,
         resume: bool = False,
         rank: int | None = None,
+        distributed: bool | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ):
         self.model = model
         self.probes = list(probes)
@@ -90,9 +118,21 @@ class Monitor:
         if len(set(names)) != len(names):
             raise ValueError(f"probe names must be unique, got {names}")
         self.catalog = catalog if catalog is not None else build_catalog(model)
-        self.writer = RunWriter(run_dir, run_id=run_id, config=config, resume=resume, rank=rank)
+        self.dist = Dist.start(timeout_s) if rank is None and distributed is not False else None
+        if distributed and self.dist is None:
+            log.warning("monitor: distributed=True but no torch.distributed process group of two or more ranks is "
+                        "initialized; measuring in this process alone")
+        if self.dist is not None and not self.dist.main:
+            self.writer = NullWriter(run_dir)
+        else:
+            self.writer = RunWriter(run_dir, run_id=run_id, config=config, resume=resume, rank=rank)
         summary = self.catalog.summary() if hasattr(self.catalog, "summary") else {"matrices": len(self.catalog)}
-        self.writer.write_meta(probes=[p.describe() for p in self.probes], catalog=summary)
+        described = [p.describe() for p in self.probes]
+        self.writer.write_meta(probes=described, catalog=summary,
+                               distributed={"world": self.dist.world, "timeout_s": self.dist.timeout_s}
+                               if self.dist is not None else None)
+        if self.dist is not None:
+            self._agree_setup([r.name for r in self.catalog], described)
         self.flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
         self._closed = False
@@ -108,6 +148,18 @@ class Monitor:
     @property
     def run_dir(self):
         return self.writer.dir
+
+    def _agree_setup(self, names: list[str], described: list[dict]) -> None:
+        """Check every rank cataloged the same matrices and set up the same probes; otherwise stop the monitor's
+        collectives (each probe then records why at every measurement) and say so."""
+        try:
+            seen = self.dist.exchange((names, [(d["name"], d["type"], d["schedule"]) for d in described]), "setup")
+        except (PeerFailed, DistBroken) as exc:
+            log.error("monitor: ranks could not agree at setup: %s", exc)
+            return
+        if any(s != seen[0] for s in seen[1:]):
+            self.dist._fail("ranks differ in their cataloged matrices or probes (every rank must build the same "
+                            "model and the same probes)")
 
     def __enter__(self) -> "Monitor":
         return self
@@ -142,12 +194,12 @@ class Monitor:
             log.warning("monitor: step %r is not an integer; step ignored", step)
             return
         self.last_step = step
-        self.log(step, tokens, loss=loss, **scalars)
+        self.log(step, tokens, **self._across_ranks(step, {"loss": loss, **scalars}))
         for p in self.probes:
             if p.observes_every_step:
                 try:
                     with preserved(self.model):
-                        p.observe(ProbeContext(self.model, self.catalog, int(step), tokens))
+                        p.observe(ProbeContext(self.model, self.catalog, int(step), tokens, self.dist))
                 except Exception as exc:  # never break the user's training: record it, say it once
                     self._observe_failed(p, step, tokens, exc)
         due = [p for p in self.probes if p.due(int(step))]
@@ -155,6 +207,22 @@ class Monitor:
             self.measure(step, tokens, due)
         elif time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
+
+    def _across_ranks(self, step: int, scalars: dict[str, Any]) -> dict[str, Any]:
+        """The scalars of a step: in a distributed job, each one's mean over the ranks that gave a number (one
+        exchange); else, or when the exchange fails, this rank's own."""
+        if self.dist is None:
+            return scalars
+        mine = {k: scalar(v) for k, v in scalars.items() if v is not None}
+        try:
+            every = self.dist.exchange(mine, f"scalars@{step}")
+        except (PeerFailed, DistBroken):
+            return scalars
+        out: dict[str, Any] = {}
+        for name in mine:
+            vals = [e[name] for e in every if e.get(name) is not None and e[name] == e[name]]
+            out[name] = sum(vals) / len(vals) if vals else scalars[name]
+        return out
 
     def _observe_failed(self, probe: Probe, step: int, tokens: int | None, exc: Exception) -> None:
         """A failed observe: a ``probe_error`` row (NaN and the reason) the first time each reason occurs,
@@ -176,26 +244,22 @@ class Monitor:
         evenly among the probes it measured in ``probe_seconds``. A group that fails records NaN with
         the status for each of its probes; one that does not apply after all is measured probe by
         probe (the time of the attempt split among them)."""
-        ctx = ProbeContext(self.model, self.catalog, int(step), tokens)
-        for group in share_groups(probes if probes is not None else self.probes):
+        ctx = ProbeContext(self.model, self.catalog, int(step), tokens, self.dist)
+        chosen = list(probes if probes is not None else self.probes)
+        # distributed: each probe splits its own work across the ranks; no shared pass
+        groups = share_groups(chosen) if self.dist is None else [[p] for p in chosen]
+        for group in groups:
             shared, shared_s = self._measure_group(group, ctx)
             for probe in group:
                 t0 = time.perf_counter()
-                try:
-                    got = shared.get(id(probe))
-                    if isinstance(got, Exception):
-                        raise got
-                    if got is None:
-                        with preserved(self.model):
-                            got = probe.measure(ctx)
-                    if not isinstance(got, Measurement):
-                        raise TypeError(f"measure() returned {type(got).__name__}, not a Measurement")
-                    result = got
-                    status = "ok"
-                except Exception as exc:  # never break the user's training
-                    log.warning("probe %s failed at step %s: %s", probe.name, step, exc)
-                    result = Measurement.failure(f"{type(exc).__name__}: {exc}")
-                    status = "error"
+                got = self._measure_one(probe, ctx, shared.get(id(probe)))
+                if self.dist is not None:  # every rank's part, or the failure every rank records
+                    got = self._gathered(probe, int(step), got)
+                if isinstance(got, Exception):  # never break the user's training
+                    log.warning("probe %s failed at step %s: %s", probe.name, step, got)
+                    result, status = Measurement.failure(f"{type(got).__name__}: {got}"), "error"
+                else:
+                    result, status = got, "ok"
                 share = shared_s / len(shared) if id(probe) in shared else 0.0 if shared else shared_s / len(group)
                 elapsed = time.perf_counter() - t0 + share
                 self.writer.add_measurement(int(step), tokens, probe.name, result)
@@ -203,6 +267,35 @@ class Monitor:
                 if status != "ok":
                     self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
         self.flush()
+
+    def _measure_one(self, probe: Probe, ctx: ProbeContext, shared: Any) -> Measurement | Exception:
+        """``probe``'s measurement at ``ctx`` (``shared``: what its group's shared pass gave it, if anything), or the
+        exception it raised (returned, never raised)."""
+        try:
+            got = shared
+            if isinstance(got, Exception):
+                raise got
+            if got is None:
+                with preserved(self.model):
+                    got = probe.measure(ctx)
+            if not isinstance(got, Measurement):
+                raise TypeError(f"measure() returned {type(got).__name__}, not a Measurement")
+            return got
+        except Exception as exc:
+            return exc
+
+    def _gathered(self, probe: Probe, step: int, got: Measurement | Exception) -> Measurement | Exception:
+        """Every rank's part of ``probe``'s measurement, concatenated in rank order (what rank 0 writes), or the
+        failure every rank agrees on (one exchange through the monitor's group)."""
+        try:
+            parts = self.dist.exchange(failure(got) if isinstance(got, Exception) else got, f"{probe.name}@{step}")
+        except (PeerFailed, DistBroken) as exc:
+            return exc
+        out = Rows()
+        for part in parts:
+            out.metrics.extend(part.metrics)
+            out.spectra.extend(part.spectra)
+        return out
 
     def _measure_group(self, group: list[Probe], ctx: ProbeContext) -> tuple[dict[int, Any], float]:
         """The group's shared pass: ``({id(probe): Measurement or the exception}, seconds)``; ``({}, 0)`` for a

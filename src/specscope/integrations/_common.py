@@ -15,21 +15,10 @@ from typing import Any, Iterable, Mapping
 
 from torch import nn
 
-from ..monitor import Monitor
+from ..monitor import Monitor, scalar
 from ..probes import Probe, Weights
 
 log = logging.getLogger(__name__)
-
-
-def scalar(v: Any) -> float | None:
-    """A logged value as a Python float (numbers, one-element tensors), in the value's own units; None for anything
-    else (strings, multi-element tensors, objects)."""
-    if isinstance(v, (str, bytes)):
-        return None
-    try:
-        return float(v.detach().item() if hasattr(v, "detach") else v)
-    except (TypeError, ValueError, RuntimeError):
-        return None
 
 
 def scalars_of(logged: Mapping[str, Any]) -> dict[str, float]:

@@ -22,12 +22,12 @@ from .activations import (Site, activation_covariances, activation_sites, activa
 from .common import (LossShapeError, _batches, _device, _logits, as_pool, call_model, desc_eigvalsh, first_tensor,
                      kept_rng, measuring, next_token_losses, per_sample, pool_len, pool_rows, pool_shapes, resolve_loss,
                      sequence_losses)
-from .gradients import METHODS, find_matrix, gradient_gram, gradient_spectrum, gradient_spectrum_reference
+from .gradients import METHODS, find_matrix, gradient_gram, gradient_spectrum, gradient_spectrum_reference, gradient_stream
 from .shared import ActivationRequest, NotShared, activations_and_gradient, shared_rows
 
 __all__ = ["METHODS", "ActivationRequest", "LossShapeError", "NotShared", "Site", "activation_covariances",
            "activation_sites", "activation_spectrum", "activations_and_gradient", "as_pool", "block_index",
            "block_list", "call_model", "default_site", "desc_eigvalsh", "find_blocks", "find_matrix", "first_tensor",
-           "flatten_features", "gradient_gram", "gradient_spectrum", "gradient_spectrum_reference", "kept_rng",
+           "flatten_features", "gradient_gram", "gradient_spectrum", "gradient_spectrum_reference", "gradient_stream", "kept_rng",
            "measuring", "next_token_losses", "per_sample", "pool_len", "pool_rows", "pool_shapes", "resolve_loss",
            "rms_normalize", "sequence_losses", "shared_rows"]

@@ -77,6 +77,21 @@ def pool_rows(pool: Pool, lo: int, hi: int | None) -> Pool:
     return tree_map(lambda t: t[lo:hi], pool)
 
 
+def rank_share(pool: Pool, batch: int, rank: int, world: int) -> tuple[Pool | None, Pool | None]:
+    """This rank's share of a pool measured in batches of ``batch``: the pool's batches are dealt round-robin (batch
+    ``i`` to rank ``i % world``), so a rank's samples batched by ``batch`` are exactly its batches of the whole pool.
+    Returns ``(samples or None when it has no batch, pad)``: ``pad`` is the pool's first batch for a rank with one
+    batch fewer than the busiest (run and thrown away where every rank must run as many forward passes), else None."""
+    n, b = pool_len(pool), max(1, int(batch))
+    count = -(-n // b)
+    mine = list(range(rank, count, world))
+    pad = pool_rows(pool, 0, b) if len(mine) < -(-count // world) else None
+    if not mine:
+        return None, pad
+    idx = torch.cat([torch.arange(i * b, min(n, (i + 1) * b)) for i in mine])
+    return tree_map(lambda t: t[idx.to(t.device)], pool), pad
+
+
 def pool_shapes(pool: Pool) -> Any:
     """Shapes for ``describe()``: a list, or the pool's structure of lists."""
     return tree_map(lambda t: list(t.shape), pool)

@@ -145,7 +145,7 @@ def layer_factors(ref: MatrixRef, n: int, calls: Iterable[tuple[torch.Tensor, to
 
 
 def _hooked_gram(base: nn.Module, ref: MatrixRef, pool: Any, run: ForwardFn, loss: LossFn, batch: int,
-                 chunk: int) -> torch.Tensor:
+                 chunk: int) -> PerSampleGradGram:
     module = base.get_submodule(ref.source)
     acc = PerSampleGradGram(chunk=chunk)
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -181,7 +181,7 @@ def _hooked_gram(base: nn.Module, ref: MatrixRef, pool: Any, run: ForwardFn, los
     finally:
         for h in handles:
             h.remove()
-    return acc.compute()
+    return acc
 
 
 def _take(ref: MatrixRef, g: torch.Tensor) -> torch.Tensor:
@@ -218,11 +218,12 @@ def _loop_rows(base: nn.Module, ref: MatrixRef, pool: Any, run: ForwardFn, loss:
         acc.update(_take(ref, torch.zeros_like(p) if g is None else g)[None])
 
 
-def gradient_gram(model: nn.Module, pool: Any, matrix: str = "o", layer: int = -1, batch: int = 16, chunk: int = 16, *,
+def gradient_stream(model: nn.Module, pool: Any, matrix: str = "o", layer: int = -1, batch: int = 16, chunk: int = 16, *,
                   name: str | None = None, part: int | None = None, loss_fn: LossFn | None = None,
                   forward_fn: ForwardFn | None = None, method: str = "auto",
-                  refs: Iterable[MatrixRef] | None = None) -> tuple[torch.Tensor, MatrixRef]:
-    """Float64 Gram ``G G^T`` of the per-sample gradients of one cataloged matrix, and the matrix.
+                  refs: Iterable[MatrixRef] | None = None) -> tuple[PerSampleGradGram | RowGram, MatrixRef]:
+    """The per-sample gradients of one cataloged matrix as a mergeable stream (its ``compute()`` is the float64
+    Gram ``G G^T``; two ranks' streams merge into the Gram of the union of their samples), and the matrix.
 
     ``pool``: a tensor or a tuple / dict of tensors batched along dim 0 (never cast).
     ``matrix`` / ``layer`` / ``part`` or ``name``: which matrix (:func:`find_matrix`).
@@ -252,7 +253,7 @@ def gradient_gram(model: nn.Module, pool: Any, matrix: str = "o", layer: int = -
             acc = RowGram(chunk)
             try:
                 _func_rows(base, ref, pool, run, loss, batch, acc)
-                return acc.compute(), ref
+                return acc, ref
             except LossShapeError:
                 raise
             except Exception as exc:
@@ -264,7 +265,15 @@ def gradient_gram(model: nn.Module, pool: Any, matrix: str = "o", layer: int = -
                                 "backward passes instead", ref.name, type(exc).__name__, exc)
         acc = RowGram(chunk)
         _loop_rows(base, ref, pool, run, loss, acc)
-        return acc.compute(), ref
+        return acc, ref
+
+
+def gradient_gram(model: nn.Module, pool: Any, matrix: str = "o", layer: int = -1, batch: int = 16, chunk: int = 16,
+                  **kwargs: Any) -> tuple[torch.Tensor, MatrixRef]:
+    """Float64 Gram ``G G^T`` of the per-sample gradients of one cataloged matrix (``M x M``, squared gradient
+    units), and the matrix; arguments as :func:`gradient_stream`."""
+    acc, ref = gradient_stream(model, pool, matrix, layer, batch, chunk, **kwargs)
+    return acc.compute(), ref
 
 
 def gradient_spectrum(model: nn.Module, pool: Any, matrix: str = "o", layer: int = -1, batch: int = 16,

@@ -128,7 +128,7 @@ def activations_and_gradient(model: nn.Module, pool: Any, requests: Iterable[Act
     try:
         with measuring(model):
             try:
-                gram = _hooked_gram(base, ref, grad_pool, run, loss, batch, chunk)
+                gram = _hooked_gram(base, ref, grad_pool, run, loss, batch, chunk).compute()
             except _NotHooked as exc:
                 raise NotShared(f"the hooked path does not apply to {ref.name}: {exc}", lasting=True) from exc
             for b in _batches(pool_rows(as_pool(pool), grad_rows, None), batch, _device(base)):

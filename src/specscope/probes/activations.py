@@ -23,6 +23,7 @@ from ..models import unwrap
 from ..spectra import spectrum_metrics
 from ..spectra.compute import sv_from_eig
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int
+from .sharding import pool_streams
 from .schedule import ScheduleLike
 
 
@@ -129,11 +130,19 @@ class Activations(Probe):
         return measure.ActivationRequest(self.layers, self._modules(model), self.normalize, self.feature_dim)
 
     def measure(self, ctx: ProbeContext) -> Measurement:
-        """Covariance eigenvalues (descending) and their metrics at each site, from one pass over the pool."""
-        covs = measure.activation_covariances(ctx.model, self.pool, self.layers, self.normalize, self.batch,
-                                              modules=self._modules(ctx.model), forward_fn=self.forward_fn,
-                                              feature_dim=self.feature_dim)
-        return self.rows(covs)
+        """Covariance eigenvalues (descending) and their metrics at each site, from one pass over the pool (in a
+        distributed job, each rank's share of the pool's batches, their covariances merged and written by rank 0)."""
+        modules = self._modules(ctx.model)
+
+        def run(pool: Any) -> dict:
+            return measure.activation_covariances(ctx.model, pool, self.layers, self.normalize, self.batch,
+                                                  modules=modules, forward_fn=self.forward_fn,
+                                                  feature_dim=self.feature_dim)
+
+        if ctx.dist is None:
+            return self.rows(run(self.pool))
+        covs = pool_streams(ctx, self.pool, self.batch, f"{self.name}@{ctx.step}", run)
+        return self.rows(covs) if covs is not None else Measurement()
 
     def rows(self, covs: dict[measure.Site, Any]) -> Measurement:
         """The stored rows of covariances ``{site: StreamingCovariance}``: eigenvalues (kind ``activation``)."""

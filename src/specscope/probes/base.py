@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import KINDS, MatrixRef
+from ..streams.dist import Dist
 from ..store.rows import Measurement  # noqa: F401  (a row container of the store; ss.probes.Measurement)
 from .schedule import ScheduleLike, as_schedule, check_int  # noqa: F401 (check_int: re-exported to the probes)
 from .schedule import at as at_steps
@@ -45,6 +46,7 @@ class ProbeContext:
     catalog: list[MatrixRef]
     step: int
     tokens: int | None = None
+    dist: Dist | None = None  # a distributed job: the monitor's collectives (None: one process)
 
 
 #: What a probe may need from the model at a measurement; the monitor groups due probes by it and

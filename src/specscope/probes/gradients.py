@@ -15,6 +15,7 @@ from ..models import MatrixRef
 from ..spectra.compute import sv_from_eig
 from .activations import Activations, _check_callable, _emit
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+from .sharding import pool_streams
 from .schedule import ScheduleLike
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,21 @@ class Gradients(Probe):
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         """The singular values of the per-sample gradient matrix (stored as ``sv``) and their SPEC section 3
-        metrics, as one :class:`Measurement`."""
-        gram, ref = measure.gradient_gram(ctx.model, self.pool, self.matrix, self.layer, self.batch, self.chunk,
-                                          name=self.matrix_name, part=self.part, loss_fn=self.loss_fn,
-                                          forward_fn=self.forward_fn, method=self.method, refs=ctx.catalog)
-        return self.rows(gram, ref)
+        metrics, as one :class:`Measurement` (in a distributed job: each rank's share of the pool's batches, their
+        per-sample gradients gathered and written by rank 0)."""
+        found: list[MatrixRef] = []
+
+        def run(pool: Any) -> dict:
+            acc, ref = measure.gradient_stream(ctx.model, pool, self.matrix, self.layer, self.batch, self.chunk,
+                                               name=self.matrix_name, part=self.part, loss_fn=self.loss_fn,
+                                               forward_fn=self.forward_fn, method=self.method, refs=ctx.catalog)
+            found.append(ref)
+            return {"gram": acc}
+
+        if ctx.dist is None:
+            return self.rows(run(self.pool)["gram"].compute(), found[0])
+        accs = pool_streams(ctx, self.pool, self.batch, f"{self.name}@{ctx.step}", run)
+        return self.rows(accs["gram"].compute(), found[0]) if accs is not None else Measurement()
 
     def rows(self, gram: torch.Tensor, ref: MatrixRef) -> Measurement:
         """The stored rows of a per-sample gradient Gram ``G G^T`` of matrix ``ref``: singular values of ``G``."""

@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..models import MatrixRef
+from ..models import MatrixRef, unwrap
 from ..spectra import spectrum_metrics
 from ..streams import CountSketch, TrajectoryWindow
+from ..streams.dist import Dist
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+from .sharding import OwnedSlice, owned_coordinates, rank_rows_only
 from .schedule import ScheduleLike
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,18 @@ class _Track:
         self.sketch = CountSketch(dim, k, seed) if mode == "sketch" else None
         self.window = TrajectoryWindow(window, store_dtype=torch.float64 if self.sketch else store_dtype)
         self.prev: torch.Tensor | None = None
+        self.owned: list[OwnedSlice] | None = None  # a distributed job: the coordinates this rank keeps
+        self.positions: torch.Tensor | None = None
+
+    def own(self, base: torch.nn.Module, dist: Dist) -> None:
+        """Keep only this rank's coordinates from now on (:func:`~.sharding.owned_coordinates`). Returns None."""
+        self.owned = owned_coordinates(base, self.refs, dist)
+        self.positions = torch.cat([o.positions for o in self.owned])
 
     def state(self, refs: list[MatrixRef]) -> torch.Tensor:
+        if self.owned is not None:
+            flat = torch.cat([o.read().to("cpu", torch.float32) for o in self.owned])
+            return self.sketch(flat, self.positions) if self.sketch is not None else flat
         flat = torch.cat([r.read().detach().reshape(-1).to("cpu", torch.float32) for r in refs])
         return self.sketch(flat) if self.sketch is not None else flat
 
@@ -52,20 +64,32 @@ class _Track:
             self.window.update(cur.to(torch.float64) - self.prev.to(torch.float64))
         self.prev = cur
 
-    def measure_into(self, out: Measurement) -> None:
-        """Window metrics and singular values (SPEC 1.4) into ``out``."""
-        if len(self.window) < 2:
-            out.add_metric(self.layer, self.kind, self.name, "kstar", float("nan"), f"{len(self.window)} updates in the window")
+    def whole(self, dist: Dist, tag: str) -> TrajectoryWindow:
+        """The window of the whole update vectors from every rank's share (a collective): exact updates' Grams add
+        up; sketched updates are shares of one sketch, added before their Gram is taken."""
+        if self.sketch is None:
+            return self.window.exchanged(dist, tag)
+        rows = torch.stack(self.window.rows) if len(self.window) else torch.zeros(0, self.sketch.k, dtype=torch.float64)
+        whole = TrajectoryWindow(self.window.window, store_dtype=torch.float64)
+        for row in dist.all_sum(rows, tag):
+            whole.update(row)
+        return whole
+
+    def measure_into(self, out: Measurement, window: TrajectoryWindow | None = None) -> None:
+        """Window metrics and singular values (SPEC 1.4) of ``window`` (default: this track's own) into ``out``."""
+        window = self.window if window is None else window
+        if len(window) < 2:
+            out.add_metric(self.layer, self.kind, self.name, "kstar", float("nan"), f"{len(window)} updates in the window")
             return
-        sv = self.window.singular_values()
+        sv = window.singular_values()
         out.add_spectrum(self.layer, self.kind, self.name, "sv", sv)
         table = spectrum_metrics(sv[None, :], knee=False, mle=False)
         for metric in TRAJECTORY_METRICS:
             if metric in table.values:
                 out.add_metric(self.layer, self.kind, self.name, metric, float(table.values[metric][0]),
                                str(table.status[metric][0]))
-        out.add_metric(self.layer, self.kind, self.name, "window_updates", float(len(self.window)))
-        for j, v in enumerate(self.window.stability(), start=1):
+        out.add_metric(self.layer, self.kind, self.name, "window_updates", float(len(window)))
+        for j, v in enumerate(window.stability(), start=1):
             out.add_metric(self.layer, self.kind, self.name, f"stability[{j}]", float(v),
                            "ok" if np.isfinite(v) else "window too short")
 
@@ -131,18 +155,39 @@ class Trajectory(Probe):
                 "matrices": [list(m) for m in self.matrices]}
 
     def observe(self, ctx: ProbeContext) -> None:
+        """Record the update since the last step in every track (built at the first call; in a distributed job each
+        rank keeps its own coordinates). Returns None."""
         if self.tracks is None:
-            self.tracks = build_tracks(ctx.catalog, self.window, self.mode, self.k, self.seed, self.store_dtype,
-                                       self.kinds, self.matrices, self.global_track)
+            tracks = build_tracks(ctx.catalog, self.window, self.mode, self.k, self.seed, self.store_dtype,
+                                  self.kinds, self.matrices, self.global_track)
+            if ctx.dist is not None:
+                for t in tracks:
+                    t.own(unwrap(ctx.model), ctx.dist)
+            self.tracks = tracks
         for t in self.tracks:
             t.observe()
 
     def measure(self, ctx: ProbeContext) -> Measurement:
+        """The window metrics and singular values of every track (in a distributed job: the whole windows from every
+        rank's share, written by rank 0), or a NaN row saying why there is none."""
         out = Measurement()
+        tag = f"{self.name}@{ctx.step}"
+        if ctx.dist is not None:  # every rank in the same state, or every rank records how they differ
+            states = ctx.dist.exchange((self._not_ready(), [(t.name, len(t.window)) for t in self.tracks or ()]),
+                                       f"{tag}:ready")
+            if any(st != states[0] for st in states[1:]):
+                raise ValueError(f"ranks differ in their trajectory windows: {states}")
         if not self.tracks:  # say so in the store rather than record nothing
-            why = ("no step observed yet" if self.tracks is None else
-                   f"no matrix with layer >= 0 of kinds {sorted(self.kinds) if self.kinds else 'any'} in the catalog")
-            out.add_metric(-1, "trajectory", "global", "kstar", float("nan"), why)
+            out.add_metric(-1, "trajectory", "global", "kstar", float("nan"), self._not_ready())
         for t in self.tracks or ():
-            t.measure_into(out)
-        return out
+            window = t.whole(ctx.dist, f"{tag}:{t.name}") if ctx.dist is not None and len(t.window) >= 2 else None
+            t.measure_into(out, window)
+        return rank_rows_only(ctx, out, Measurement())
+
+    def _not_ready(self) -> str | None:
+        """Why no track can be measured (None: they can)."""
+        if self.tracks is None:
+            return "no step observed yet"
+        if not self.tracks:
+            return f"no matrix with layer >= 0 of kinds {sorted(self.kinds) if self.kinds else 'any'} in the catalog"
+        return None

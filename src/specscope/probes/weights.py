@@ -10,6 +10,7 @@ import numpy as np
 from ..spectra import singular_values_many, spectrum_metrics
 from ..spectra.compute import METHODS
 from .base import Measurement, Probe, ProbeContext, check_choice, check_int, check_kinds
+from .sharding import owned_matrices, rank_rows_only
 from .schedule import ScheduleLike
 from .schedule import paired as paired_schedule
 
@@ -71,9 +72,20 @@ class Weights(Probe):
             if not self._said_empty:
                 self._said_empty = True
                 log.warning("probe %s: %s; nothing measured", self.name, why)
-            return out
-        spectra = singular_values_many([(r.name, r.read()) for r in refs], method=self.method)
+            return rank_rows_only(ctx, out, Measurement())
+        if ctx.dist is not None:
+            refs, matrices = owned_matrices(ctx, refs, self.method, f"{self.name}@{ctx.step}")
+        else:
+            matrices = {r.name: r.read() for r in refs}
+        return self.rows(refs, matrices)
+
+    def rows(self, refs: list, matrices: dict) -> Measurement:
+        """The rows of matrices ``refs`` read as ``matrices`` (by ref name): each one's singular values (with
+        ``store_spectra``) and SPEC section 3 metrics, as one :class:`Measurement` (empty for no ref)."""
         out = Measurement()
+        if not refs:
+            return out
+        spectra = singular_values_many([(r.name, matrices[r.name]) for r in refs], method=self.method)
         by_len: dict[int, list] = defaultdict(list)
         for ref in refs:
             spec = spectra[ref.name]

@@ -37,7 +37,7 @@ from .meta import read_meta, update_meta
 from .rows import Measurement, RowCoercer
 from .schema import META_FILE, SCHEMAS, TABLES
 
-__all__ = ["RunWriter", "atomic_write_bytes", "atomic_write_table"]
+__all__ = ["NullWriter", "RunWriter", "atomic_write_bytes", "atomic_write_table"]
 
 log = logging.getLogger(__name__)
 
@@ -231,3 +231,34 @@ class RunWriter:
         finally:
             self._closed = True
             self._release_writer_id()
+
+
+class NullWriter:
+    """The writer of a rank that does not write (every rank of a distributed job but rank 0): the methods of
+    :class:`RunWriter`, each doing nothing; ``dir`` is the run directory rank 0 writes."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.writer_id = None
+
+    def write_meta(self, **updates: Any) -> None:
+        """Nothing (rank 0 writes ``meta.json``)."""
+
+    def add(self, table: str, row: dict) -> None:
+        """Nothing (rank 0 writes the rows)."""
+
+    def add_many(self, table: str, rows: list[dict]) -> None:
+        """Nothing (rank 0 writes the rows)."""
+
+    def add_measurement(self, step: int, tokens: int | None, probe: str, measurement: Measurement) -> None:
+        """Nothing (rank 0 writes the rows)."""
+
+    def pending(self) -> int:
+        """0: nothing is buffered here."""
+        return 0
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self, compact: bool = True) -> None:
+        """Nothing to close."""

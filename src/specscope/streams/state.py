@@ -102,6 +102,28 @@ class Stream:
             setattr(self, name, _to(value, _device(getattr(self, name, None), self.device)))
         return self
 
+    def folded(self, states: list[dict[str, Any]]) -> "Stream":
+        """A new stream of this class holding ``states`` (:meth:`state_dict` of each rank, in rank order) folded in
+        that order with :meth:`merge`, and this stream's own ``"local"`` states; this stream is left as it is."""
+        out = copy.copy(self)
+        out.reset()
+        out.load_state_dict(states[0])
+        for name, (_, reduce) in self._defaults.items():
+            if reduce == "local":
+                setattr(out, name, getattr(self, name))
+        for st in states[1:]:
+            other = copy.copy(self)
+            other.reset()
+            other.load_state_dict(st)
+            out.merge(other)
+        return out
+
+    def exchanged(self, dist: Any, tag: str) -> "Stream":
+        """Every rank's state folded in rank order (:meth:`folded`) through ``dist`` (a
+        :class:`~specscope.streams.dist.Dist`: the monitor's group, its timeout and agreed failures); a collective,
+        every rank calls it with the same ``tag``. Returns the new stream; this one is left as it is."""
+        return self.folded(dist.exchange(self.state_dict(), tag))
+
     def sync(self, group: Any = None) -> "Stream":
         """Combine every rank's state of this stream (``group``: a process group, default the world): each rank
         gathers all states and folds them in rank order with :meth:`merge`, so all ranks end equal. A collective:
@@ -113,15 +135,5 @@ class Stream:
             return self
         states: list[Any] = [None] * dist.get_world_size(group)
         dist.all_gather_object(states, self.state_dict(), group=group)
-        local = {name: getattr(self, name) for name, (_, r) in self._defaults.items() if r == "local"}
-        first = copy.copy(self)
-        self.reset()
-        self.load_state_dict(states[0])
-        for name, value in local.items():
-            setattr(self, name, value)
-        for st in states[1:]:
-            other = copy.copy(first)
-            other.reset()
-            other.load_state_dict(st)
-            self.merge(other)
+        self.__dict__.update(self.folded(states).__dict__)
         return self

@@ -25,10 +25,14 @@ class CountSketch:
         self.bucket = torch.randint(0, self.k, (self.dim,), generator=g).to(device or "cpu")
         self.sign = (torch.randint(0, 2, (self.dim,), generator=g, dtype=torch.int8) * 2 - 1).to(device or "cpu")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The sketch of ``x`` (``dim`` elements), or, with ``positions`` (int64, one per element of ``x``), of the
+        ``dim``-vector holding ``x`` at those positions and zeros elsewhere (a shard's share: the shards' sketches
+        add up to the whole vector's). A float64 tensor of ``k`` elements on ``x``'s device."""
         x = x.reshape(-1).to(torch.float64)
         out = torch.zeros(self.k, dtype=torch.float64, device=x.device)
-        return out.index_add_(0, self.bucket.to(x.device), x * self.sign.to(x.device, torch.float64))
+        bucket, sign = (self.bucket, self.sign) if positions is None else (self.bucket[positions], self.sign[positions])
+        return out.index_add_(0, bucket.to(x.device), x * sign.to(x.device, torch.float64))
 
 
 class TrajectoryWindow(Stream):

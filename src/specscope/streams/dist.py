@@ -1,0 +1,173 @@
+"""The monitor's own collectives across the ranks of a ``torch.distributed`` job, with a timeout and agreed failures.
+
+:class:`Dist` holds a gloo process group of its own (made once, by every rank, when the monitor
+starts), so every collective the monitor issues has the monitor's ``timeout_s`` whatever the
+training's backend and timeout. :meth:`Dist.exchange` is the one primitive the probes use: every rank
+gives one object and gets all of them in rank order. A rank that failed gives its failure instead
+(:class:`Failure`), and then every rank raises the same :class:`PeerFailed`: a probe that fails on one
+rank fails on all ranks the same way, and no rank is left waiting in a collective the failed one never
+reaches. Each exchange carries a tag and a sequence number; ranks that are out of step (a collective
+missed by one of them) or a collective that times out leave the :class:`Dist` *broken*: from then on
+every exchange raises :class:`DistBroken` at once, without a collective, so a lost rank costs at most
+one timeout, never a hang.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from ..models.sharded import row_sharded, shard_rows
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class PeerFailed(RuntimeError):
+    """Some rank failed the step every rank was taking; the message names each failed rank and why."""
+
+
+class DistBroken(RuntimeError):
+    """The monitor's collectives stopped: one timed out or ranks were out of step; the message says which."""
+
+
+@dataclass
+class Failure:
+    """What a failed rank gives to an exchange: why it failed (a str); ``agreed``: a failure every rank already
+    shares (a :class:`PeerFailed` or :class:`DistBroken`), told once rather than once per rank."""
+
+    why: str
+    agreed: bool = False
+
+
+def failure(exc: BaseException) -> Failure:
+    """``exc`` as the :class:`Failure` a rank gives to an exchange."""
+    if isinstance(exc, (PeerFailed, DistBroken)):
+        return Failure(str(exc), agreed=True)
+    return Failure(f"{type(exc).__name__}: {exc}")
+
+
+def initialized_world() -> tuple[int, int] | None:
+    """``(rank, world)`` of an initialized ``torch.distributed`` process group of two or more ranks; None otherwise."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return dist.get_rank(), dist.get_world_size()
+
+
+@dataclass
+class Dist:
+    """This rank's place in the job (``rank`` of ``world``) and the monitor's own gloo ``group`` with ``timeout_s``.
+
+    ``broken``: None while the collectives work, else why they stopped."""
+
+    rank: int
+    world: int
+    group: Any = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    broken: str | None = None
+    _seq: int = field(default=0, repr=False)
+
+    @classmethod
+    def start(cls, timeout_s: float = DEFAULT_TIMEOUT_S) -> "Dist | None":
+        """A :class:`Dist` over every rank of the initialized process group (a collective: every rank calls it),
+        or None in a single process (no group, or a group of one)."""
+        where = initialized_world()
+        if where is None:
+            return None
+        import torch.distributed as dist
+
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=float(timeout_s)))
+        return cls(where[0], where[1], group, float(timeout_s))
+
+    @property
+    def main(self) -> bool:
+        """True on rank 0, the rank that writes the run store."""
+        return self.rank == 0
+
+    def _fail(self, why: str) -> DistBroken:
+        if self.broken is None:
+            self.broken = why
+            log.error("specscope: distributed measuring stopped on rank %d: %s", self.rank, why)
+        return DistBroken(f"distributed measuring stopped: {self.broken}")
+
+    def exchange(self, obj: Any, tag: str) -> list[Any]:
+        """Every rank's ``obj`` (picklable; tensors are sent as CPU copies by the caller) in rank order. ``obj`` may be
+        a :class:`Failure` or an exception: then every rank raises :class:`PeerFailed` naming the failed ranks.
+        ``tag`` names the step every rank takes (``"weights@25"``); ranks out of step, a timeout, or an earlier
+        breakage raise :class:`DistBroken`."""
+        if self.broken is not None:
+            raise DistBroken(f"distributed measuring stopped: {self.broken}")
+        import torch.distributed as dist
+
+        if isinstance(obj, BaseException):
+            obj = failure(obj)
+        self._seq += 1
+        out: list[Any] = [None] * self.world
+        try:
+            dist.all_gather_object(out, (tag, self._seq, obj), group=self.group)
+        except Exception as exc:  # a timeout, a lost peer
+            raise self._fail(f"{tag}: {type(exc).__name__}: {exc}") from None
+        steps = sorted({(t, s) for t, s, _ in out})
+        if len(steps) != 1:
+            raise self._fail(f"ranks out of step at {tag}: {steps}")
+        failed = [v.why if v.agreed else f"rank {r}: {v.why}" for r, (_, _, v) in enumerate(out) if isinstance(v, Failure)]
+        if failed:
+            raise PeerFailed("; ".join(dict.fromkeys(failed)))
+        return [v for _, _, v in out]
+
+    def all_sum(self, t: torch.Tensor, tag: str) -> torch.Tensor:
+        """The sum of every rank's ``t`` (same shape everywhere), float64 on the CPU; raises as :meth:`exchange`."""
+        parts = self.exchange(t.detach().to("cpu", torch.float64), tag)
+        return torch.stack(parts).sum(0)
+
+    def owners(self, costs: list[float]) -> list[int]:
+        """The rank that owns each of ``len(costs)`` work items: longest first to the least loaded rank (ties: the
+        lower rank), the same on every rank. A list of ints."""
+        load = [0.0] * self.world
+        owner = [0] * len(costs)
+        for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+            r = min(range(self.world), key=lambda r: (load[r], r))
+            owner[i] = r
+            load[r] += float(costs[i])
+        return owner
+
+    def full_on(self, t: torch.Tensor, owner: int, tag: str) -> torch.Tensor | None:
+        """The whole of a sharded tensor on rank ``owner`` (None on the others): a collective, every rank calls it.
+
+        A plain tensor is returned as it is on the owner (nothing sent). FSDP2's layout (:func:`row_sharded`) is
+        gathered onto the owner alone through the monitor's group (each rank's rows, padded to one size); any other
+        DTensor layout through ``full_tensor()`` (the mesh's own collectives and timeout)."""
+        from ..models.sharded import is_dtensor
+
+        if not is_dtensor(t):
+            return t if self.rank == owner else None
+        if not row_sharded(t, self.world):
+            full = t.full_tensor()
+            return full if self.rank == owner else None
+        if self.broken is not None:
+            raise DistBroken(f"distributed measuring stopped: {self.broken}")
+        import torch.distributed as dist
+
+        local = t.to_local().detach()
+        wire = local.dtype if local.dtype in (torch.float32, torch.float64) else torch.float32
+        n = t.shape[0]
+        lo, hi = shard_rows(n, self.world, 0)
+        buf = torch.zeros((hi - lo,) + tuple(t.shape[1:]), dtype=wire)
+        buf[: local.shape[0]] = local.to("cpu", wire)
+        got = [torch.empty_like(buf) for _ in range(self.world)] if self.rank == owner else None
+        try:
+            dist.gather(buf, got, dst=owner, group=self.group)
+        except Exception as exc:
+            raise self._fail(f"{tag}: {type(exc).__name__}: {exc}") from None
+        if got is None:
+            return None
+        rows = [g[: b - a] for g, (a, b) in zip(got, (shard_rows(n, self.world, r) for r in range(self.world)))]
+        return torch.cat(rows).to(device=local.device, dtype=local.dtype)
