@@ -272,6 +272,8 @@ class Monitor:
         """``probe``'s measurement at ``ctx`` (``shared``: what its group's shared pass gave it, if anything), or the
         exception it raised (returned, never raised)."""
         try:
+            if self.dist is not None and self.dist.broken is not None:  # no collective can succeed: say why at once
+                raise DistBroken(f"distributed measuring stopped: {self.dist.broken}")
             got = shared
             if isinstance(got, Exception):
                 raise got

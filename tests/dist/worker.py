@@ -1,8 +1,11 @@
 """One training of a small HF GPT-2 with the four probes, in one process or under torchrun (DDP or FSDP2).
 
     python tests/dist/worker.py single OUT
-    torchrun --nproc_per_node 2 tests/dist/worker.py ddp OUT
-    torchrun --nproc_per_node 2 tests/dist/worker.py fsdp OUT
+    torchrun --nproc_per_node 2 tests/dist/worker.py ddp OUT [SCENARIO]
+    torchrun --nproc_per_node 2 tests/dist/worker.py fsdp OUT [SCENARIO]
+
+SCENARIO ``fail``: the activation probe's forward fails on rank 1 only. ``lost``: rank 1 stops calling
+``mon.step`` after step 2 (the monitor's timeout is 5 s). ``sketch``: the trajectory is sketched.
 
 Every run sees the same global batches: one process takes all ``GLOBAL`` rows of a step's batch, rank ``r``
 of ``w`` takes rows ``r * GLOBAL / w`` to ``(r + 1) * GLOBAL / w``; the gradient is their mean either way.
@@ -32,14 +35,20 @@ def model_and_data():
     return model, data
 
 
-def probes(pool):
+def probes(pool, scenario: str = "", rank: int = 0):
     """All four views, due at every other step."""
-    return [ss.probes.Weights(every=2), ss.probes.Activations(pool, every=2, batch=4),
-            ss.probes.Gradients(pool, every=2, batch=4, matrix="o", layer=-1),
-            ss.probes.Trajectory(window=4, every=2)]
+    def failing(model, batch):
+        if rank == 1:
+            raise RuntimeError("forward failed on this rank")
+        return model(batch)
+
+    return [ss.probes.Weights(every=2),
+            ss.probes.Activations(pool, every=2, batch=3, forward_fn=failing if scenario == "fail" else None),
+            ss.probes.Gradients(pool, every=2, batch=3, matrix="o", layer=-1),
+            ss.probes.Trajectory(window=4, every=2, mode="sketch" if scenario == "sketch" else "exact", k=512)]
 
 
-def main(mode: str, out: str) -> None:
+def main(mode: str, out: str, scenario: str = "") -> None:
     model, data = model_and_data()
     pool = data[-1]
     rank, world = 0, 1
@@ -58,7 +67,7 @@ def main(mode: str, out: str) -> None:
             fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     per = GLOBAL // world
-    with ss.Monitor(model, out, probes=probes(pool)) as mon:
+    with ss.Monitor(model, out, probes=probes(pool, scenario, rank), timeout_s=5 if scenario == "lost" else 60) as mon:
         mon.step(0)
         for step in range(1, STEPS + 1):
             x = data[step - 1, rank * per:(rank + 1) * per]
@@ -66,10 +75,11 @@ def main(mode: str, out: str) -> None:
             loss.backward()
             opt.step()
             opt.zero_grad()
-            mon.step(step, loss=loss.item(), tokens=step * GLOBAL * SEQ)
+            if not (scenario == "lost" and rank == 1 and step > 2):
+                mon.step(step, loss=loss.item(), tokens=step * GLOBAL * SEQ)
     if mode != "single":
         torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
