@@ -1,0 +1,159 @@
+"""Distributed measuring: the same run store from DDP and FSDP2 (torchrun, 2 ranks, gloo on the CPU) as from one
+process on the same global batches; agreed failures and a lost rank; the pieces the ranks split work with."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import specscope as ss
+from specscope.measure.common import pool_len, rank_share
+from specscope.models.sharded import shard_rows
+from specscope.probes.sharding import owned_coordinates
+from specscope.streams import CountSketch
+from specscope.streams.dist import Dist
+from specscope.store.writer import NullWriter
+
+sys.path.insert(0, str(Path(__file__).parent / "dist"))
+from compare import assert_same_rows  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "dist" / "worker.py"
+
+
+def _run(args: list[str], ranks: int = 0, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``worker.py args`` in one process (``ranks=0``) or under torchrun with ``ranks`` processes; must exit 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    launch = [sys.executable] if not ranks else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc_per_node", str(ranks)]
+    done = subprocess.run(launch + [str(WORKER)] + args, env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "single"
+    _run(["single", str(out)])
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_write_the_single_process_rows(single, tmp_path, mode):
+    out = tmp_path / mode
+    _run([mode, str(out)], ranks=2)
+    counts = assert_same_rows(str(single), str(out))
+    assert counts["metrics"] > 1000 and counts["spectra"] > 50
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["distributed"]["world"] == 2
+    assert len(list((out / "metrics").glob("part-*.parquet"))) == 1  # one writer: rank 0
+    probes = set(ss.open_run(str(out)).metrics().probe)
+    assert probes == {"weights", "activations", "gradients", "trajectory"}
+
+
+def test_sketched_trajectory_over_fsdp_shards_equals_one_process(tmp_path):
+    _run(["single", str(tmp_path / "one"), "sketch"])
+    _run(["fsdp", str(tmp_path / "two"), "sketch"], ranks=2)
+    assert_same_rows(str(tmp_path / "one"), str(tmp_path / "two"))
+
+
+def test_a_probe_failing_on_one_rank_fails_on_every_rank_and_the_rest_measure(single, tmp_path):
+    out = tmp_path / "fail"
+    _run(["ddp", str(out), "fail"], ranks=2)
+    m = ss.open_run(str(out)).metrics()
+    acts = m[m.probe == "activations"]
+    assert set(acts.metric) == {"probe_error"} and len(acts) == 4  # steps 0, 2, 4, 6: once each
+    assert acts.status.str.contains("rank 1: RuntimeError: forward failed on this rank").all()
+    others = m[m.probe != "activations"]
+    ref = ss.open_run(str(single)).metrics()
+    assert len(others) == len(ref[ref.probe != "activations"])
+
+
+def test_a_rank_that_stops_stepping_costs_one_timeout_not_a_hang(tmp_path):
+    out = tmp_path / "lost"
+    _run(["ddp", str(out), "lost"], ranks=2, timeout=120)
+    m = ss.open_run(str(out)).metrics()
+    before = m[m.step <= 2]
+    assert (before.metric != "probe_error").all()  # measured while both ranks stepped
+    after = m[m.step >= 4]
+    assert set(after.metric) == {"probe_error"} and len(after) == 8  # 4 probes x steps 4, 6
+    assert after.status.str.contains("distributed measuring stopped").all()
+
+
+# the pieces, in one process
+
+
+def test_pool_batches_are_dealt_to_ranks_once_each_and_pads_even_out_forward_passes():
+    pool = torch.arange(23 * 2).reshape(23, 2)
+    for world in (1, 2, 3, 5, 8, 30):
+        got, passes = [], []
+        for rank in range(world):
+            mine, pad = rank_share(pool, 4, rank, world)
+            n = 0 if mine is None else pool_len(mine)
+            got += [] if mine is None else mine[:, 0].tolist()
+            passes.append(-(-n // 4) + (pad is not None))
+            if pad is not None:
+                assert torch.equal(pad, pool[:4])
+        assert sorted(got) == list(range(0, 46, 2)), world
+        assert len(set(passes)) == 1, (world, passes)  # every rank runs as many forward passes
+    mine, _ = rank_share(pool, 4, 1, 2)
+    assert mine[:, 0].tolist() == list(range(8, 16, 2)) + list(range(24, 32, 2)) + list(range(40, 46, 2))
+
+
+def test_shard_rows_follow_torch_chunk():
+    for n in (1, 5, 8, 13):
+        for world in (1, 2, 3, 4, 7):
+            chunks = torch.arange(n).chunk(world)
+            for rank in range(world):
+                lo, hi = shard_rows(n, world, rank)
+                want = chunks[rank].tolist() if rank < len(chunks) else []
+                assert list(range(lo, hi)) == want
+
+
+def test_owners_balance_the_largest_first():
+    d = Dist(rank=0, world=3)
+    owners = d.owners([10, 1, 1, 1, 9, 8, 1])
+    load = [sum(c for c, o in zip([10, 1, 1, 1, 9, 8, 1], owners) if o == r) for r in range(3)]
+    assert len({owners[0], owners[4], owners[5]}) == 3 and sorted(load) == [10, 10, 11]
+
+
+def test_replicated_coordinates_partition_the_update_vector_and_sketches_add_up():
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    refs = [r for r in ss.models.catalog(model) if r.layer >= 0] or list(ss.models.catalog(model))
+    whole = torch.cat([r.read().reshape(-1) for r in refs])
+    sketch = CountSketch(whole.numel(), 16, seed=3)
+    for world in (2, 3):
+        positions, parts = [], torch.zeros(16, dtype=torch.float64)
+        for rank in range(world):
+            owned = owned_coordinates(model, refs, Dist(rank=rank, world=world))
+            pos = torch.cat([o.positions for o in owned])
+            vals = torch.cat([o.read() for o in owned])
+            assert torch.equal(vals, whole[pos])  # each kept value is the whole vector's at its position
+            positions += pos.tolist()
+            parts += sketch(vals, pos)
+        assert sorted(positions) == list(range(whole.numel()))  # every coordinate kept once
+        np.testing.assert_allclose(parts.numpy(), sketch(whole).numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_null_writer_writes_nothing(tmp_path):
+    w = NullWriter(tmp_path / "run")
+    w.write_meta(a=1)
+    w.add_measurement(0, None, "weights", ss.probes.Measurement())
+    w.flush()
+    w.close()
+    assert not (tmp_path / "run").exists() and w.pending() == 0
+
+
+def test_one_process_monitor_has_no_dist(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with ss.Monitor(model, tmp_path / "r", probes=[ss.probes.Weights(every=1)], distributed=True) as mon:
+        mon.step(0, loss=1.0)
+    assert mon.dist is None
+    assert json.loads((tmp_path / "r" / "meta.json").read_text())["distributed"] is None
