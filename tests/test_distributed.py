@@ -55,7 +55,7 @@ def test_two_ranks_write_the_single_process_rows(single, tmp_path, mode):
     assert meta["distributed"]["world"] == 2
     assert len(list((out / "metrics").glob("part-*.parquet"))) == 1  # one writer: rank 0
     probes = set(ss.open_run(str(out)).metrics().probe)
-    assert probes == {"weights", "activations", "gradients", "trajectory"}
+    assert probes == {"weights", "activations", "gradients", "trajectory", "step_gradients"}
 
 
 def test_sketched_trajectory_over_fsdp_shards_equals_one_process(tmp_path):
@@ -83,7 +83,7 @@ def test_a_rank_that_stops_stepping_costs_one_timeout_not_a_hang(tmp_path):
     before = m[m.step <= 2]
     assert (before.metric != "probe_error").all()  # measured while both ranks stepped
     after = m[m.step >= 4]
-    assert set(after.metric) == {"probe_error"} and len(after) == 8  # 4 probes x steps 4, 6
+    assert set(after.metric) == {"probe_error"} and len(after) == 10  # 5 probes x steps 4, 6
     assert after.status.str.contains("distributed measuring stopped").all()
 
 

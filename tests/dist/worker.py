@@ -36,7 +36,7 @@ def model_and_data():
 
 
 def probes(pool, scenario: str = "", rank: int = 0):
-    """All four views, due at every other step."""
+    """All four views (and the per-sample gradients of the training batch), due at every other step."""
     def failing(model, batch):
         if rank == 1:
             raise RuntimeError("forward failed on this rank")
@@ -45,7 +45,8 @@ def probes(pool, scenario: str = "", rank: int = 0):
     return [ss.probes.Weights(every=2),
             ss.probes.Activations(pool, every=2, batch=3, forward_fn=failing if scenario == "fail" else None),
             ss.probes.Gradients(pool, every=2, batch=3, matrix="o", layer=-1),
-            ss.probes.Trajectory(window=4, every=2, mode="sketch" if scenario == "sketch" else "exact", k=512)]
+            ss.probes.Trajectory(window=4, every=2, mode="sketch" if scenario == "sketch" else "exact", k=512),
+            ss.probes.StepGradients(matrix="mlp_in", layer=0, every=2)]
 
 
 def main(mode: str, out: str, scenario: str = "") -> None:

@@ -144,14 +144,14 @@ class _Capture:
         except Exception as exc:  # never break the user's training
             self._fail(exc)
 
-    def gram(self, chunk: int, scale_by_count: bool) -> torch.Tensor:
-        """The float64 Gram ``G G^T`` (M x M) of the captured per-sample gradients, rescaled to the per-sample
-        losses' own (times ``M**2`` when the loss was their mean)."""
+    def stream(self, chunk: int, scale_by_count: bool) -> RowGram:
+        """The captured per-sample gradients as a :class:`RowGram` (its ``compute()``: the float64 Gram ``G G^T``,
+        M x M), rescaled to the per-sample losses' own (times ``M`` when the loss was their mean)."""
         acc = RowGram(chunk, device=next(iter(self.rows.values())).device)
+        count = sum(len(rows) for rows in self.rows.values())
         for rows in self.rows.values():
-            acc.update(rows)
-        gram = acc.compute()
-        return gram * float(len(acc)) ** 2 if scale_by_count else gram
+            acc.update(rows * float(count) if scale_by_count else rows)
+        return acc
 
 
 class StepGradients(Probe):
@@ -232,29 +232,49 @@ class StepGradients(Probe):
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         """Spectrum and metrics of the per-sample gradients of this step's batch (as ``Gradients``), or one NaN
-        ``probe_error`` row whose status says why there are none."""
+        ``probe_error`` row whose status says why there are none. In a distributed job the step's batch is every
+        rank's share of it: the ranks' per-sample gradients (each rescaled by its own sample count) are gathered
+        and written by rank 0; a rank without them fails the measurement on every rank."""
         if self._done is None and self._armed is not None and self._armed.step in (None, ctx.step):
             self._done, self._armed = self._armed, None  # measured without an observe of this step first
             self._done.close()
         cap, self._done = self._done, None
         out = Measurement()
-        if self._problem is not None:
-            return self._failed(out, self._problem)
-        if cap is None:
-            return self._failed(out, f"no training step captured for step {ctx.step}: StepGradients arms itself at "
-                                     f"the monitor step before a due step (call monitor.step after every optimizer "
-                                     f"step, with consecutive step numbers)")
-        if cap.error is not None:
-            return self._failed(out, cap.error)
-        if not cap.calls:
-            return self._failed(out, f"step {ctx.step}: no training forward through {cap.ref.name} since the probe "
-                                     f"was armed (a monitor step before any training step?)")
-        if not cap.rows:
-            return self._failed(out, f"step {ctx.step}: the layer {cap.ref.name} got no gradient during the training "
-                                     f"step (a forward with grad enabled but no backward through it)")
-        gram = cap.gram(self.chunk, self.reduction == "mean")
+        why = self._why_none(cap, ctx.step)
+        if ctx.dist is not None:  # every rank's rows, or why not: said as one process says it when all agree
+            local = why if why is not None else cap.stream(self.chunk, self.reduction == "mean").state_dict()
+            parts = ctx.dist.exchange(local, f"{self.name}@{ctx.step}")
+            whys = [p for p in parts if isinstance(p, str)]
+            if len(whys) == len(parts) and len(set(whys)) == 1:
+                return self._failed(out, whys[0]) if ctx.dist.main else out
+            if whys:
+                raise ValueError("; ".join(f"rank {r}: {p}" for r, p in enumerate(parts) if isinstance(p, str)))
+            if not ctx.dist.main:
+                return out
+            gram = cap.stream(self.chunk, False).folded(parts).compute()
+        elif why is not None:
+            return self._failed(out, why)
+        else:
+            gram = cap.stream(self.chunk, self.reduction == "mean").compute()
         _emit(out, cap.ref.layer, cap.ref.kind, cap.ref.name, "sv", np.sqrt(measure.desc_eigvalsh(gram)), cap.ref.part)
         return out
+
+    def _why_none(self, cap: "_Capture | None", step: int) -> str | None:
+        """Why capture ``cap`` of step ``step`` gives no spectrum (None: it gives one)."""
+        if self._problem is not None:
+            return self._problem
+        if cap is None:
+            return (f"no training step captured for step {step}: StepGradients arms itself at the monitor step "
+                    f"before a due step (call monitor.step after every optimizer step, with consecutive step numbers)")
+        if cap.error is not None:
+            return cap.error
+        if not cap.calls:
+            return (f"step {step}: no training forward through {cap.ref.name} since the probe was armed (a monitor "
+                    f"step before any training step?)")
+        if not cap.rows:
+            return (f"step {step}: the layer {cap.ref.name} got no gradient during the training step (a forward with "
+                    f"grad enabled but no backward through it)")
+        return None
 
     def _failed(self, out: Measurement, why: str) -> Measurement:
         ref = self._ref
