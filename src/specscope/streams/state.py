@@ -27,8 +27,11 @@ REDUCTIONS = ("sum", "cat", "custom", "local")
 
 
 def _cpu(x: Any) -> Any:
+    """A CPU copy of a state value that holds only its own elements (a view of a larger tensor, such as one sample
+    of a batch, is copied out, so sending it between processes sends its elements, not the whole batch)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
+        x = x.detach().cpu()
+        return x.clone() if x.untyped_storage().nbytes() > x.numel() * x.element_size() else x
     if isinstance(x, list):
         return [_cpu(v) for v in x]
     return x
