@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 2 tests/dist/worker.py fsdp OUT [SCENARIO]
 
 SCENARIO ``fail``: the activation probe's forward fails on rank 1 only. ``lost``: rank 1 stops calling
-``mon.step`` after step 2 (the monitor's timeout is 5 s). ``sketch``: the trajectory is sketched.
+``mon.step`` after step 2 (the monitor's timeout is 5 s). ``sketch``: the trajectory is sketched. ``loop`` /
+``func``: per-sample gradients by a loop of backward passes / ``torch.func`` instead of hooks.
 
 Every run sees the same global batches: one process takes all ``GLOBAL`` rows of a step's batch, rank ``r``
 of ``w`` takes rows ``r * GLOBAL / w`` to ``(r + 1) * GLOBAL / w``; the gradient is their mean either way.
@@ -44,7 +45,8 @@ def probes(pool, scenario: str = "", rank: int = 0):
 
     return [ss.probes.Weights(every=2),
             ss.probes.Activations(pool, every=2, batch=3, forward_fn=failing if scenario == "fail" else None),
-            ss.probes.Gradients(pool, every=2, batch=3, matrix="o", layer=-1),
+            ss.probes.Gradients(pool, every=2, batch=3, matrix="o", layer=-1,
+                                method=scenario if scenario in ("loop", "func") else "auto"),
             ss.probes.Trajectory(window=4, every=2, mode="sketch" if scenario == "sketch" else "exact", k=512),
             ss.probes.StepGradients(matrix="mlp_in", layer=0, every=2)]
 
