@@ -89,6 +89,11 @@ def _measure_one(ck: Checkpoint, ref: MatrixRef, method: str, final: _Final | No
     return m
 
 
+def _kept(ck: Checkpoint, keep: set[str] | None) -> dict[str, MatrixRef]:
+    """The cataloged matrices of ``ck`` of the kinds in ``keep`` (None: all), by name."""
+    return {r.name: r for r in ck.catalog() if keep is None or r.kind in keep}
+
+
 def _order(cats: list[dict[str, MatrixRef]]) -> list[tuple[int, str]]:
     """(checkpoint index, matrix name) in measuring order: each name of the final checkpoint across the series,
     then the matrices only earlier checkpoints have."""
@@ -109,7 +114,7 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
         return [_Measured(None, r, spectra[r.name].sv, spectra[r.name].status) for r in refs], False
     ckpts = resolve(model_or_path)
     series = len(ckpts) > 1
-    cats = [{r.name: r for r in c.catalog() if keep is None or r.kind in keep} for c in ckpts]
+    cats = [_kept(c, keep) for c in ckpts]
     if ray:
         got = _fan_out(ckpts, cats, method, keep, progress, ray)
         return [_Measured(ckpts[i].step, cats[i][name], *got[i, name]) for i, name in _order(cats)], series
@@ -135,9 +140,9 @@ def _measure_task(path: str, step: int | None, names: list[str], final: tuple[st
     here by path, so nothing big is shipped; ``final``: the series' final checkpoint, read for ``cos_w_final``).
     Returns (name, singular values, status, ``cos_w_final``) per name."""
     ck = open_checkpoint(path, step)
-    cat = {r.name: r for r in ck.catalog() if keep is None or r.kind in keep}
+    cat = _kept(ck, keep)
     fck = None if final is None else ck if (path, step) == final else open_checkpoint(*final)
-    fcat = cat if fck is ck else {} if fck is None else {r.name: r for r in fck.catalog() if keep is None or r.kind in keep}
+    fcat = cat if fck is ck else {} if fck is None else _kept(fck, keep)
     out = []
     with torch.no_grad():
         for name in names:
