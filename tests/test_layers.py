@@ -19,7 +19,7 @@ LAYERS = [
     ("report", "export"),
     ("analysis",),
     ("integrations",),
-    ("monitor", "probes", "measure", "offline"),
+    ("monitor", "probes", "measure", "offline", "raysetup"),
     ("store",),
     ("streams",),
     ("models",),

@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .models import KINDS, MatrixRef, catalog
-from .models.loading import Checkpoint, Stream, resolve
+from .models.loading import Checkpoint, Stream, open_checkpoint, resolve
 from .spectra import series_metrics, singular_values_lowmem, singular_values_many, spectrum_metrics
 from .spectra.compute import BLOCK_ELEMS, singular_values_streamed
 from .spectra.temporal import cos_w_final
@@ -89,39 +89,113 @@ def _measure_one(ck: Checkpoint, ref: MatrixRef, method: str, final: _Final | No
     return m
 
 
-def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: bool) -> tuple[list[_Measured], bool]:
+def _kept(ck: Checkpoint, keep: set[str] | None) -> dict[str, MatrixRef]:
+    """The cataloged matrices of ``ck`` of the kinds in ``keep`` (None: all), by name."""
+    return {r.name: r for r in ck.catalog() if keep is None or r.kind in keep}
+
+
+def _order(cats: list[dict[str, MatrixRef]]) -> list[tuple[int, str]]:
+    """(checkpoint index, matrix name) in measuring order: each name of the final checkpoint across the series,
+    then the matrices only earlier checkpoints have."""
+    final = cats[-1]
+    out = [(i, name) for name in final for i, cat in enumerate(cats) if name in cat]
+    return out + [(i, name) for i, cat in enumerate(cats) for name in cat if name not in final]
+
+
+def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: bool,
+             ray: str | bool | None = None) -> tuple[list[_Measured], bool]:
     keep = set(kinds) if kinds is not None else None
     if isinstance(model_or_path, nn.Module):
+        if ray:
+            raise ConfigError("Ray fan-out takes a path (a checkpoint or a directory of them), not an nn.Module")
         refs = [r for r in catalog(model_or_path) if keep is None or r.kind in keep]
         with torch.no_grad():  # in memory already: all matrices at once, side by side on the cores
             spectra = singular_values_many([(r.name, r.read()) for r in refs], method=method)
         return [_Measured(None, r, spectra[r.name].sv, spectra[r.name].status) for r in refs], False
     ckpts = resolve(model_or_path)
     series = len(ckpts) > 1
-    cats = [{r.name: r for r in c.catalog() if keep is None or r.kind in keep} for c in ckpts]
-    final = cats[-1]
+    cats = [_kept(c, keep) for c in ckpts]
+    if ray:
+        got = _fan_out(ckpts, cats, method, keep, progress, ray)
+        return [_Measured(ckpts[i].step, cats[i][name], *got[i, name]) for i, name in _order(cats)], series
     out = []
-    total = sum(len(c) for c in cats)
-    with torch.no_grad(), _bar(total, progress, "analyze") as bar:
-        for name, ref_final in final.items():
-            end = _Final(ckpts[-1], ref_final) if series else None
-            for ck, cat in zip(ckpts, cats):
-                ref = cat.get(name)
-                if ref is None:
-                    continue
-                out.append(_measure_one(ck, ref, method, end))
-                ck.release()
-                bar.update(1)
-            del end
-            for ck in ckpts:
-                ck.release()
-        for ck, cat in zip(ckpts, cats):  # matrices only in earlier checkpoints
-            for name, ref in cat.items():
-                if name not in final:
-                    out.append(_measure_one(ck, ref, method, None))
-                    bar.update(1)
-            ck.release()
+    end = None
+    with torch.no_grad(), _bar(sum(len(c) for c in cats), progress, "analyze") as bar:
+        for i, name in _order(cats):
+            paired = series and name in cats[-1]
+            if end is not None and (not paired or end.ref.name != name):
+                end = None  # the previous name's final tensor goes before the next one's is read
+                ckpts[-1].release()
+            if paired and end is None:
+                end = _Final(ckpts[-1], cats[-1][name])
+            out.append(_measure_one(ckpts[i], cats[i][name], method, end))
+            ckpts[i].release()
+            bar.update(1)
     return out, series
+
+
+def _measure_task(path: str, step: int | None, names: list[str], final: tuple[str, int | None] | None, method: str,
+                  keep: set[str] | None) -> list[tuple[str, np.ndarray, str, float]]:
+    """One Ray task: ``names`` of the checkpoint at ``path`` measured as the serial path measures them (opened
+    here by path, so nothing big is shipped; ``final``: the series' final checkpoint, read for ``cos_w_final``).
+    Returns (name, singular values, status, ``cos_w_final``) per name."""
+    ck = open_checkpoint(path, step)
+    cat = _kept(ck, keep)
+    fck = None if final is None else ck if (path, step) == final else open_checkpoint(*final)
+    fcat = cat if fck is ck else {} if fck is None else _kept(fck, keep)
+    out = []
+    with torch.no_grad():
+        for name in names:
+            end = _Final(fck, fcat[name]) if fck is not None and name in fcat else None
+            m = _measure_one(ck, cat[name], method, end)
+            out.append((name, m.sv, m.status, m.cos_w_final))
+            del end
+            for c in (ck, fck):
+                if c is not None:
+                    c.release()
+    return out
+
+
+def _chunks(cat: dict[str, MatrixRef], k: int) -> list[list[str]]:
+    """The names of ``cat`` in at most ``k`` chunks of about equal work (``numel x rank``, the Gram's), largest first."""
+    bins: list[list[str]] = [[] for _ in range(max(1, min(k, len(cat))))]
+    load = [0] * len(bins)
+    for name in sorted(cat, key=lambda n: -cat[n].numel * cat[n].rank):
+        j = load.index(min(load))
+        bins[j].append(name)
+        load[j] += cat[name].numel * cat[name].rank
+    return [b for b in bins if b]
+
+
+def _fan_out(ckpts: list[Checkpoint], cats: list[dict[str, MatrixRef]], method: str, keep: set[str] | None,
+             progress: bool, ray: str | bool) -> dict[tuple[int, str], tuple[np.ndarray, str, float]]:
+    """(singular values, status, ``cos_w_final``) by (checkpoint index, name), measured by Ray tasks: one per
+    checkpoint of a series, or chunks of one checkpoint's matrices, about two tasks per CPU in all. A task
+    that fails gives its matrices NaNs and a status saying why."""
+    from .raysetup import init_ray
+
+    rt = init_ray("local" if ray is True else ray)
+    from ray.exceptions import RayError
+
+    cpus = max(1, int(rt.cluster_resources().get("CPU", 1)))
+    final = (str(ckpts[-1].path), ckpts[-1].step) if len(ckpts) > 1 else None
+    per = -(-2 * cpus // len(ckpts))  # chunks per checkpoint
+    task = rt.remote(num_cpus=1)(_measure_task)
+    pending = {task.remote(str(ck.path), ck.step, names, final, method, keep): (i, names)
+               for i, (ck, cat) in enumerate(zip(ckpts, cats)) for names in _chunks(cat, per)}
+    got = {}
+    with _bar(len(pending), progress, "analyze", "task") as bar:
+        while pending:
+            (done,), _ = rt.wait(list(pending), num_returns=1)
+            i, names = pending.pop(done)
+            try:
+                got.update({(i, name): rest for name, *rest in rt.get(done)})
+            except RayError as exc:
+                cause = getattr(exc, "cause", None) or exc
+                why = f"Ray task failed ({type(cause).__name__}: {(str(cause).splitlines() or [''])[0]})"
+                got.update({(i, name): (np.full(cats[i][name].rank, np.nan), why, float("nan")) for name in names})
+            bar.update(1)
+    return got
 
 
 def _frame(measured: list[_Measured], series: bool) -> pd.DataFrame:
@@ -175,26 +249,34 @@ def _add_across_time(df: pd.DataFrame, measured: list[_Measured]) -> pd.DataFram
     return df
 
 
-def analyze(model_or_path, method: str = "gram", kinds: Iterable[str] | None = None, progress: bool = True) -> pd.DataFrame:
+def analyze(model_or_path, method: str = "gram", kinds: Iterable[str] | None = None, progress: bool = True,
+            ray: str | bool | None = None) -> pd.DataFrame:
     """SPEC section 3 metrics of every cataloged matrix of a model or checkpoint.
 
     ``model_or_path``: an ``nn.Module``, an HF model directory, a safetensors file, a torch
     checkpoint (``weights_only=True``), or a directory of step-numbered checkpoints (then one
     row per checkpoint x matrix, with ``step`` and the SPEC section 4 metrics
     ``sd_variation``, ``cos_sd_final``, ``cos_w_final``, ``compression``).
+
+    ``ray``: None / False measures here, one matrix at a time; True or ``"local"`` fans out on a
+    local Ray (all CPUs, or the Ray this process already started), an address on that Ray
+    cluster (whose workers must see ``model_or_path`` at the same path). A series goes one task
+    per checkpoint, one model in chunks of its matrices; each task opens its file by path. The
+    rows are the serial path's; a task that fails gives its matrices NaNs and a status.
+    Returns one row per matrix (per checkpoint in a series): ids, metrics, ``status``.
     """
-    measured, series = _measure(model_or_path, method, kinds, progress)
+    measured, series = _measure(model_or_path, method, kinds, progress, ray)
     return _frame(measured, series)
 
 
 def analyze_into(model_or_path, run_dir: str | os.PathLike, method: str = "gram", kinds: Iterable[str] | None = None,
-                 progress: bool = True) -> pd.DataFrame:
-    """:func:`analyze`, and write metrics and full spectra into a run store (probe ``weights``),
-    so ``report`` and the analyses work on it."""
+                 progress: bool = True, ray: str | bool | None = None) -> pd.DataFrame:
+    """:func:`analyze` (``ray`` as there), and write metrics and full spectra into a run store (probe
+    ``weights``), so ``report`` and the analyses work on it. Returns :func:`analyze`'s table."""
     from .store.rows import Measurement
     from .store.writer import RunWriter
 
-    measured, series = _measure(model_or_path, method, kinds, progress)
+    measured, series = _measure(model_or_path, method, kinds, progress, ray)
     df = _frame(measured, series)
     source = str(model_or_path) if not isinstance(model_or_path, nn.Module) else type(model_or_path).__name__
     w = RunWriter(run_dir, config={"source": source, "analyzer": "specscope.analyze", "method": method})

@@ -145,8 +145,8 @@ def _matrix_arg(text: str) -> tuple[int, str]:
 
 def cmd_analyze(a: argparse.Namespace) -> int:
     """``specscope analyze PATH``: measure a checkpoint (or a folder of step checkpoints; ``--trajectory W``: their
-    update trajectories) without training, print the table or write it (``--out``, ``--format``), or store it as a
-    run (``--into``). Returns the exit code, 0."""
+    update trajectories) without training (``--ray``: fanned out on Ray), print the table or write it (``--out``,
+    ``--format``), or store it as a run (``--into``). Returns the exit code, 0."""
     from ..offline import analyze, analyze_into, trajectory
 
     if a.format != "table" and not a.out:
@@ -157,14 +157,16 @@ def cmd_analyze(a: argparse.Namespace) -> int:
         raise ConfigError("--trajectory W needs a window of at least 2 updates")
     if (a.sketch or a.matrix) and not a.trajectory:
         raise ConfigError("--sketch and --matrix go with --trajectory W")
+    if a.ray and a.trajectory:
+        raise ConfigError("--ray goes with weight analysis, not --trajectory (a trajectory runs through the checkpoints in order)")
     kinds = a.kinds
     if a.trajectory:
         df = trajectory(a.path, window=a.trajectory, mode="sketch" if a.sketch else "exact", k=a.sketch or 4096, kinds=kinds,
                         matrices=a.matrix, run_dir=a.into, progress=not a.no_progress)
     elif a.into:
-        df = analyze_into(a.path, a.into, method=a.method, kinds=kinds, progress=not a.no_progress)
+        df = analyze_into(a.path, a.into, method=a.method, kinds=kinds, progress=not a.no_progress, ray=a.ray)
     else:
-        df = analyze(a.path, method=a.method, kinds=kinds, progress=not a.no_progress)
+        df = analyze(a.path, method=a.method, kinds=kinds, progress=not a.no_progress, ray=a.ray)
     if a.out:
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +214,8 @@ def register(sub) -> None:
     an.add_argument("--sketch", type=A.nonneg_int, default=0, metavar="K", help="--trajectory: CountSketch the updates to K dims")
     an.add_argument("--matrix", type=_matrix_arg, action="append", default=[], metavar="LAYER:KIND",
                     help="--trajectory: also a trajectory of this one matrix (repeatable), e.g. 0:q")
+    an.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="fan out on Ray: a local Ray, or the cluster at ADDRESS (its workers must see PATH)")
     an.add_argument("--max-rows", type=A.positive_int, default=60)
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(func=cmd_analyze)

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..raysetup import init_ray
 from .halving import MULTIPLIERS, Candidate, lr_candidates, one_at_a_time, successive_halving
 
 log = logging.getLogger(__name__)
@@ -196,12 +197,8 @@ def _ray_trial(config: dict) -> None:
 
 
 def _ray_rung(cfg: SweepConfig, out: Path, address: str | None, cpus_per_trial: float):
-    import ray
+    init_ray(address)
     from ray import tune
-
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
-                 logging_level=logging.WARNING)
 
     def rung(cands: list[Candidate], tokens: float) -> dict[str, float]:
         space = {"cand": tune.grid_search([{"name": c.name, **c.params} for c in cands]), "rung_tokens": tokens,
