@@ -64,6 +64,12 @@ def test_sketched_trajectory_over_fsdp_shards_equals_one_process(tmp_path):
     assert_same_rows(str(tmp_path / "one"), str(tmp_path / "two"))
 
 
+def test_per_sample_gradients_by_backward_loop_under_ddp_equal_one_process(tmp_path):
+    _run(["single", str(tmp_path / "one"), "loop"])
+    _run(["ddp", str(tmp_path / "two"), "loop"], ranks=2)
+    assert_same_rows(str(tmp_path / "one"), str(tmp_path / "two"))
+
+
 def test_a_probe_failing_on_one_rank_fails_on_every_rank_and_the_rest_measure(single, tmp_path):
     out = tmp_path / "fail"
     _run(["ddp", str(out), "fail"], ranks=2)
@@ -140,6 +146,18 @@ def test_replicated_coordinates_partition_the_update_vector_and_sketches_add_up(
             parts += sketch(vals, pos)
         assert sorted(positions) == list(range(whole.numel()))  # every coordinate kept once
         np.testing.assert_allclose(parts.numpy(), sketch(whole).numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_sample_view_is_sent_as_its_own_elements():
+    from specscope.streams import PerSampleGradGram
+
+    acc = PerSampleGradGram()
+    acc.update(torch.randn(8, 5, 3), torch.randn(8, 5, 2))
+    state = acc.state_dict()
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in state["inputs"] + state["deltas"])
+    twice = acc.folded([state, state]).compute()
+    g = acc.compute()
+    torch.testing.assert_close(twice, torch.cat([torch.cat([g, g], 1), torch.cat([g, g], 1)]), rtol=1e-12, atol=1e-12)
 
 
 def test_null_writer_writes_nothing(tmp_path):
