@@ -175,3 +175,19 @@ def test_one_process_monitor_has_no_dist(tmp_path):
         mon.step(0, loss=1.0)
     assert mon.dist is None
     assert json.loads((tmp_path / "r" / "meta.json").read_text())["distributed"] is None
+
+
+def test_an_fsdp1_model_is_said_to_be_unmeasurable_at_every_measurement(tmp_path):
+    class FullyShardedDataParallel(torch.nn.Module):  # FSDP1's wrapper type, as the monitor sees it
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = FullyShardedDataParallel(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
+    probes = [ss.probes.Weights(every=1), ss.probes.Trajectory(window=2, every=1)]
+    with ss.Monitor(model, tmp_path / "r", probes=probes) as mon:
+        for step in range(3):
+            mon.step(step, loss=1.0)
+    m = ss.open_run(str(tmp_path / "r")).metrics()
+    assert set(m.metric) == {"probe_error"} and len(m) == 6
+    assert m.status.str.contains("FSDP1").all()

@@ -17,6 +17,7 @@ from torch import nn
 
 from .models import MatrixRef, catalog as build_catalog
 from .models.modes import kept_modes, kept_rng
+from .models.sharded import unsupported_sharding
 from .probes.base import Measurement, Probe, ProbeContext
 from .store.rows import Measurement as Rows
 from .store.writer import NullWriter, RunWriter
@@ -133,6 +134,9 @@ class Monitor:
                                if self.dist is not None else None)
         if self.dist is not None:
             self._agree_setup([r.name for r in self.catalog], described)
+        self.unsupported = unsupported_sharding(model)  # why no probe can read this model (None: they can)
+        if self.unsupported is not None:
+            log.warning("monitor: %s; every probe records this reason instead of measuring", self.unsupported)
         self.flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
         self._closed = False
@@ -196,7 +200,7 @@ class Monitor:
         self.last_step = step
         self.log(step, tokens, **self._across_ranks(step, {"loss": loss, **scalars}))
         for p in self.probes:
-            if p.observes_every_step:
+            if p.observes_every_step and self.unsupported is None:
                 try:
                     with preserved(self.model):
                         p.observe(ProbeContext(self.model, self.catalog, int(step), tokens, self.dist))
@@ -274,6 +278,8 @@ class Monitor:
         try:
             if self.dist is not None and self.dist.broken is not None:  # no collective can succeed: say why at once
                 raise DistBroken(f"distributed measuring stopped: {self.dist.broken}")
+            if self.unsupported is not None:
+                raise ValueError(self.unsupported)
             got = shared
             if isinstance(got, Exception):
                 raise got

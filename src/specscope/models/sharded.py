@@ -39,3 +39,14 @@ def shard_rows(n: int, world: int, rank: int) -> tuple[int, int]:
     c = -(-int(n) // int(world))
     lo = min(n, rank * c)
     return lo, min(n, lo + c)
+
+
+def unsupported_sharding(model: torch.nn.Module) -> str | None:
+    """Why the parameters of ``model`` cannot be read as matrices (None: they can): FSDP1's
+    ``FullyShardedDataParallel`` keeps each rank's share of flattened parameters, so a module's weight is not its
+    matrix outside FSDP1's own gathers. DDP, FSDP2 (DTensor parameters) and unwrapped models return None."""
+    for mod in model.modules():
+        if type(mod).__name__ == "FullyShardedDataParallel":
+            return ("the model is wrapped in FSDP1 (FullyShardedDataParallel), whose parameters are flattened shards; "
+                    "specscope measures DDP and FSDP2 (torch.distributed.fsdp.fully_shard) models")
+    return None
