@@ -191,3 +191,39 @@ def test_an_fsdp1_model_is_said_to_be_unmeasurable_at_every_measurement(tmp_path
     m = ss.open_run(str(tmp_path / "r")).metrics()
     assert set(m.metric) == {"probe_error"} and len(m) == 6
     assert m.status.str.contains("FSDP1").all()
+
+
+def test_fsdp2_in_one_process_reads_its_dtensors_whole(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, 3))
+
+    def train(model, out):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(5, 16, 6, generator=torch.Generator().manual_seed(2))
+        probes = [ss.probes.Weights(every=2), ss.probes.Trajectory(window=3, every=2),
+                  ss.probes.Activations(x[0], every=2, batch=4)]
+        with ss.Monitor(model, out, probes=probes) as mon:
+            mon.step(0)
+            for step in range(1, 5):
+                model(x[step]).square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+                mon.step(step)
+
+    train(build(), tmp_path / "plain")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        model = build()
+        fully_shard(model)
+        assert any(type(p).__name__ == "DTensor" for p in model.parameters())
+        train(model, tmp_path / "fsdp")
+    finally:
+        dist.destroy_process_group()
+    m = ss.open_run(str(tmp_path / "fsdp")).metrics()
+    assert (m.metric != "probe_error").all()
+    assert_same_rows(str(tmp_path / "plain"), str(tmp_path / "fsdp"), rtol=1e-6)

@@ -12,7 +12,8 @@ SPECTRUM_KEY = ["step", "probe", "layer", "kind", "name", "quantity"]
 def _close(a: np.ndarray, b: np.ndarray, rtol: float) -> np.ndarray:
     """Elementwise: equal to ``rtol`` relative (an absolute floor of 1e-9 for values near 0), or both NaN."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    return (np.abs(a - b) <= rtol * np.maximum(np.abs(a), 1e-9 / rtol)) | (np.isnan(a) & np.isnan(b))
+    with np.errstate(invalid="ignore"):
+        return (a == b) | (np.abs(a - b) <= rtol * np.maximum(np.abs(a), 1e-9 / rtol)) | (np.isnan(a) & np.isnan(b))
 
 
 def assert_same_rows(reference: str, other: str, rtol: float = 1e-3) -> dict[str, int]:

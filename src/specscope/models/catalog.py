@@ -23,6 +23,7 @@ from torch import nn
 from .families import Context, Part, Stored, gpt2_conv1d, matrix_name, moe_parents, rnn_gates, split, split_name
 from .kinds import OUTSIDE_KINDS
 from .ref import MatrixRef
+from .sharded import whole
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def catalog_stored(stored: Iterable[Stored], info: ModelInfo | None = None,
 
 def _ref(st: Stored, p: Part, layer: int) -> MatrixRef:
     load, take = st.load, p.take
-    return MatrixRef(p.name, layer, p.kind, lambda: take(load()), p.shape, split_name(st.param or st.name)[0],
+    return MatrixRef(p.name, layer, p.kind, lambda: take(whole(load())), p.shape, split_name(st.param or st.name)[0],
                      p.out_index, p.part, st.param or st.name, take, p.slices)
 
 

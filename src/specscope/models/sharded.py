@@ -21,6 +21,12 @@ def is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
+def whole(t: Any) -> Any:
+    """``t`` itself, or for a DTensor its whole tensor (``full_tensor()``: a collective on its mesh, so every rank
+    of the mesh reads it too; the distributed monitor never reads a sharded parameter this way)."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
 def row_sharded(t: Any, world: int) -> bool:
     """True when ``t`` is a DTensor sharded along dim 0 (``Shard(0)``) on a one-dimensional mesh of all ``world``
     ranks, mesh coordinate = global rank (FSDP2's layout): each rank holds a contiguous block of rows."""
