@@ -9,8 +9,15 @@ each ``opt.step()``: ``Monitor.step(0)`` on the model before training, then
 gradient accumulation). Every probe schedule runs, every-``N`` probes and every-step ones such
 as :class:`~specscope.probes.Trajectory`, which sees each update from the first one on. The
 scalars the Trainer logs (loss, learning_rate, grad_norm, eval_loss, ...) are recorded at the
-step they belong to, and tokens seen when ``include_num_input_tokens_seen`` is on. Only the
-main process writes.
+step they belong to, and tokens seen when ``include_num_input_tokens_seen`` is on.
+
+Under ``torchrun`` (DDP, FSDP2) the same user code runs on every rank: each rank opens its monitor
+in ``on_train_begin`` and steps it in ``on_step_end``, hooks the Trainer calls on every process, so
+the ranks share the probes' work and their collectives line up; rank 0 alone writes the run store.
+The scalars of ``on_log`` are recorded as rank 0 has them (the Trainer already reduced the loss
+across ranks). A model under FSDP1 (``fsdp_config={"version": 1}``) is not measured: a warning,
+and every probe records NaN once with a status naming FSDP1. (On the CPU, accelerate trains
+under DDP whatever ``fsdp`` asks for.)
 """
 from __future__ import annotations
 
@@ -36,9 +43,9 @@ class SpectralCallback(MonitorDriver, TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: nn.Module | None = None, **kwargs: Any) -> None:
-        """Open the monitor on the main process (appending to the run store when the Trainer resumed) and record the
-        model before training as step 0. Returns None."""
-        if not state.is_world_process_zero or model is None:
+        """Open the monitor on this process (every rank of a distributed job; rank 0 writes), appending to the run
+        store when the Trainer resumed, and record the model before training as step 0. Returns None."""
+        if model is None:
             return
         config = {"integration": "transformers.Trainer", "learning_rate": args.learning_rate,
                   "per_device_train_batch_size": args.per_device_train_batch_size,
@@ -54,7 +61,7 @@ class SpectralCallback(MonitorDriver, TrainerCallback):
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """Record the Trainer's logged numbers (loss, learning_rate, grad_norm, eval_loss, ...) as scalars at the
-        current step. Returns None."""
+        current step (rank 0's own in a distributed job: no collective here). Returns None."""
         if logs:
             self._log_monitor(state.global_step, tokens=_tokens(state), **scalars_of(logs))
 

@@ -8,8 +8,15 @@ each ``opt.step()``: ``Monitor.step(0)`` on the LightningModule before training,
 ``Monitor.step(trainer.global_step)`` after every optimizer step (so gradient accumulation is
 counted right). Every probe schedule runs, every-``N`` probes and every-step ones such as
 :class:`~specscope.probes.Trajectory`, which sees each update from the first one on. The
-training loss and the trainer's logged metrics are recorded as scalars. Only global rank zero
-writes.
+training loss and the trainer's logged metrics are recorded as scalars.
+
+Under ``torchrun`` (``strategy="ddp"``, or ``ModelParallelStrategy`` with ``fully_shard``: FSDP2)
+the same user code runs on every rank: each rank opens its monitor in ``on_fit_start`` and steps it
+in ``on_train_batch_end``, hooks Lightning calls on every rank, so the ranks share the probes' work
+and their collectives line up; global rank zero alone writes the run store. The loss and logged
+metrics given at a step are averaged over the ranks (each rank's own batch). A model under FSDP1
+(``strategy="fsdp"``) is not measured: a warning, and every probe records NaN once with a
+status naming FSDP1.
 """
 from __future__ import annotations
 
@@ -32,13 +39,12 @@ class SpectralCallback(MonitorDriver, Callback):
     """
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Open the monitor on global rank zero (appending to the run store when the fit resumed) and record the
-        module before training as step 0. Returns None."""
-        if not trainer.is_global_zero:
-            return
+        """Open the monitor on this rank (every rank of a distributed job; global rank zero writes), appending to the
+        run store when the fit resumed, and record the module before training as step 0. Returns None."""
         config = {"integration": "lightning", "max_steps": trainer.max_steps,
                   "accumulate_grad_batches": trainer.accumulate_grad_batches}
-        self._open_monitor(pl_module, trainer.default_root_dir, config, trainer.global_step)
+        self._open_monitor(pl_module, trainer.default_root_dir, config, trainer.global_step,
+                           wrapped=getattr(trainer.strategy, "model", None))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
