@@ -87,7 +87,7 @@ def test_a_rank_that_stops_stepping_costs_one_timeout_not_a_hang(tmp_path):
     _run(["ddp", str(out), "lost"], ranks=2, timeout=120)
     m = ss.open_run(str(out)).metrics()
     before = m[m.step <= 2]
-    assert (before.metric != "probe_error").all()  # measured while both ranks stepped
+    assert not before.status.str.contains("distributed").any() and len(before) > 500  # measured while both ranks stepped
     after = m[m.step >= 4]
     assert set(after.metric) == {"probe_error"} and len(after) == 10  # 5 probes x steps 4, 6
     assert after.status.str.contains("distributed measuring stopped").all()
@@ -189,7 +189,7 @@ def test_an_fsdp1_model_is_said_to_be_unmeasurable_at_every_measurement(tmp_path
         for step in range(3):
             mon.step(step, loss=1.0)
     m = ss.open_run(str(tmp_path / "r")).metrics()
-    assert set(m.metric) == {"probe_error"} and len(m) == 6
+    assert set(m.metric) == {"probe_error"} and sorted(m[["step", "probe"]].values.tolist()) == [[0, "trajectory"], [0, "weights"]]
     assert m.status.str.contains("FSDP1").all()
 
 

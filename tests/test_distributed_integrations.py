@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("transformers")
 
 import specscope as ss  # noqa: E402
-from specscope.integrations._common import FSDP1, Refused, fsdp1_sharded  # noqa: E402
+from specscope.models.sharded import FSDP1, unsupported_sharding  # noqa: E402
 
 DIST = Path(__file__).parent / "dist"
 SRC = Path(__file__).parent.parent / "src"
@@ -97,10 +97,10 @@ def test_lightning_fsdp1_is_refused_not_measured(tmp_path):
     assert said.count(f"specscope: {FSDP1}") == 2  # one warning on each rank
     run = ss.open_run(tmp_path / "specscope")
     m = run.metrics()
-    # each probe: one failure row, at its first due step, NaN, naming FSDP1 (as each rank gave it)
-    assert sorted(m["probe"]) == ["activations", "gradients", "trajectory", "weights"]
+    # each probe: one failure row, at its first due step, NaN, naming FSDP1
+    assert sorted(m["probe"]) == ["activations", "gradients", "step_gradients", "trajectory", "weights"]
     assert (m["step"] == 0).all() and m["value"].isna().all()
-    assert all(s.count(FSDP1) == 2 for s in m["status"])
+    assert (m["status"] == FSDP1).all()
     assert run.spectra().empty
     assert run.scalars(wide=False).query("name == 'loss'")["step"].tolist() == list(range(1, 7))  # training went on
 
@@ -114,27 +114,19 @@ class FullyShardedDataParallel(torch.nn.Module):  # what the detection reads: th
         self.module = module
 
 
-def test_fsdp1_sharded_reads_the_wrapper_and_the_flattened_flag():
+def test_fsdp1_is_read_from_the_wrapper_and_the_flattened_flag(tmp_path):
     from torch.distributed.fsdp._common_utils import _set_fsdp_flattened
 
     plain = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-    assert not fsdp1_sharded(plain) and not fsdp1_sharded(None, plain)
-    assert fsdp1_sharded(FullyShardedDataParallel(plain))
-    assert fsdp1_sharded(torch.nn.Sequential(FullyShardedDataParallel(torch.nn.Linear(4, 4))))  # a wrapped block
-    assert not fsdp1_sharded(plain)  # wrapping it did not mark it
+    assert unsupported_sharding(plain) is None
+    assert unsupported_sharding(FullyShardedDataParallel(plain)) == FSDP1
+    assert unsupported_sharding(torch.nn.Sequential(FullyShardedDataParallel(torch.nn.Linear(4, 4)))) == FSDP1
+    assert unsupported_sharding(plain) is None  # wrapping it did not mark it
     _set_fsdp_flattened(plain[1].weight)  # what FSDP1 leaves on the parameters it flattened
-    assert fsdp1_sharded(plain) and fsdp1_sharded(None, plain)
-
-
-def test_refused_probe_fails_once_at_its_first_due_step(tmp_path):
-    probe = ss.probes.Weights(every=3)
-    stand_in = Refused(probe, "why not")
-    assert stand_in.name == "weights" and stand_in.describe() == {**probe.describe(), "refused": "why not"}
-    assert [s for s in range(10) if stand_in.due(s)] == [0]  # probe is due at 0, 3, 6, 9: told once, at 0
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with ss.Monitor(model, tmp_path, probes=[Refused(ss.probes.Weights(every=3), "why not")]) as mon:
+    assert unsupported_sharding(plain) == FSDP1
+    with ss.Monitor(plain, tmp_path, probes=[ss.probes.Weights(every=3), ss.probes.Trajectory(every=3)]) as mon:
         for s in range(7):
             mon.step(s)
     m = ss.open_run(tmp_path).metrics()
-    assert m[["step", "probe"]].values.tolist() == [[0, "weights"]]
-    assert np.isnan(m["value"].iloc[0]) and m["status"].iloc[0] == "RuntimeError: why not"
+    assert sorted(m[["step", "probe"]].values.tolist()) == [[0, "trajectory"], [0, "weights"]]  # told once, at 0
+    assert m["value"].isna().all() and (m["status"] == FSDP1).all()

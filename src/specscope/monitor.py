@@ -118,6 +118,10 @@ class Monitor:
         names = [p.name for p in self.probes]
         if len(set(names)) != len(names):
             raise ValueError(f"probe names must be unique, got {names}")
+        self.unsupported = unsupported_sharding(model)  # why no probe can read this model (None: they can)
+        if self.unsupported is not None:
+            log.warning("specscope: %s; each probe records this reason once", self.unsupported)
+            catalog = []
         self.catalog = catalog if catalog is not None else build_catalog(model)
         self.dist = Dist.start(timeout_s) if rank is None and distributed is not False else None
         if distributed and self.dist is None:
@@ -132,11 +136,9 @@ class Monitor:
         self.writer.write_meta(probes=described, catalog=summary,
                                distributed={"world": self.dist.world, "timeout_s": self.dist.timeout_s}
                                if self.dist is not None else None)
-        if self.dist is not None:
+        if self.dist is not None and self.unsupported is None:
             self._agree_setup([r.name for r in self.catalog], described)
-        self.unsupported = unsupported_sharding(model)  # why no probe can read this model (None: they can)
-        if self.unsupported is not None:
-            log.warning("monitor: %s; every probe records this reason instead of measuring", self.unsupported)
+        self._told_unsupported: set[str] = set()
         self.flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
         self._closed = False
@@ -250,6 +252,12 @@ class Monitor:
         probe (the time of the attempt split among them)."""
         ctx = ProbeContext(self.model, self.catalog, int(step), tokens, self.dist)
         chosen = list(probes if probes is not None else self.probes)
+        if self.unsupported is not None:  # nothing can be read: each probe says why once
+            for probe in chosen:
+                if probe.name not in self._told_unsupported:
+                    self._told_unsupported.add(probe.name)
+                    self.writer.add_measurement(int(step), tokens, probe.name, Measurement.failure(self.unsupported))
+            chosen = []
         # distributed: each probe splits its own work across the ranks; no shared pass
         groups = share_groups(chosen) if self.dist is None else [[p] for p in chosen]
         for group in groups:
@@ -278,8 +286,6 @@ class Monitor:
         try:
             if self.dist is not None and self.dist.broken is not None:  # no collective can succeed: say why at once
                 raise DistBroken(f"distributed measuring stopped: {self.dist.broken}")
-            if self.unsupported is not None:
-                raise ValueError(self.unsupported)
             got = shared
             if isinstance(got, Exception):
                 raise got
@@ -331,6 +337,8 @@ class Monitor:
         if self._closed:
             return
         self._closed = True
+        if self.dist is not None:
+            self.dist.close()
         try:
             self.writer.close()
         except Exception as exc:

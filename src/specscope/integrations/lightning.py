@@ -43,8 +43,7 @@ class SpectralCallback(MonitorDriver, Callback):
         run store when the fit resumed, and record the module before training as step 0. Returns None."""
         config = {"integration": "lightning", "max_steps": trainer.max_steps,
                   "accumulate_grad_batches": trainer.accumulate_grad_batches}
-        self._open_monitor(pl_module, trainer.default_root_dir, config, trainer.global_step,
-                           wrapped=getattr(trainer.strategy, "model", None))
+        self._open_monitor(pl_module, trainer.default_root_dir, config, trainer.global_step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

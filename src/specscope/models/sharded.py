@@ -47,12 +47,17 @@ def shard_rows(n: int, world: int, rank: int) -> tuple[int, int]:
     return lo, min(n, lo + c)
 
 
+FSDP1 = ("not measured under FSDP1 (FullyShardedDataParallel): its flattened, sharded parameters hold no matrix to "
+         "read; use FSDP2 (fully_shard) or DDP")
+
+
 def unsupported_sharding(model: torch.nn.Module) -> str | None:
-    """Why the parameters of ``model`` cannot be read as matrices (None: they can): FSDP1's
-    ``FullyShardedDataParallel`` keeps each rank's share of flattened parameters, so a module's weight is not its
-    matrix outside FSDP1's own gathers. DDP, FSDP2 (DTensor parameters) and unwrapped models return None."""
-    for mod in model.modules():
-        if type(mod).__name__ == "FullyShardedDataParallel":
-            return ("the model is wrapped in FSDP1 (FullyShardedDataParallel), whose parameters are flattened shards; "
-                    "specscope measures DDP and FSDP2 (torch.distributed.fsdp.fully_shard) models")
+    """Why the parameters of ``model`` cannot be read as matrices (None: they can): :data:`FSDP1` when the model is,
+    holds, or was flattened by FSDP1 (a ``FullyShardedDataParallel`` module, or a parameter carrying FSDP1's
+    ``_fsdp_flattened`` flag): each rank keeps a share of flattened parameters, so a module's weight is not its
+    matrix outside FSDP1's own gathers. DDP, FSDP2 (DTensor parameters) and unwrapped models give None."""
+    if any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()):
+        return FSDP1
+    if any(getattr(p, "_fsdp_flattened", False) for p in model.parameters()):
+        return FSDP1
     return None

@@ -123,6 +123,21 @@ class Dist:
             raise PeerFailed("; ".join(dict.fromkeys(failed)))
         return [v for _, _, v in out]
 
+    def close(self) -> None:
+        """Release the monitor's group (local, not a collective; after it every exchange raises
+        :class:`DistBroken`). Returns None."""
+        if self.group is None:
+            return
+        group, self.group = self.group, None
+        self.broken = self.broken or "the monitor was closed"
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group(group)
+        except Exception as exc:  # never break the user's shutdown
+            log.debug("releasing the monitor's process group failed: %s", exc)
+
     def all_sum(self, t: torch.Tensor, tag: str) -> torch.Tensor:
         """The sum of every rank's ``t`` (same shape everywhere), float64 on the CPU; raises as :meth:`exchange`."""
         parts = self.exchange(t.detach().to("cpu", torch.float64), tag)
