@@ -93,6 +93,18 @@ def test_a_rank_that_stops_stepping_costs_one_timeout_not_a_hang(tmp_path):
     assert after.status.str.contains("distributed measuring stopped").all()
 
 
+def test_a_run_store_rank_0_cannot_open_fails_every_rank_at_once(single, tmp_path):
+    import shutil
+    import time
+
+    out = tmp_path / "closed"
+    shutil.copytree(single, out)  # a finished run: opening it without resume is a ConfigError
+    t0 = time.monotonic()
+    said = _run(["ddp", str(out), "closed"], ranks=2).stdout
+    assert said.count("CONFIGERROR rank") == 2 and "already holds a finished run" in said
+    assert time.monotonic() - t0 < 50  # the monitor's timeout is 60 s: no rank waited for it
+
+
 # the pieces, in one process
 
 
@@ -158,6 +170,15 @@ def test_a_sample_view_is_sent_as_its_own_elements():
     twice = acc.folded([state, state]).compute()
     g = acc.compute()
     torch.testing.assert_close(twice, torch.cat([torch.cat([g, g], 1), torch.cat([g, g], 1)]), rtol=1e-12, atol=1e-12)
+
+
+def test_failures_are_said_once_per_reason_with_their_ranks():
+    from specscope.streams.dist import Failure, failures_said
+
+    assert failures_said([None, None]) == ""
+    assert failures_said([None, Failure("E: x")]) == "rank 1: E: x"
+    assert failures_said([Failure("E: x"), Failure("E: x"), Failure("E: y")]) == "ranks 0, 1: E: x; rank 2: E: y"
+    assert failures_said([Failure("stopped", agreed=True)] * 2) == "stopped"
 
 
 def test_null_writer_writes_nothing(tmp_path):

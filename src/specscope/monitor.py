@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .models import MatrixRef, catalog as build_catalog
 from .models.modes import kept_modes, kept_rng
 from .models.sharded import unsupported_sharding
@@ -127,10 +128,7 @@ class Monitor:
         if distributed and self.dist is None:
             log.warning("monitor: distributed=True but no torch.distributed process group of two or more ranks is "
                         "initialized; measuring in this process alone")
-        if self.dist is not None and not self.dist.main:
-            self.writer = NullWriter(run_dir)
-        else:
-            self.writer = RunWriter(run_dir, run_id=run_id, config=config, resume=resume, rank=rank)
+        self.writer = self._open_writer(run_dir, run_id=run_id, config=config, resume=resume, rank=rank)
         summary = self.catalog.summary() if hasattr(self.catalog, "summary") else {"matrices": len(self.catalog)}
         described = [p.describe() for p in self.probes]
         self.writer.write_meta(probes=described, catalog=summary,
@@ -139,6 +137,7 @@ class Monitor:
         if self.dist is not None and self.unsupported is None:
             self._agree_setup([r.name for r in self.catalog], described)
         self._told_unsupported: set[str] = set()
+        self._said_failures: set[tuple[str, str]] = set()
         self.flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
         self._closed = False
@@ -154,6 +153,28 @@ class Monitor:
     @property
     def run_dir(self):
         return self.writer.dir
+
+    def _open_writer(self, run_dir: str | os.PathLike, **kwargs: Any) -> RunWriter | NullWriter:
+        """This process's writer: a :class:`RunWriter` (rank 0 of a distributed job, or one process), a
+        :class:`NullWriter` on the other ranks. In a distributed job the ranks agree first: when rank 0 cannot open
+        the run store, every rank raises its error (no rank is left waiting in a collective)."""
+        if self.dist is None:
+            return RunWriter(run_dir, **kwargs)
+        writer: Any = NullWriter(run_dir)
+        failed: Exception | None = None
+        if self.dist.main:
+            try:
+                writer = RunWriter(run_dir, **kwargs)
+            except Exception as exc:  # told to every rank below
+                failed = exc
+        try:
+            self.dist.exchange(failed, "open")
+        except PeerFailed as exc:
+            self.dist.close()
+            if failed is not None:
+                raise failed
+            raise ConfigError(f"the run store could not be opened: {exc}") from None
+        return writer
 
     def _agree_setup(self, names: list[str], described: list[dict]) -> None:
         """Check every rank cataloged the same matrices and set up the same probes; otherwise stop the monitor's
@@ -268,7 +289,7 @@ class Monitor:
                 if self.dist is not None:  # every rank's part, or the failure every rank records
                     got = self._gathered(probe, int(step), got)
                 if isinstance(got, Exception):  # never break the user's training
-                    log.warning("probe %s failed at step %s: %s", probe.name, step, got)
+                    self._say_failed(probe, int(step), got)
                     result, status = Measurement.failure(f"{type(got).__name__}: {got}"), "error"
                 else:
                     result, status = got, "ok"
@@ -279,6 +300,16 @@ class Monitor:
                 if status != "ok":
                     self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
         self.flush()
+
+    def _say_failed(self, probe: Probe, step: int, exc: Exception) -> None:
+        """Log a failed measurement: a warning the first time each (probe, reason) occurs (on rank 0 alone in a
+        distributed job, whose ranks share the reason), DEBUG after; the store records every one."""
+        key = (probe.name, f"{type(exc).__name__}: {exc}")
+        first = key not in self._said_failures
+        self._said_failures.add(key)
+        quiet = not first or (self.dist is not None and not self.dist.main)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "probe %s failed at step %s: %s%s", probe.name, step, exc,
+                "" if quiet else " (recorded at every failing step; said once)")
 
     def _measure_one(self, probe: Probe, ctx: ProbeContext, shared: Any) -> Measurement | Exception:
         """``probe``'s measurement at ``ctx`` (``shared``: what its group's shared pass gave it, if anything), or the

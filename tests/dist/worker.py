@@ -6,7 +6,8 @@
 
 SCENARIO ``fail``: the activation probe's forward fails on rank 1 only. ``lost``: rank 1 stops calling
 ``mon.step`` after step 2 (the monitor's timeout is 5 s). ``sketch``: the trajectory is sketched. ``loop`` /
-``func``: per-sample gradients by a loop of backward passes / ``torch.func`` instead of hooks.
+``func``: per-sample gradients by a loop of backward passes / ``torch.func`` instead of hooks. ``closed``: OUT holds
+a finished run; every rank prints the error the monitor raises and exits 0.
 
 Every run sees the same global batches: one process takes all ``GLOBAL`` rows of a step's batch, rank ``r``
 of ``w`` takes rows ``r * GLOBAL / w`` to ``(r + 1) * GLOBAL / w``; the gradient is their mean either way.
@@ -70,7 +71,13 @@ def main(mode: str, out: str, scenario: str = "") -> None:
             fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     per = GLOBAL // world
-    with ss.Monitor(model, out, probes=probes(pool, scenario, rank), timeout_s=5 if scenario == "lost" else 60) as mon:
+    try:
+        mon = ss.Monitor(model, out, probes=probes(pool, scenario, rank), timeout_s=5 if scenario == "lost" else 60)
+    except ss.errors.ConfigError as exc:
+        print(f"CONFIGERROR rank {rank}: {exc}", flush=True)
+        torch.distributed.destroy_process_group()
+        return
+    with mon:
         mon.step(0)
         for step in range(1, STEPS + 1):
             x = data[step - 1, rank * per:(rank + 1) * per]

@@ -62,6 +62,23 @@ def initialized_world() -> tuple[int, int] | None:
     return dist.get_rank(), dist.get_world_size()
 
 
+def failures_said(failures: list[Failure | None]) -> str:
+    """One line for the ranks' failures (None: that rank did not fail): each distinct reason once, after the ranks
+    that gave it (``"rank 1: ValueError: x"``, ``"ranks 0, 1: ValueError: x"``); an agreed failure as it is. An empty
+    str when no rank failed."""
+    by_why: dict[str, list[int]] = {}
+    for r, f in enumerate(failures):
+        if f is not None:
+            by_why.setdefault(f.why if not f.agreed else f"\0{f.why}", []).append(r)
+    said = []
+    for why, ranks in by_why.items():
+        if why.startswith("\0"):
+            said.append(why[1:])
+        else:
+            said.append(f"{'rank' if len(ranks) == 1 else 'ranks'} {', '.join(map(str, ranks))}: {why}")
+    return "; ".join(said)
+
+
 @dataclass
 class Dist:
     """This rank's place in the job (``rank`` of ``world``) and the monitor's own gloo ``group`` with ``timeout_s``.
@@ -118,9 +135,9 @@ class Dist:
         steps = sorted({(t, s) for t, s, _ in out})
         if len(steps) != 1:
             raise self._fail(f"ranks out of step at {tag}: {steps}")
-        failed = [v.why if v.agreed else f"rank {r}: {v.why}" for r, (_, _, v) in enumerate(out) if isinstance(v, Failure)]
+        failed = failures_said([v if isinstance(v, Failure) else None for _, _, v in out])
         if failed:
-            raise PeerFailed("; ".join(dict.fromkeys(failed)))
+            raise PeerFailed(failed)
         return [v for _, _, v in out]
 
     def close(self) -> None:
