@@ -19,8 +19,23 @@ __all__ = [
     "MetricTable", "spectrum_metrics",
     "alpha_rank", "head_tail_knee", "rank_fit", "compression", "cos_sd_final", "cos_w_final", "cosine",
     "eigen_distribution", "js_divergence",
-    "sd_variation", "series_metrics", "singular_distribution", "tail_window", "describe",
+    "sd_variation", "series_metrics", "singular_distribution", "tail_window", "describe", "Description",
 ]
+
+
+class Description(dict):
+    """What :func:`describe` returns: a plain dict of metric name -> float (and ``"status"``), shown in a notebook as
+    a two-column table of the metrics at 4 significant digits (``_repr_html_``)."""
+
+    def _repr_html_(self) -> str:
+        """The metrics as an HTML table (name, value at 4 significant digits), the status last; an HTML string."""
+        import html
+
+        from ..numbers import sig
+
+        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{sig(v) if k != 'status' else html.escape(str(v))}</td>"
+                       "</tr>" for k, v in self.items())
+        return f"<table><thead><tr><th>metric</th><th>value</th></tr></thead><tbody>{rows}</tbody></table>"
 
 
 def describe(x, spectrum: str = "sv", scale: int | None = None, method: str = "gram") -> dict:
@@ -29,7 +44,8 @@ def describe(x, spectrum: str = "sv", scale: int | None = None, method: str = "g
     ``x`` is a 2-D matrix (tensor or array), or a 1-D spectrum: singular values
     (``spectrum="sv"``, default) or eigenvalues (``spectrum="eig"``, e.g. a covariance
     spectrum; their square roots are taken as singular values). ``scale`` (model width)
-    selects the tail window; ``method`` is the singular-value method for a matrix. The dict
+    selects the tail window; ``method`` is the singular-value method for a matrix. The dict (a
+    :class:`Description`, shown as a table in a notebook)
     maps each metric name of :func:`spectrum_metrics` (``stable_rank``, ``alpha_tail``, ...)
     to a Python float (dimensionless, except ``spectral_norm`` in the units of the singular
     values, ``frob_sq`` and ``xmin`` in their square, and ``kstar``, ``k95``,
@@ -51,7 +67,7 @@ def describe(x, spectrum: str = "sv", scale: int | None = None, method: str = "g
     else:
         raise ValueError(f"describe takes a matrix or a 1-D spectrum, got {arr.ndim} dims")
     table = spectrum_metrics(sv[None, :], scale=scale)
-    out: dict = {}
+    out = Description()
     reasons = [] if status == "ok" else [status]
     for name, (val, st) in table.row(0).items():
         out[name] = val

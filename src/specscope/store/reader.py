@@ -117,6 +117,13 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r})"
 
+    def _repr_html_(self) -> str:
+        """The notebook view: probes, how far the run got, latest scalars and headline metrics with sparklines
+        (:func:`specscope.store.display.run_html`), an HTML string."""
+        from .display import run_html
+
+        return run_html(self)
+
     @property
     def meta(self) -> dict[str, Any]:
         """The run's ``meta.json`` as a dict (run id, config, summary, writers...), read afresh; ``{}`` (with a
