@@ -20,7 +20,6 @@ from .models import MatrixRef, catalog as build_catalog
 from .models.modes import kept_modes, kept_rng
 from .models.sharded import unsupported_sharding
 from .probes.base import Measurement, Probe, ProbeContext
-from .store.rows import Measurement as Rows
 from .store.writer import NullWriter, RunWriter
 from .streams.dist import DEFAULT_TIMEOUT_S, Dist, DistBroken, PeerFailed, failure
 
@@ -185,7 +184,7 @@ class Monitor:
             log.error("monitor: ranks could not agree at setup: %s", exc)
             return
         if any(s != seen[0] for s in seen[1:]):
-            self.dist._fail("ranks differ in their cataloged matrices or probes (every rank must build the same "
+            self.dist.stop("ranks differ in their cataloged matrices or probes (every rank must build the same "
                             "model and the same probes)")
 
     def __enter__(self) -> "Monitor":
@@ -336,7 +335,7 @@ class Monitor:
             parts = self.dist.exchange(failure(got) if isinstance(got, Exception) else got, f"{probe.name}@{step}")
         except (PeerFailed, DistBroken) as exc:
             return exc
-        out = Rows()
+        out = Measurement()
         for part in parts:
             out.metrics.extend(part.metrics)
             out.spectra.extend(part.spectra)

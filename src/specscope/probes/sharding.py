@@ -39,11 +39,11 @@ def has_sharded(model: nn.Module) -> bool:
     return any(is_dtensor(p) for p in unwrap(model).parameters())
 
 
-def owned_matrices(ctx: ProbeContext, refs: list[MatrixRef], method: str, tag: str
-                   ) -> tuple[list[MatrixRef], dict[str, torch.Tensor]]:
+def owned_matrices(ctx: ProbeContext, refs: list[MatrixRef], tag: str) -> tuple[list[MatrixRef], dict[str, torch.Tensor]]:
     """The matrices of ``refs`` this rank measures and each one read whole, by ref name. Refs of one parameter (a
     fused ``qkv``'s parts) go to one rank; a sharded parameter is gathered onto that rank (a collective: every rank
-    walks the same parameters in catalog order). ``method`` is the spectrum method (its cost decides the split)."""
+    walks the same parameters in catalog order). A parameter's cost is that of its spectra: ``numel * min(shape)``
+    summed over its matrices."""
     dist: Dist = ctx.dist
     base = unwrap(ctx.model)
     units: dict[str, list[MatrixRef]] = {}

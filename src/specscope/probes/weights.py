@@ -74,7 +74,7 @@ class Weights(Probe):
                 log.warning("probe %s: %s; nothing measured", self.name, why)
             return rank_rows_only(ctx, out, Measurement())
         if ctx.dist is not None:
-            refs, matrices = owned_matrices(ctx, refs, self.method, f"{self.name}@{ctx.step}")
+            refs, matrices = owned_matrices(ctx, refs, f"{self.name}@{ctx.step}")
         else:
             matrices = {r.name: r.read() for r in refs}
         return self.rows(refs, matrices)

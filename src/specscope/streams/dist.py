@@ -109,7 +109,9 @@ class Dist:
         """True on rank 0, the rank that writes the run store."""
         return self.rank == 0
 
-    def _fail(self, why: str) -> DistBroken:
+    def stop(self, why: str) -> DistBroken:
+        """Stop the monitor's collectives for good, saying ``why`` (logged once, on this rank); returns the
+        :class:`DistBroken` to raise."""
         if self.broken is None:
             self.broken = why
             log.error("specscope: distributed measuring stopped on rank %d: %s", self.rank, why)
@@ -131,10 +133,10 @@ class Dist:
         try:
             dist.all_gather_object(out, (tag, self._seq, obj), group=self.group)
         except Exception as exc:  # a timeout, a lost peer
-            raise self._fail(f"{tag}: {type(exc).__name__}: {exc}") from None
+            raise self.stop(f"{tag}: {type(exc).__name__}: {exc}") from None
         steps = sorted({(t, s) for t, s, _ in out})
         if len(steps) != 1:
-            raise self._fail(f"ranks out of step at {tag}: {steps}")
+            raise self.stop(f"ranks out of step at {tag}: {steps}")
         failed = failures_said([v if isinstance(v, Failure) else None for _, _, v in out])
         if failed:
             raise PeerFailed(failed)
@@ -198,7 +200,7 @@ class Dist:
         try:
             dist.gather(buf, got, dst=owner, group=self.group)
         except Exception as exc:
-            raise self._fail(f"{tag}: {type(exc).__name__}: {exc}") from None
+            raise self.stop(f"{tag}: {type(exc).__name__}: {exc}") from None
         if got is None:
             return None
         rows = [g[: b - a] for g, (a, b) in zip(got, (shard_rows(n, self.world, r) for r in range(self.world)))]
