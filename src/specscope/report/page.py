@@ -24,7 +24,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
 img,svg{max-width:100%;height:auto}svg text{font-family:'DejaVu Sans',Verdana,Arial,sans-serif}table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}th{background:#f7f7f7}
-table.facts th{text-align:left}.note{color:#666;font-size:.85rem}.missing{color:#8a5a00}code{background:#f4f4f4;padding:0 .2rem}
+table.facts th,table.facts td{text-align:left}.note{color:#666;font-size:.85rem}.missing{color:#8a5a00}code{background:#f4f4f4;padding:0 .2rem}
 """
 
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
