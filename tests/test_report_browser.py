@@ -7,8 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from test_report import _mlp_run
 
 import specscope as ss
 from specscope.cli import main
@@ -66,28 +65,13 @@ def _check(page, tmp_path, name: str, sections: list[str]) -> np.ndarray:
     return pixels
 
 
-def _run(path, run_id: str, steps: int):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 8))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with ss.Monitor(model, path, probes=[ss.probes.Weights(every=3)], run_id=run_id) as mon:
-        for step in range(steps):
-            x = torch.randn(16, 32)
-            loss = (model(x) - x[:, :8]).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            mon.step(step, loss=loss.item(), tokens=16 * (step + 1), learning_rate=1e-3)
-    return ss.open_run(path)
-
-
 def test_single_and_multi_run_reports_in_chromium(tmp_path):
-    a, b = _run(tmp_path / "a", "run-a", 12), _run(tmp_path / "b", "run-b", 9)
+    (a, _), (b, _) = _mlp_run(tmp_path / "a", "run-a", 12), _mlp_run(tmp_path / "b", "run-b", 9)
     single = ss.write_report(a.dir)
     _, errors = _dom(single, tmp_path, "broken", "<script>notDefinedAnywhere();</script>")  # the error check itself
     assert "notDefinedAnywhere" in errors
     _check(single, tmp_path, "single", ["Loss and training scalars", "Stable rank per layer and step",
-                                        "Probe weights: values at step 9"])
+                                        "Probe wnorm: metrics over steps", "Probe weights: values at step 8"])
     assert main(["report", str(a.dir), str(b.dir), "--out", str(tmp_path / "both.html")]) == 0
     _check(tmp_path / "both.html", tmp_path, "multi", ["Loss and training scalars", "Weight metrics over steps per kind",
                                                         "Latest values side by side"])
