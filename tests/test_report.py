@@ -212,7 +212,9 @@ def test_two_runs_overlaid(mlp, tmp_path, capsys):
     run, _ = mlp
     other, _ = _mlp_run(tmp_path / "b", run_id="other-run", steps=8)
     out = tmp_path / "both.html"
-    assert main(["report", str(run.dir), str(other.dir), "--out", str(out)]) == 0
+    assert main(["report", str(run.dir), str(other.dir), "--out", str(out), "--figures", "svg"]) == 0
+    assert sorted(p.name for p in (tmp_path / "both_figures").iterdir()) == [
+        "01-loss-and-training-scalars.svg", "02-weight-metrics-over-steps-per-kind.svg"]
     page = out.read_text()
     assert "2 runs · mlp vs other-run" in page and "<h2>Weight metrics over steps per kind" in page
     figure = page.split("<h2>Loss and training scalars</h2>", 1)[1].split("</section>", 1)[0]
@@ -255,3 +257,18 @@ def test_help_shows_defaults(capsys):
     assert "--figures {png,pdf,svg}" in capsys.readouterr().out
     assert main(["train", "--help"]) == 0
     assert "default: 1000" in capsys.readouterr().out
+
+
+def test_a_figure_that_fails_to_draw_is_one_line():
+    from specscope.report.page import Page
+
+    page = Page("t")
+
+    def broken():
+        raise ValueError("all-NaN axis")
+
+    page.section("Broken", broken, missing="unused")
+    page.section("Absent", None, missing="no data here")
+    text = page.html()
+    assert '<p class="note missing">could not draw this figure: ValueError: all-NaN axis</p>' in text
+    assert '<p class="note missing">no data here</p>' in text

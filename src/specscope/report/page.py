@@ -79,19 +79,21 @@ class Page:
         """Append a titled figure with its ``note`` (HTML); ``fig`` is a Figure, or a function drawing one (called
         here). Without a figure, or when drawing it fails, one line saying what the run lacks (``missing``) or why
         the figure could not be drawn. Returns nothing."""
-        if callable(fig) and not isinstance(fig, Figure):
-            try:
+        body = None
+        try:
+            if callable(fig) and not isinstance(fig, Figure):
                 fig = fig()
-            except Exception as exc:  # a report says what it cannot draw; it never fails on one figure
-                log.warning("report: %s: could not draw the figure: %s: %s", title, type(exc).__name__, exc)
-                fig, missing = None, f"could not draw this figure: {type(exc).__name__}: {exc}"
+            body = svg(fig) if fig is not None else None
+        except Exception as exc:  # a report says what it cannot draw; it never fails on one figure
+            log.warning("report: %s: could not draw the figure: %s: %s", title, type(exc).__name__, exc)
+            missing = f"could not draw this figure: {type(exc).__name__}: {exc}"
         head = f"<h2>{html.escape(title)}</h2>"
-        if fig is None:
+        if body is None:
             self.parts.append(f'<section>{head}<p class="note missing">{html.escape(missing or "No data for this figure.")}'
                               "</p></section>")
             return
         self.parts.append(f"<section>{head}" + (f"<p class=note>{note}</p>" if note else "")
-                          + f'<figure role="img" aria-label="{html.escape(title)}">{svg(fig)}</figure></section>')
+                          + f'<figure role="img" aria-label="{html.escape(title)}">{body}</figure></section>')
         if self.figures_dir is not None:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
             path = self.figures_dir / f"{len(self.written) + 1:02d}-{slug(title)}.{self.figures_format}"
