@@ -10,7 +10,7 @@ LOCK   ?= constraints.txt
 LOCK_VENV ?= .venv-lock
 LPY    := $(LOCK_VENV)/bin/python
 
-.PHONY: venv demo test test-slow bench docs results lock clean
+.PHONY: venv demo test test-slow bench docs results lock clean browser
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# Headless Chromium for tests/test_report_browser.py (skipped without it; not part of `make test`). Debian / Ubuntu, as root.
+browser:
+	apt-get update && apt-get install -y chromium
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow

@@ -28,7 +28,8 @@ OUT = ROOT / "docs" / "api.md"
 PACKAGES = [
     "specscope.monitor", "specscope.probes", "specscope.spectra", "specscope.measure", "specscope.streams",
     "specscope.store", "specscope.models", "specscope.offline", "specscope.raysetup", "specscope.analysis",
-    "specscope.report", "specscope.integrations", "specscope.experiments", "specscope.train", "specscope.errors", "specscope.numbers", "specscope.cli",
+    "specscope.report", "specscope.integrations", "specscope.experiments", "specscope.train", "specscope.errors",
+    "specscope.numbers", "specscope.progress", "specscope.cli",
 ]
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

@@ -77,7 +77,7 @@ def test_summary_prints_the_planted_numbers(tmp_path):
         w.add("scalars", {"step": step, "tokens": None, "name": "loss", "value": loss, "wall_time": 0.0})
     w.close()
     text = summary(ss.open_run(tmp_path / "s"))
-    assert "last step 10, last loss 0.2500" in text
+    assert "last step 10, last loss 0.25" in text
     assert "2 measurements (steps 0..10), 9 values, 1 NaN with a status" in text
     row = next(line for line in text.splitlines() if line.strip().startswith("q "))
     # mean stable rank over the two layers 5 -> 2.5: compression 1 - 2.5 / 5

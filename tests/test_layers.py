@@ -24,7 +24,7 @@ LAYERS = [
     ("streams",),
     ("models",),
     ("spectra",),
-    ("errors", "numbers"),
+    ("errors", "numbers", "progress"),
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -30,6 +30,7 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 from .models import KINDS, MatrixRef, catalog
 from .models.loading import Checkpoint, Stream, open_checkpoint, resolve
+from .progress import bar as progress_bar
 from .spectra import series_metrics, singular_values_lowmem, singular_values_many, spectrum_metrics
 from .spectra.compute import BLOCK_ELEMS, singular_values_streamed
 from .spectra.temporal import cos_w_final
@@ -46,12 +47,6 @@ class _Measured:
     sv: np.ndarray
     status: str
     cos_w_final: float = float("nan")
-
-
-def _bar(total: int, progress: bool, desc: str, unit: str = "matrix"):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
 
 
 class _Final:
@@ -120,7 +115,7 @@ def _measure(model_or_path, method: str, kinds: Iterable[str] | None, progress: 
         return [_Measured(ckpts[i].step, cats[i][name], *got[i, name]) for i, name in _order(cats)], series
     out = []
     end = None
-    with torch.no_grad(), _bar(sum(len(c) for c in cats), progress, "analyze") as bar:
+    with torch.no_grad(), progress_bar(sum(len(c) for c in cats), "analyze", "matrix", progress) as bar:
         for i, name in _order(cats):
             paired = series and name in cats[-1]
             if end is not None and (not paired or end.ref.name != name):
@@ -184,7 +179,7 @@ def _fan_out(ckpts: list[Checkpoint], cats: list[dict[str, MatrixRef]], method: 
     pending = {task.remote(str(ck.path), ck.step, names, final, method, keep): (i, names)
                for i, (ck, cat) in enumerate(zip(ckpts, cats)) for names in _chunks(cat, per)}
     got = {}
-    with _bar(len(pending), progress, "analyze", "task") as bar:
+    with progress_bar(len(pending), "analyze", "task", progress) as bar:
         while pending:
             (done,), _ = rt.wait(list(pending), num_returns=1)
             i, names = pending.pop(done)
@@ -330,7 +325,7 @@ def trajectory(path: str | os.PathLike, window: int = 8, mode: str = "exact", k:
                                             "mode": mode, "k": k})
     rows = []
     try:
-        with torch.no_grad(), _bar(len(ckpts), progress, "trajectory", "checkpoint") as bar:
+        with torch.no_grad(), progress_bar(len(ckpts), "trajectory", "checkpoint", progress) as bar:
             for ck in ckpts:
                 by_name = {r.name: r for r in ck.catalog()}
                 out = Measurement()

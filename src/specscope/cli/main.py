@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 
@@ -11,7 +12,34 @@ from . import experiments, live, runs
 EXIT_USAGE = 2
 
 
+def _shown(default) -> bool:
+    """True for a default worth printing in ``--help`` (not None, a flag's False, an empty list or SUPPRESS)."""
+    return not (default is None or default is False or default is argparse.SUPPRESS or (isinstance(default, list) and not default))
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with every option's default: ``(default: X)`` after its help, or as its help when it has none
+    (flags that default to off, options without a default and help that already names its default are left as they
+    are)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not _shown(action.default) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings and _shown(action.default) and action.nargs != 0:
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # every subcommand's parser too (add_subparsers(parser_class=_Parser))
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, not usage + traceback
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 

@@ -94,18 +94,25 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    """``specscope report RUN...``: print each run's summary and write its HTML report (inside the run, or
-    ``--out`` for one run). Returns the exit code, 0."""
+    """``specscope report RUN...``: print each run's summary and write the HTML report: one run's own (inside the run,
+    or ``--out``), or with several runs one report overlaying them (``--out``, default ``compare-report.html`` in the
+    runs' common parent directory). ``--figures FORMAT`` also writes each figure as a file beside the report. Returns
+    the exit code, 0."""
+    import os
+
     from ..report import summary, write_report
+    from ..report.overlay import write_overlay
     from ..store import open_run
 
-    if a.out and len(a.runs) > 1:
-        raise ConfigError("--out takes one run; omit it to write report.html inside each run")
-    for r in a.runs:
-        run = open_run(r)
-        path = write_report(run.dir, a.out)
+    runs = [open_run(r) for r in a.runs]
+    for run in runs:
         print(summary(run))
-        print(f"report: {path}")
+    if len(runs) == 1:
+        path = write_report(runs[0].dir, a.out, a.figures)
+    else:
+        out = a.out or Path(os.path.commonpath([str(r.dir.resolve()) for r in runs])) / "compare-report.html"
+        path = write_overlay(runs, out, a.figures)
+    print(f"report: {path}")
     return 0
 
 
@@ -199,7 +206,10 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_train)
     r = sub.add_parser("report", help="write the HTML report of runs and print their summaries")
     r.add_argument("runs", nargs="+", type=A.existing_path)
-    r.add_argument("--out", type=A.out_file, default=None, help="HTML file (one run only; default RUN/report.html)")
+    r.add_argument("--out", type=A.out_file, default=None,
+                   help="HTML file (default: RUN/report.html; several runs: compare-report.html in their common parent)")
+    r.add_argument("--figures", choices=["png", "pdf", "svg"], default=None,
+                   help="also write each figure as a file of this format into <report stem>_figures/ beside the report")
     r.set_defaults(func=cmd_report)
     an = sub.add_parser("analyze", help="weight spectra of a model, checkpoint, or directory of step-numbered checkpoints")
     an.add_argument("path", type=A.existing_path,

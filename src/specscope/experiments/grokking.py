@@ -46,6 +46,7 @@ from ..analysis.grokking import GROK_ACC, grok_step
 from ..analysis.stats import difference, estimate, fisher_verdict, verdict
 from ..monitor import Monitor
 from ..probes import Trajectory, Weights
+from ..progress import track
 from ..store.reader import open_run
 from ..train import GPT, GPTConfig
 from .claims import claim, claims_frame
@@ -235,10 +236,8 @@ def run_grokking(cfg: GrokConfig, out_dir: str | Path, progress: bool = True) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    from tqdm.auto import tqdm
-
     jobs = [(wd, s) for wd in cfg.weight_decays for s in cfg.seeds]
-    for wd, seed in tqdm(jobs, desc="grokking", unit="run", disable=not progress):
+    for wd, seed in track(jobs, "grokking", "run", progress):
         rows.append(run_one(cfg, wd, seed, out / f"wd{wd:g}-seed{seed}"))
     table = pd.DataFrame(rows)
     table.to_csv(out / "grokking.csv", index=False)

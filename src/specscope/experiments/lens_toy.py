@@ -35,6 +35,7 @@ import torch
 
 from ..monitor import Monitor
 from ..probes import Activations
+from ..progress import track
 from ..store.reader import Run, is_run_dir, open_run
 from ..train import GPT, GPTConfig, TrainConfig
 from ..train.optim import make_optimizer
@@ -156,7 +157,5 @@ def run_toy(cfg: ToyLensConfig, batch: int, seed: int, run_dir: Path) -> Run:
 def toy_family(cfg: ToyLensConfig, seed: int, out: Path, progress: bool = True) -> list[Run]:
     """One run per batch size of ``cfg`` for ``seed`` under ``out/seed<seed>/B<batch>`` (finished runs reused): a list
     of :class:`Run`, in batch order."""
-    from tqdm.auto import tqdm
-
     return [run_toy(cfg, b, seed, out / f"seed{seed}" / f"B{b}")
-            for b in tqdm(cfg.batches, desc=f"toy sweep, seed {seed}", unit="run", disable=not progress)]
+            for b in track(cfg.batches, f"toy sweep, seed {seed}", "run", progress)]

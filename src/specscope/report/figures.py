@@ -34,36 +34,6 @@ def smooth(y: np.ndarray, frac: float = 0.02) -> np.ndarray:
     return moving_average(y, max(1, int(len(y) * frac)))
 
 
-def loss_curves(scalars: pd.DataFrame) -> Figure:
-    """Training (raw and smoothed) and validation loss, and the schedule and throughput, against tokens (steps when
-    the run logged no tokens): a Figure."""
-    fig = Figure(figsize=(9, 3.4), layout="constrained")
-    ax, ax2 = fig.subplots(1, 2)
-    xcol = "tokens" if "tokens" in scalars and pd.to_numeric(scalars["tokens"], errors="coerce").notna().any() else "step"
-    x = scalars[xcol].to_numpy(dtype=float)
-    if "loss" in scalars:
-        tr = scalars[[xcol, "loss"]].dropna()
-        ax.plot(tr[xcol], tr["loss"], color="0.75", lw=0.8, label="train (raw)")
-        ax.plot(tr[xcol], smooth(tr["loss"].to_numpy()), color="C0", lw=1.6, label="train (smoothed)")
-    if "val_loss" in scalars:
-        va = scalars[[xcol, "val_loss"]].dropna()
-        ax.plot(va[xcol], va["val_loss"], "o-", color="C3", ms=3, label="validation")
-    ax.set_xlabel(xcol)
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title("Loss")
-    ax.legend(fontsize=8)
-    if "lr" in scalars:
-        ax2.plot(x, scalars["lr"], color="C2")
-        ax2.set_ylabel("learning rate", color="C2")
-    if "tokens_per_s" in scalars:
-        t = ax2.twinx()
-        t.plot(x, smooth(scalars["tokens_per_s"].to_numpy(dtype=float), 0.05), color="C1", lw=0.8)
-        t.set_ylabel("tokens/s", color="C1")
-    ax2.set_xlabel(xcol)
-    ax2.set_title("Schedule and throughput")
-    return fig
-
-
 def heatmaps(metrics: pd.DataFrame, metric: str, cmap: str = "viridis") -> Figure | None:
     """One heatmap per kind of hidden matrix (layer >= 0): layer (rows) x step (columns), the parts of one layer
     (experts, gates) averaged; kinds whose values are all NaN are left out. A Figure; None when every kind's are."""

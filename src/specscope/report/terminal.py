@@ -6,6 +6,7 @@ import math
 import pandas as pd
 
 from ..store.reader import Run
+from .format import fmt
 
 SUMMARY_METRICS = ("stable_rank", "alpha_tail", "alpha_head", "entropy_norm", "spectral_norm")
 
@@ -25,7 +26,7 @@ def kind_table(metrics: pd.DataFrame, probe: str = "weights") -> pd.DataFrame:
         for m in SUMMARY_METRICS:
             a = g[(g["metric"] == m) & (g["step"] == first)]["value"].mean()
             b = g[(g["metric"] == m) & (g["step"] == last)]["value"].mean()
-            row[m] = f"{a:.3g} → {b:.3g}"
+            row[m] = f"{fmt(a, digits=3)} → {fmt(b, digits=3)}"
         sr0 = g[(g["metric"] == "stable_rank") & (g["step"] == first)]["value"].mean()
         sr1 = g[(g["metric"] == "stable_rank") & (g["step"] == last)]["value"].mean()
         row["compression"] = f"{1 - sr1 / sr0:+.1%}" if sr0 and math.isfinite(sr0) else "nan"
@@ -41,13 +42,13 @@ def summary(run: Run) -> str:
     lines = [f"run {run.run_id}  ({run.dir})"]
     s = meta.get("summary") or {}
     if s:
-        lines.append(f"  steps {s.get('steps')}, tokens {s.get('tokens'):,}, final train loss {s.get('final_loss', float('nan')):.4f}, "
-                     f"val loss {s.get('final_val_loss', float('nan')):.4f}, {s.get('tokens_per_s', float('nan')):,.0f} tokens/s")
+        lines.append(f"  {fmt(s.get('steps'), 'steps')}, {fmt(s.get('tokens'), 'tokens')}, final train loss "
+                     f"{fmt(s.get('final_loss'))}, val loss {fmt(s.get('final_val_loss'))}, {fmt(s.get('tokens_per_s'), 'tokens/s')}")
     else:
         sc = run.scalars()
         loss = sc["loss"].dropna() if "loss" in sc else pd.Series(dtype=float)
         if len(loss):
-            lines.append(f"  last step {int(sc['step'].max())}, last loss {loss.iloc[-1]:.4f}")
+            lines.append(f"  last step {int(sc['step'].max())}, last loss {fmt(loss.iloc[-1])}")
     metrics = run.metrics()
     if metrics.empty:
         lines.append("  (no probe measurements yet)")
@@ -66,6 +67,7 @@ def summary(run: Run) -> str:
         vals = {m: (g[(g["metric"] == m) & (g["step"] == first)]["value"].mean(), g[(g["metric"] == m) & (g["step"] == last)]["value"].mean())
                 for m in ("rankme", "alpha_tail")}
         what = f"{probe} of block {layer}" + ("" if probe == "activations" else f" ({kind})")
-        lines.append(f"  {what}: rankme {vals['rankme'][0]:.3g} → {vals['rankme'][1]:.3g}, "
-                     f"alpha_tail {vals['alpha_tail'][0]:.3g} → {vals['alpha_tail'][1]:.3g} (steps {first} → {last})")
+        lines.append(f"  {what}: rankme {fmt(vals['rankme'][0], digits=3)} → {fmt(vals['rankme'][1], digits=3)}, "
+                     f"alpha_tail {fmt(vals['alpha_tail'][0], digits=3)} → {fmt(vals['alpha_tail'][1], digits=3)} "
+                     f"(steps {first} → {last})")
     return "\n".join(lines)

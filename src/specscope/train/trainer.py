@@ -15,6 +15,7 @@ import torch
 from ..errors import ConfigError
 from ..monitor import Monitor
 from ..probes import Activations, Gradients, Probe, Weights, make_pool
+from ..progress import bar as progress_bar
 from ..store.reader import is_run_dir, open_run
 from .corpus import Corpus, load_corpus, sample_batch
 from .model import GPT, GPTConfig
@@ -233,11 +234,7 @@ def train(
                            0.0, tokens / max(train_seconds, 1e-9))
     loss_val = float("nan")
     val_loss = float("nan")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=last, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    bar = progress_bar(last, "train", "step", progress, initial=start)
     t_start = time.perf_counter()
     with Monitor(model, run_dir, probes=probes, run_id=run_id, config=config, resume=resume) as mon:
         if start == 0:
@@ -276,12 +273,10 @@ def train(
             mon.step(step, loss=loss_val, tokens=tokens, **scalars)
             if step == last and not any(p.due(step) for p in probes):
                 mon.measure(step, tokens=tokens)  # always measure the final model
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens / max(train_seconds, 1e-9):,.0f}")
+            bar.set_postfix(loss=f"{loss_val:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens / max(train_seconds, 1e-9):,.0f}")
+            bar.update(1)
         mon.writer.write_meta(summary={"steps": last, "tokens": tokens, "final_loss": loss_val, "final_val_loss": val_loss,
                                        "train_seconds": train_seconds, "tokens_per_s": tokens / max(train_seconds, 1e-9)})
-    if bar is not None:
-        bar.close()
+    bar.close()
     return TrainResult(run_dir, last, tokens, loss_val, val_loss, time.perf_counter() - t_start,
                        tokens / max(train_seconds, 1e-9))
