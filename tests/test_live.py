@@ -35,9 +35,10 @@ def _train(run_dir, steps: int = 8, close: bool = True):
 
 
 def test_sig_known_answers():
-    assert sig(3.14159265) == "3.142" and sig(0.000123456) == "0.0001235" and sig(123456) == "123456"
-    assert sig(1234567) == "1.235M" and sig(2.5e9, 2) == "2.5G" and sig(float("nan")) == "nan"
-    assert sig(float("-inf")) == "-inf" and sig(np.float32(2.0)) == "2" and sig(torch.tensor(0.5)) == "0.5"
+    assert sig(3.14159265) == "3.142" and sig(0.000123456) == "0.0001235" and sig(1234) == "1234"
+    assert sig(123456) == "123.5k" and sig(1234567) == "1.235M" and sig(2.5e9, 2) == "2.5G"
+    assert sig(float("nan")) == "–" and sig(None) == "–" and sig(float("-inf")) == "−∞" and sig(6e-5) == "6e-5"
+    assert sig(np.float32(2.0)) == "2" and sig(torch.tensor(0.5)) == "0.5" and sig(torch.ones(2)) == str(torch.ones(2))
     assert sig(1.5, unit="s") == "1.5 s" and sig("x") == "x" and sig(1 / 3, 20) == "0.333333"  # at most 6 digits
 
 
@@ -53,7 +54,7 @@ def test_run_repr_html_shows_probes_scalars_and_latest_metrics(tmp_path):
     for name in ("loss", "eval_loss", "learning_rate", "stable_rank", "alpha_tail"):
         assert name in cells, name
     assert "1.235" in cells  # eval_loss 1.23456789 at 4 significant digits
-    numbers = [c for c in cells if re.fullmatch(r"-?[0-9.]+(e[-+]?\d+)?[MGT]?", c)]
+    numbers = [c for c in cells if re.fullmatch(r"-?[0-9.]+(e[-+]?\d+)?[kMGT]?", c)]
     assert numbers and all(len(re.sub(r"[^0-9]", "", n.split("e")[0]).lstrip("0")) <= 6 for n in numbers)
     assert html.count("<svg") >= 3  # sparklines of the scalars and the metrics
     # the learning rate decays: its sparkline's last point is the lowest (largest y in SVG)

@@ -1,17 +1,13 @@
-"""How the report and the terminal summaries write a number: one function, :func:`fmt`, with significant digits
-(at most :data:`MAX_DIGITS`) and the unit where the name says it (seconds, tokens, steps, tokens/s)."""
+"""How the report and the terminal summaries write a number: :func:`fmt` (:func:`specscope.numbers.sig`, at most
+6 significant digits) with the unit where the name says it (seconds, tokens, steps, tokens/s), and tables of them."""
 from __future__ import annotations
 
 import html
-import math
-import numbers
 
 import pandas as pd
 
-MAX_DIGITS = 6
-DEFAULT_DIGITS = 4
-MISSING = "–"
-_SUFFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+from ..numbers import DEFAULT_DIGITS, MAX_DIGITS, MISSING, sig  # noqa: F401  (MAX_DIGITS, MISSING: report.format's)
+
 _UNITS = {"tokens": "tokens", "step": "steps", "steps": "steps", "tokens_per_s": "tokens/s", "wall_time": "s",
           "seconds": "s", "runtime": "s", "elapsed": "s", "epoch": "epochs", "epochs": "epochs"}
 
@@ -31,41 +27,10 @@ def unit_of(name: str) -> str | None:
     return _UNITS.get(leaf)
 
 
-def _significant(x: float, digits: int) -> str:
-    """``x`` with ``digits`` significant digits, no exponent for 1e-4 <= |x| < 1e6 (trailing zeros dropped)."""
-    if x == 0:
-        return "0"
-    ax = abs(x)
-    if ax >= 1e3 and float(x).is_integer() and ax < 10 ** digits:
-        return f"{int(x):d}"
-    if ax >= 1e3:
-        for scale, suffix in _SUFFIXES:
-            if ax >= scale:
-                return f"{x / scale:.{digits}g}{suffix}" if ax / scale < 1e3 else f"{x:.{digits}g}"
-    if ax < 1e-4:
-        mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
-        mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
-        return f"{mantissa}e{int(exponent)}"
-    return f"{x:.{digits}g}"
-
-
 def fmt(value, unit: str | None = None, digits: int = DEFAULT_DIGITS) -> str:
-    """``value`` as display text: a number with ``digits`` significant digits (clamped to 1..:data:`MAX_DIGITS`;
-    integers up to that many digits exactly, larger ones with a k / M / G / T suffix), followed by `` unit`` when
-    given; NaN and None as ``–``; a bool or any other value as ``str(value)``. Returns a str."""
-    digits = max(1, min(int(digits), MAX_DIGITS))
-    if value is None or value is pd.NA:
-        return MISSING
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return str(value)
-    x = float(value)
-    if math.isnan(x):
-        return MISSING
-    if math.isinf(x):
-        text = "∞" if x > 0 else "−∞"
-    else:
-        text = _significant(x, digits)
-    return f"{text} {unit}" if unit else text
+    """``value`` as display text with ``unit`` (:func:`specscope.numbers.sig`, the one home of number formatting):
+    a str."""
+    return sig(value, digits, unit)
 
 
 def format_frame(df: pd.DataFrame, units: dict[str, str] | None = None, digits: int = DEFAULT_DIGITS) -> pd.DataFrame:
