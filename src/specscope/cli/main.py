@@ -6,7 +6,7 @@ import logging
 import sys
 
 from ..errors import SpecscopeError
-from . import experiments, runs
+from . import experiments, export, runs
 
 EXIT_USAGE = 2
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     runs.register(sub)
     experiments.register(sub)
+    export.register(sub)
     return p
 
 
