@@ -281,15 +281,14 @@ def test_hf_trainer_report_to_tensorboard(tmp_path):
     transformers = pytest.importorskip("transformers")
     from specscope.integrations.hf import SpectralCallback
 
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, n_positions=16)
-    model = transformers.GPT2LMHeadModel(cfg)
-    data = [{"input_ids": (ids := torch.randint(0, 50, (16,))), "labels": ids} for _ in range(16)]
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4,
-                                          logging_steps=1, report_to=["tensorboard"], save_strategy="no", use_cpu=True,
-                                          disable_tqdm=True)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[SpectralCallback(every=2)])
-    trainer.train()
+    torch.manual_seed(0)  # a tiny GPT-2 from a config, 4 optimizer steps, the Trainer logging to TensorBoard
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, n_positions=16))
+    sequences = torch.randint(0, 50, (16, 16))
+    settings = {"output_dir": str(tmp_path / "out"), "max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
+                "report_to": ["tensorboard"], "save_strategy": "no", "use_cpu": True, "disable_tqdm": True}
+    transformers.Trainer(model=gpt2, args=transformers.TrainingArguments(**settings),
+                         train_dataset=[{"input_ids": x, "labels": x} for x in sequences],
+                         callbacks=[SpectralCallback(every=2)]).train()
     (log_dir,) = (tmp_path / "out" / "runs").iterdir()  # the Trainer's own TensorBoard directory
     got, _ = _tensorboard(log_dir)
     assert {s for t, s in got if t == "train/loss"} == {1, 2, 3, 4}  # the Trainer's own scalars
@@ -305,18 +304,18 @@ def test_lightning_tensorboard_logger(tmp_path):
     L = pytest.importorskip("lightning")
     from specscope.integrations.lightning import SpectralCallback
 
-    class Module(L.LightningModule):
+    class Regression(L.LightningModule):  # two matrices (layers 0 and 1), logging its loss to the trainer's logger
         def __init__(self):
             super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
-
-        def training_step(self, batch, batch_idx):
-            loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
-            self.log("train_mse", loss)
-            return loss
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
 
         def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("train_mse", loss := ((self.net(x) - y) ** 2).mean())
+            return loss
 
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randn(32, 1)), batch_size=4)
@@ -324,7 +323,7 @@ def test_lightning_tensorboard_logger(tmp_path):
     trainer = L.Trainer(max_steps=4, logger=logger, log_every_n_steps=1, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                         default_root_dir=str(tmp_path), callbacks=[SpectralCallback(every=2)])
-    trainer.fit(Module(), loader)
+    trainer.fit(Regression(), loader)
     got, _ = _tensorboard(Path(logger.log_dir))
     m = ss.open_run(tmp_path / "specscope").metrics(metric="stable_rank")
     want = {(f"specscope/weights/{r.kind}/stable_rank/layer_{r.layer}", r.step): r.value for r in m.itertuples()}
