@@ -6,7 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +332,43 @@ def test_lightning_tensorboard_logger(tmp_path):
     want = {(f"specscope/weights/{r.kind}/stable_rank/layer_{r.layer}", r.step): r.value for r in m.itertuples()}
     assert {k[1] for k in want} == {0, 2, 4} and any(t == "train_mse" for t, _ in got)
     _same({k: v for k, v in got.items() if "/stable_rank" in k[0]}, want)
+
+
+DIST_SCRIPT = '''
+import sys, torch, torch.distributed as dist
+import specscope as ss
+from pathlib import Path
+out = Path(sys.argv[1])
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+
+class Tally:
+    def write(self, step, probe, measurement):
+        with open(out / f"tally-rank{rank}.txt", "a") as f:
+            f.write(f"{step} {probe}\\n")
+    def flush(self):
+        pass
+    def close(self):
+        pass
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+with ss.Monitor(model, out / "r", probes=[ss.probes.Weights(every=2)], log_to=["tensorboard", Tally()]) as mon:
+    for step in range(4):
+        mon.step(step, loss=1.0)
+dist.destroy_process_group()
+'''
+
+
+@needs("tensorboard")
+def test_only_rank_zero_exports(tmp_path):
+    """Under torchrun (2 ranks, gloo): rank 0 exports each measurement once; rank 1 never opens its sinks."""
+    (tmp_path / "job.py").write_text(DIST_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "job.py"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "tally-rank0.txt").read_text().split("\n")[:-1] == ["0 weights", "2 weights"]
+    assert not (tmp_path / "tally-rank1.txt").exists()
+    got, _ = _tensorboard(tmp_path / "r" / "tensorboard")
+    assert {s for t, s in got if t == "specscope/weights/other/stable_rank/layer_0"} == {0, 2}
