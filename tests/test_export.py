@@ -372,3 +372,21 @@ def test_only_rank_zero_exports(tmp_path):
     assert not (tmp_path / "tally-rank1.txt").exists()
     got, _ = _tensorboard(tmp_path / "r" / "tensorboard")
     assert {s for t, s in got if t == "specscope/weights/other/stable_rank/layer_0"} == {0, 2}
+
+
+@needs("mlflow")
+def test_mlflow_client_and_run_of_the_user(tmp_path, monkeypatch):
+    """``("mlflow", {"client": ..., "run_id": ...})``, as the Lightning callback passes an MLFlowLogger: the metrics
+    land in that run, which is left running (the user's)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient((tmp_path / "ml").as_uri())
+    mine = client.create_run(client.create_experiment("mine")).info.run_id
+    with ss.Monitor(torch.nn.Linear(4, 4), tmp_path / "r", probes=[ss.probes.Weights(every=1)],
+                    log_to=[("mlflow", {"client": client, "run_id": mine})]) as mon:
+        mon.step(3)
+    want = ss.open_run(tmp_path / "r").metrics(metric="stable_rank")["value"].iloc[0]
+    (got,) = client.get_metric_history(mine, "specscope/weights/other/stable_rank/layer_0")
+    assert (got.step, got.value) == (3, pytest.approx(want, rel=1e-12))
+    assert client.get_run(mine).info.status == "RUNNING"

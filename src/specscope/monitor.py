@@ -195,7 +195,8 @@ class Monitor:
         writer = RunWriter(run_dir, **kwargs)
         if log_to and not kwargs.get("rank"):
             try:
-                self.sinks = open_sinks(log_to, run_dir=writer.dir, run_id=writer.run_id, config=kwargs.get("config"))
+                self.sinks = open_sinks(log_to, run_dir=writer.dir, run_name=writer.run_id,
+                                        config=kwargs.get("config"))
             except Exception:
                 writer.close()
                 raise

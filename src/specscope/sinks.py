@@ -48,7 +48,7 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class Backend:
-    """A registered backend: its ``name``, ``make(target=None, *, run_dir, run_id, config, **options) -> Sink``
+    """A registered backend: its ``name``, ``make(target=None, *, run_dir, run_name, config, **options) -> Sink``
     (``target``: a foreign object ``accepts`` took, else None for the name alone) and ``accepts(obj) -> bool``."""
 
     name: str
@@ -61,8 +61,9 @@ _BACKENDS: dict[str, Backend] = {}
 
 def register(name: str, make: Callable[..., Sink], accepts: Callable[[Any], bool] = lambda obj: False) -> None:
     """Register (or replace) the backend ``name``: ``log_to=[name]`` and ``log_to=[(name, options)]`` call
-    ``make(None, run_dir=..., run_id=..., config=..., **options)``; a foreign object for which ``accepts(obj)`` is
-    true calls ``make(obj, run_dir=..., run_id=..., config=...)``. Returns None."""
+    ``make(None, run_dir=..., run_name=..., config=..., **options)`` (an option overrides the context of the same
+    name); a foreign object for which ``accepts(obj)`` is true calls ``make(obj, run_dir=..., run_name=...,
+    config=...)``. Returns None."""
     _BACKENDS[name] = Backend(name, make, accepts)
 
 
@@ -87,7 +88,7 @@ def is_sink(obj: Any) -> bool:
 
 def resolve(spec: Any, **context: Any) -> Sink:
     """The sink for one ``log_to`` entry: a sink as it is; a backend name; ``(name, options)`` (a dict of the
-    backend's options); or a foreign object a backend accepts. ``context``: ``run_dir``, ``run_id``, ``config`` of
+    backend's options); or a foreign object a backend accepts. ``context``: ``run_dir``, ``run_name`` (the run id), ``config`` of
     the run being exported. An entry no backend takes is a :class:`ConfigError`."""
     if is_sink(spec):
         return spec
@@ -112,7 +113,7 @@ def resolve(spec: Any, **context: Any) -> Sink:
                               "object with write/flush/close)")
         target = spec
     try:
-        return backend.make(target, **context, **options)
+        return backend.make(target, **{**context, **options})
     except ConfigError:
         raise
     except Exception as exc:

@@ -93,14 +93,14 @@ class MlflowSink(Exporter):
         return type(obj).__module__.split(".")[0] == "mlflow" and hasattr(getattr(obj, "info", None), "run_id")
 
     @classmethod
-    def make(cls, target: Any = None, *, run_dir: Any = None, run_id: str | None = None, config: dict | None = None,
+    def make(cls, target: Any = None, *, run_dir: Any = None, run_name: str | None = None, config: dict | None = None,
              **options: Any) -> "MlflowSink":
         """The sink of ``log_to=["mlflow"]`` (the active run, else a new run named after the specscope run at
         ``options["tracking_uri"]``, default ``$MLFLOW_TRACKING_URI`` else ``<run_dir>/mlflow``), of
         ``("mlflow", {"client": ..., "run_id": ...})``, or of an MLflow run ``target``: a :class:`MlflowSink`."""
         if target is not None:
             return cls(run_id=target.info.run_id)
-        options.setdefault("run_name", run_id)
+        options["run_name"] = run_name
         mlflow = _mlflow()
         if options.get("run_id") is None and options.get("tracking_uri") is None and mlflow.active_run() is None:
             default = os.environ.get("MLFLOW_TRACKING_URI") or (Path(run_dir) / "mlflow" if run_dir is not None else None)

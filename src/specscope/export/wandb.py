@@ -58,7 +58,7 @@ class WandbSink(Exporter):
                 and callable(getattr(obj, "define_metric", None)))
 
     @classmethod
-    def make(cls, target: Any = None, *, run_id: str | None = None, config: dict | None = None, run_dir: Any = None,
+    def make(cls, target: Any = None, *, run_name: str | None = None, config: dict | None = None, run_dir: Any = None,
              **options: Any) -> "WandbSink":
         """The sink of ``log_to=["wandb"]`` (the active run, else a new one in project ``options["project"]``,
         default ``specscope``, named after the specscope run, with its config; other ``options`` go to
@@ -66,7 +66,7 @@ class WandbSink(Exporter):
         if target is not None:
             return cls(run=target)
         options.setdefault("project", PREFIX)
-        options.setdefault("name", run_id)
+        options.setdefault("name", run_name)
         options.setdefault("config", config)
         return cls(**options)
 
