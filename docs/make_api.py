@@ -26,10 +26,10 @@ OUT = ROOT / "docs" / "api.md"
 
 # The public modules, in page order; each package is followed by all its submodules.
 PACKAGES = [
-    "specscope.monitor", "specscope.probes", "specscope.spectra", "specscope.measure", "specscope.streams",
+    "specscope.monitor", "specscope.sinks", "specscope.probes", "specscope.spectra", "specscope.measure", "specscope.streams",
     "specscope.store", "specscope.models", "specscope.offline", "specscope.raysetup", "specscope.analysis",
-    "specscope.report", "specscope.integrations", "specscope.experiments", "specscope.train", "specscope.errors",
-    "specscope.numbers", "specscope.progress", "specscope.cli",
+    "specscope.report", "specscope.export", "specscope.integrations", "specscope.experiments", "specscope.train",
+    "specscope.errors", "specscope.numbers", "specscope.progress", "specscope.cli",
 ]
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

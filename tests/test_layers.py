@@ -19,7 +19,7 @@ LAYERS = [
     ("report", "export"),
     ("analysis",),
     ("integrations",),
-    ("monitor", "probes", "measure", "offline", "raysetup"),
+    ("monitor", "probes", "measure", "offline", "raysetup", "sinks"),
     ("store",),
     ("streams",),
     ("models",),

@@ -4,7 +4,11 @@ Public surface (imported lazily, so ``import specscope`` does no work)::
 
     import specscope as ss
     ss.Monitor, ss.probes.Weights, ss.open_run, ss.describe, ss.query, ss.analyze,
-    ss.trajectory, ss.findings, ss.prune.pruning_study, ss.forecast, ss.align
+    ss.trajectory, ss.findings, ss.prune.pruning_study, ss.forecast, ss.align, ss.export.export_run
+
+This module is also where the layers are wired together: ``_LAZY`` maps the public names to their modules, and
+``_SINK_PROVIDERS`` names the packages whose backends the monitor's sink registry (``specscope.sinks``, a lower
+layer that imports none of them) loads on the first ``log_to`` name it does not know.
 """
 from __future__ import annotations
 
@@ -28,11 +32,15 @@ _LAZY = {
     "query": ("specscope.store.query", "query"),
     "catalog": ("specscope.models", "catalog"),
     "write_report": ("specscope.report", "write_report"),
+    "export": ("specscope.export", None),
     "SpecscopeError": ("specscope.errors", "SpecscopeError"),
     "probes": ("specscope.probes", None),
     "spectra": ("specscope.spectra", None),
     "streams": ("specscope.streams", None),
 }
+
+# packages that register ``log_to`` backends into specscope.sinks when imported
+_SINK_PROVIDERS = ("specscope.export",)
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

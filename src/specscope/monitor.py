@@ -20,6 +20,7 @@ from .models import MatrixRef, catalog as build_catalog
 from .models.modes import kept_modes, kept_rng
 from .models.sharded import unsupported_sharding
 from .probes.base import Measurement, Probe, ProbeContext
+from .sinks import Guarded, open_sinks
 from .store.writer import NullWriter, RunWriter
 from .streams.dist import DEFAULT_TIMEOUT_S, Dist, DistBroken, PeerFailed, failure
 
@@ -97,6 +98,14 @@ class Monitor:
 
     ``rank=N`` instead names this writer ``rank{N}``: each rank then runs an independent monitor writing
     its own rows into one run directory (no shared measuring).
+
+    ``log_to``: where else each measurement goes, at the same step, after the run store has it: backend names
+    (``"tensorboard"``, into ``<run_dir>/tensorboard``; ``"wandb"``, ``"mlflow"``: the active run, else a new one),
+    the user's own ``SummaryWriter`` / W&B run / MLflow run, ``(name, options)``, or any object with
+    ``write(step, probe, measurement)``, ``flush()`` and ``close()`` (:mod:`specscope.sinks`; the backends:
+    :mod:`specscope.export`). Only the process that writes the run store exports (rank 0). The scalars given to
+    :meth:`step` / :meth:`log` are not exported live (the user logs them already). A sink that fails is logged once
+    and never stops the training; one that cannot be opened is a :class:`~specscope.errors.ConfigError` here.
     """
 
     def __init__(
@@ -112,6 +121,7 @@ class Monitor:
         rank: int | None = None,
         distributed: bool | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        log_to: Iterable[Any] = (),
     ):
         self.model = model
         self.probes = list(probes)
@@ -127,7 +137,9 @@ class Monitor:
         if distributed and self.dist is None:
             log.warning("monitor: distributed=True but no torch.distributed process group of two or more ranks is "
                         "initialized; measuring in this process alone")
-        self.writer = self._open_writer(run_dir, run_id=run_id, config=config, resume=resume, rank=rank)
+        self.sinks: list[Guarded] = []
+        self.writer = self._open_writer(run_dir, list(log_to or ()), run_id=run_id, config=config, resume=resume,
+                                        rank=rank)
         summary = self.catalog.summary() if hasattr(self.catalog, "summary") else {"matrices": len(self.catalog)}
         described = [p.describe() for p in self.probes]
         self.writer.write_meta(probes=described, catalog=summary,
@@ -153,17 +165,18 @@ class Monitor:
     def run_dir(self):
         return self.writer.dir
 
-    def _open_writer(self, run_dir: str | os.PathLike, **kwargs: Any) -> RunWriter | NullWriter:
+    def _open_writer(self, run_dir: str | os.PathLike, log_to: list, **kwargs: Any) -> RunWriter | NullWriter:
         """This process's writer: a :class:`RunWriter` (rank 0 of a distributed job, or one process), a
-        :class:`NullWriter` on the other ranks. In a distributed job the ranks agree first: when rank 0 cannot open
-        the run store, every rank raises its error (no rank is left waiting in a collective)."""
+        :class:`NullWriter` on the other ranks; the writing process opens the ``log_to`` sinks too. In a distributed
+        job the ranks agree first: when rank 0 cannot open the run store or a sink, every rank raises its error (no
+        rank is left waiting in a collective)."""
         if self.dist is None:
-            return RunWriter(run_dir, **kwargs)
+            return self._open_store(run_dir, log_to, **kwargs)
         writer: Any = NullWriter(run_dir)
         failed: Exception | None = None
         if self.dist.main:
             try:
-                writer = RunWriter(run_dir, **kwargs)
+                writer = self._open_store(run_dir, log_to, **kwargs)
             except Exception as exc:  # told to every rank below
                 failed = exc
         try:
@@ -173,6 +186,19 @@ class Monitor:
             if failed is not None:
                 raise failed
             raise ConfigError(f"the run store could not be opened: {exc}") from None
+        return writer
+
+    def _open_store(self, run_dir: str | os.PathLike, log_to: list, **kwargs: Any) -> RunWriter:
+        """The :class:`RunWriter`, with ``self.sinks`` opened from ``log_to`` (none for ``rank=N`` other than 0); when a
+        sink cannot be opened, the writer is closed and the :class:`ConfigError` raised."""
+        writer = RunWriter(run_dir, **kwargs)
+        if log_to and not kwargs.get("rank"):
+            try:
+                self.sinks = open_sinks(log_to, run_dir=writer.dir, run_name=writer.run_id,
+                                        config=kwargs.get("config"))
+            except Exception:
+                writer.close()
+                raise
         return writer
 
     def _agree_setup(self, names: list[str], described: list[dict]) -> None:
@@ -295,6 +321,8 @@ class Monitor:
                 share = shared_s / len(shared) if id(probe) in shared else 0.0 if shared else shared_s / len(group)
                 elapsed = time.perf_counter() - t0 + share
                 self.writer.add_measurement(int(step), tokens, probe.name, result)
+                for sink in self.sinks:  # never raises: each sink is guarded
+                    sink.write(int(step), probe.name, result)
                 self.log(step, tokens, **{f"probe_seconds/{probe.name}": elapsed})
                 if status != "ok":
                     self.log(step, tokens, **{f"probe_failed/{probe.name}": 1.0})
@@ -355,15 +383,19 @@ class Monitor:
         return (got or {}), time.perf_counter() - t0
 
     def flush(self) -> None:
-        """Write buffered rows to the run store now; a failure (disk full...) is logged, the buffer kept."""
+        """Write buffered rows to the run store now, and flush the ``log_to`` sinks; a failure (disk full...) is
+        logged, the buffer kept. Returns None."""
         try:
             self.writer.flush()
         except Exception as exc:  # disk full etc.: keep training, keep the buffer
             log.error("run store flush failed: %s", exc)
+        for sink in self.sinks:
+            sink.flush()
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        """Flush and close the run store (idempotent); later ``step()`` / ``log()`` calls are ignored."""
+        """Flush and close the run store and the ``log_to`` sinks (idempotent); later ``step()`` / ``log()`` calls are
+        ignored. Returns None."""
         if self._closed:
             return
         self._closed = True
@@ -373,3 +405,5 @@ class Monitor:
             self.writer.close()
         except Exception as exc:
             log.error("closing run store failed: %s", exc)
+        for sink in self.sinks:
+            sink.close()

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from ..errors import SpecscopeError
-from . import experiments, live, runs
+from . import experiments, export, live, runs
 
 EXIT_USAGE = 2
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.register(sub)
     experiments.register(sub)
     live.register(sub)
+    export.register(sub)
     return p
 
 

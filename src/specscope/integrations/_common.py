@@ -11,6 +11,11 @@ used run on every rank), so the probes' collectives line up; the monitor itself 
 only writer. A model sharded by FSDP1 (``FullyShardedDataParallel``: flattened parameters, no
 matrix to read) is not measured: the monitor warns once, and each probe records NaN with a
 status naming FSDP1 at the first step it is due.
+
+Where the framework's own logs go, specscope's numbers go too (the monitor's ``log_to``, at the same steps): each
+callback names the framework's TensorBoard / W&B / MLflow destinations as ``log_to`` entries, resolved by the
+monitor through :mod:`specscope.sinks` (this layer sits below ``specscope.export`` and never imports it).
+``log_to=[...]`` given to the callback replaces them (``[]``: nowhere but the run store).
 """
 from __future__ import annotations
 
@@ -36,24 +41,28 @@ class MonitorDriver:
     """Mixin for the callbacks: one :class:`Monitor` per process (every rank of a distributed job; rank 0 writes),
     stepped once per optimizer step.
 
-    ``probes`` defaults to ``[Weights(every=every)]``. Nothing here raises into the training
-    loop once the monitor is open: a failing call is logged and training goes on.
+    ``probes`` defaults to ``[Weights(every=every)]``. ``log_to``: the monitor's ``log_to`` (default None: where
+    the framework logs, as the callback finds it). Nothing here raises into the training loop once the monitor is
+    open: a failing call is logged and training goes on.
     """
 
     def __init__(self, run_dir: str | os.PathLike | None = None, probes: Iterable[Probe] | None = None,
-                 every: int = 25):
+                 every: int = 25, log_to: Iterable[Any] | None = None):
         self.run_dir = run_dir
+        self.log_to = list(log_to) if log_to is not None else None
         self.probes: list[Probe] = list(probes) if probes is not None else [Weights(every=every)]
         self.monitor: Monitor | None = None
         self._last_step: int | None = None
 
     def _open_monitor(self, model: nn.Module, default_dir: str | os.PathLike, config: dict, step: int,
-                      tokens: int | None = None) -> None:
-        """Start the monitor (on every rank of a distributed job: a collective); at ``step == 0`` (a fresh run)
-        record the initial model as step 0. At ``step > 0`` the framework resumed from a checkpoint: the monitor
-        appends to the run store. Returns None."""
+                      tokens: int | None = None, log_to: Iterable[Any] = ()) -> None:
+        """Start the monitor (on every rank of a distributed job: a collective), exporting to ``log_to`` (the
+        framework's destinations) unless the callback was given its own; at ``step == 0`` (a fresh run) record the
+        initial model as step 0. At ``step > 0`` the framework resumed from a checkpoint: the monitor appends to the
+        run store. Returns None."""
         run_dir = Path(self.run_dir) if self.run_dir is not None else Path(default_dir) / "specscope"
-        self.monitor = Monitor(model, run_dir, probes=self.probes, config=config, resume=step > 0)
+        self.monitor = Monitor(model, run_dir, probes=self.probes, config=config, resume=step > 0,
+                               log_to=self.log_to if self.log_to is not None else list(log_to))
         self._last_step = int(step)
         if step == 0:
             self._call("step", 0, tokens=tokens)

@@ -18,9 +18,18 @@ The scalars of ``on_log`` are recorded as rank 0 has them (the Trainer already r
 across ranks). A model under FSDP1 (``fsdp_config={"version": 1}``) is not measured: a warning,
 and every probe records NaN once with a status naming FSDP1. (On the CPU, accelerate trains
 under DDP whatever ``fsdp`` asks for.)
+
+specscope's numbers also go where ``args.report_to`` sends the Trainer's logs, at the Trainer's
+``global_step``: ``"tensorboard"`` into the Trainer's TensorBoard directory (``args.logging_dir``
+where the arguments have one, else ``$TENSORBOARD_LOGGING_DIR``, else the newest
+``<output_dir>/runs/*``: the Trainer's TensorBoard callback runs before user callbacks and opened
+it at this train's start), ``"wandb"`` and ``"mlflow"`` into the run the Trainer's callback
+started. ``SpectralCallback(log_to=[...])`` replaces them.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -35,10 +44,29 @@ def _tokens(state: TrainerState) -> int | None:
     return int(n) if n else None
 
 
+def _tensorboard_dir(args: TrainingArguments) -> str:
+    """The directory the Trainer's TensorBoard callback writes (see the module docstring), as a str."""
+    if getattr(args, "logging_dir", None):
+        return str(args.logging_dir)
+    if os.environ.get("TENSORBOARD_LOGGING_DIR"):
+        return os.path.expanduser(os.environ["TENSORBOARD_LOGGING_DIR"])
+    runs = [p for p in (Path(args.output_dir) / "runs").glob("*") if p.is_dir()]
+    return str(max(runs, key=lambda p: p.stat().st_mtime) if runs else Path(args.output_dir) / "runs" / "specscope")
+
+
+def report_to(args: TrainingArguments) -> list[Any]:
+    """The monitor's ``log_to`` for the Trainer's ``args.report_to``: ``("tensorboard", {"log_dir": ...})``,
+    ``"wandb"``, ``"mlflow"`` for those it names (others are left out), in its order: a list."""
+    names = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
+    return [("tensorboard", {"log_dir": _tensorboard_dir(args)}) if n == "tensorboard" else n
+            for n in names if n in ("tensorboard", "wandb", "mlflow")]
+
+
 class SpectralCallback(MonitorDriver, TrainerCallback):
     """Monitor an HF ``Trainer`` run into ``run_dir`` (default ``<output_dir>/specscope``).
 
-    ``probes``: the probes to run (default ``[Weights(every=every)]``).
+    ``probes``: the probes to run (default ``[Weights(every=every)]``). ``log_to``: where else the measurements
+    go (default: where ``args.report_to`` sends the Trainer's logs; see the module docstring).
     """
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -51,7 +79,7 @@ class SpectralCallback(MonitorDriver, TrainerCallback):
                   "per_device_train_batch_size": args.per_device_train_batch_size,
                   "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_steps": args.max_steps,
                   "model_type": getattr(getattr(model, "config", None), "model_type", None)}
-        self._open_monitor(model, args.output_dir, config, state.global_step, tokens=0)
+        self._open_monitor(model, args.output_dir, config, state.global_step, tokens=0, log_to=report_to(args))
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Run the probes due at optimizer step ``state.global_step`` (once per step). Returns None."""
