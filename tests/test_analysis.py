@@ -83,3 +83,22 @@ def test_summary_prints_the_planted_numbers(tmp_path):
     # mean stable rank over the two layers 5 -> 2.5: compression 1 - 2.5 / 5
     assert row.split()[:5] == ["q", "2", "5", "→", "2.5"] and row.split()[-1] == "+50.0%"
     assert "activations of block 3: rankme 10 → 7.5, alpha_tail 0.8 → 1.2 (steps 0 → 10)" in text
+
+
+def test_hf_scalar_names_are_read_as_the_analyses_names(tmp_path):
+    from specscope.analysis.coverage import contents, training_scalars
+    from specscope.analysis.timeseries import lr_series
+
+    w = RunWriter(tmp_path / "hf")
+    for step in range(0, 50, 5):
+        w.add_many("scalars", [{"step": step, "tokens": None, "name": "eval_loss", "value": 3.0 - step / 50, "wall_time": 0.0},
+                               {"step": step, "tokens": None, "name": "learning_rate", "value": 1e-3, "wall_time": 0.0}])
+    w.close()
+    run = ss.open_run(tmp_path / "hf")
+    sc = training_scalars(run)
+    np.testing.assert_array_equal(sc["val_loss"], sc["eval_loss"])
+    assert "val_loss" not in run.scalars()  # the store keeps the names as logged
+    c = contents(run)
+    assert c.val_loss_points == 10 and c.has_lr
+    lr, col = lr_series(run)
+    assert col == "lr" and (lr == 1e-3).all() and len(lr) == 10

@@ -34,6 +34,23 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+#: Names other tools log the same scalars under (HF Trainer, Lightning); the analyses read the first name.
+SCALAR_ALIASES = {"val_loss": ("eval_loss", "val/loss", "validation_loss"), "lr": ("learning_rate", "lr-AdamW", "lr-SGD")}
+
+
+def training_scalars(run: Run) -> pd.DataFrame:
+    """The run's wide scalars table (:meth:`Run.scalars`) as the analyses read it: where a scalar the analyses use
+    (``val_loss``, ``lr``) was not logged under that name but under another tool's (:data:`SCALAR_ALIASES`:
+    HF's ``eval_loss`` and ``learning_rate``...), a column of the analyses' name holds those values. A DataFrame."""
+    sc = run.scalars()
+    for name, others in SCALAR_ALIASES.items():
+        if name not in sc:
+            found = next((o for o in others if o in sc), None)
+            if found is not None:
+                sc[name] = sc[found]
+    return sc
+
+
 @dataclass(frozen=True)
 class RunContents:
     """A run's inventory: ``weight_steps`` (weight-probe measurements), ``layers`` and ``kinds`` of the hidden
@@ -123,7 +140,7 @@ def contents(run: Run) -> RunContents:
     hidden = m[m["layer"] >= 0]
     parts = (hidden.groupby(["layer", "kind"])["name"].nunique().groupby(level="kind").max().astype(int).to_dict()
              if not hidden.empty else {})
-    sc = run.scalars()
+    sc = training_scalars(run)
 
     def points(col: str) -> int:
         return int(pd.to_numeric(sc[col], errors="coerce").notna().sum()) if col in sc else 0

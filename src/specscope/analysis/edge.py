@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..store.reader import Run
-from .coverage import join
+from .coverage import join, training_scalars
 
 
 @dataclass
@@ -122,7 +122,7 @@ def edge_analysis(run: Run, probe: str = "trajectory", name: str = "global", max
         return pd.DataFrame(), pd.DataFrame(), {"verdict": why, "missing": [why], "applies": False}
     table = table.reindex(columns=["gap_ratio", "kstar"]).reset_index()
     table["phase"] = phases(table["gap_ratio"].to_numpy(), rule)
-    sc = run.scalars()
+    sc = training_scalars(run)
     v = sc[["step", "val_loss"]].dropna() if "val_loss" in sc else pd.DataFrame()
     missing = []
     if len(v):

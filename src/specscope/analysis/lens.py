@@ -51,6 +51,7 @@ from ..spectra.powerlaw import alpha_rank
 from ..spectra.temporal import js_divergence
 from ..spectra.windows import bank_windows, tail_window
 from ..store.reader import Run
+from .coverage import training_scalars
 from .stats import Estimate, estimate
 
 BUDGET_FRACS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
@@ -75,7 +76,7 @@ def family_of(run: Run) -> str:
 
 
 def _evals(run: Run) -> pd.DataFrame:
-    sc = run.scalars()
+    sc = training_scalars(run)
     if "val_loss" not in sc:
         return pd.DataFrame(columns=["step", "tokens", "val_loss"])
     return sc[["step", "tokens", "val_loss"]].dropna(subset=["val_loss"]).sort_values("step")
@@ -95,7 +96,7 @@ def throughput(run: Run) -> float:
     summ = run.meta.get("summary", {})
     if summ.get("tokens_per_s"):
         return float(summ["tokens_per_s"])
-    sc = run.scalars()
+    sc = training_scalars(run)
     return float(sc["tokens_per_s"].median()) if "tokens_per_s" in sc else float("nan")
 
 
@@ -128,7 +129,7 @@ def align(runs: Sequence[Run], loss: float | None = None, tokens: float | None =
     rows = []
     for r in runs:
         ev = _evals(r)
-        sc = r.scalars()
+        sc = training_scalars(r)
         if loss is not None:
             hit = ev[ev["val_loss"] <= loss]
             row = hit.iloc[0] if len(hit) else None

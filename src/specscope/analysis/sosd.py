@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..store.reader import Run
-from .coverage import RunContents, contents, join
+from .coverage import RunContents, contents, join, training_scalars
 from .stats import bootstrap
 from .timeseries import across_time, lr_at, lr_series, moving_average, moving_median
 
@@ -183,7 +183,7 @@ def _knee(run: Run, have: RunContents, rule: SosdRule) -> tuple[int | None, str 
     col, note = have.loss_for_knee()
     if col is None:
         return None, None, [note]
-    sc = run.scalars()
+    sc = training_scalars(run)
     v = sc[["step", "tokens", col]].dropna(subset=[col])
     knee = loss_knee(v["step"].to_numpy(), v[col].to_numpy(float), rule.knee_frac, rule.smooth_frac,
                      v["tokens"].to_numpy(float) if have.has_tokens else None)
@@ -227,7 +227,7 @@ def sosd(run: Run, rule: SosdRule = SosdRule(), have: RunContents | None = None)
         notes.append(f"no paired measurements (t, t+1) for {int((~table['paired']).sum())} of {len(table)} matrices: "
                      "their SD variation per step is the variation between measurements divided by the steps between "
                      "them (Weights(paired=True) measures it)")
-    sc = run.scalars()
+    sc = training_scalars(run)
     last = int(max(series["step"].max() + 1, sc["step"].max() if len(sc) else 0))
     onsets = table["onset_step"].dropna().astype(float)
     spread = bootstrap(onsets.to_numpy(), stat=np.median)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..spectra import series_metrics
 from ..store.reader import Run
+from .coverage import training_scalars
 
 KEYS = ["probe", "layer", "kind", "part", "name"]
 
@@ -41,7 +42,7 @@ def lr_series(run: Run) -> tuple[pd.Series | None, str | None]:
     """``(series, column)``: the logged learning rate applied to the hidden matrices by step (the scalar
     ``lr_hidden``, else ``lr``; in the optimizer's units), and which column it was; ``(None, None)`` when the run
     logged neither. The reference trainer logs at step ``t`` the rate of the update that produced ``W_t``."""
-    sc = run.scalars()
+    sc = training_scalars(run)
     for col in ("lr_hidden", "lr"):
         if col in sc:
             v = pd.to_numeric(sc[col], errors="coerce")

@@ -30,7 +30,6 @@ def cmd_export(a: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add the ``export`` subcommand to the ``specscope`` parser's subparsers ``sub``."""
     p = sub.add_parser("export", help="export a stored run to TensorBoard, W&B or MLflow",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Export a run's metrics (scalars), stored spectra (histograms; not to MLflow) and "
                                    "training scalars, each at its step, under specscope/<probe>/<kind>/<metric>/"
                                    "layer_<l> tags.")

@@ -17,8 +17,7 @@ def cmd_watch(a: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add this group's subcommands to the ``specscope`` parser's subparsers ``sub``."""
-    w = sub.add_parser("watch", help="a live terminal view of a run's latest metrics, refreshed while it writes",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w = sub.add_parser("watch", help="a live terminal view of a run's latest metrics, refreshed while it writes")
     w.add_argument("run", type=A.existing_path, help="run directory")
     w.add_argument("--interval", type=A.positive_float, default=2.0, help="seconds between reads of the run store")
     w.add_argument("--once", action="store_true", help="show one frame and exit")
