@@ -25,6 +25,10 @@ from ..streams.dist import Dist
 from .base import ProbeContext
 
 
+#: Elements of sharded parameters gathered onto one rank in one collective (the owner holds them all at once).
+GATHER_ELEMENTS = 16 * 2**20
+
+
 def param_of(base: nn.Module, ref: MatrixRef) -> torch.Tensor | None:
     """The parameter ``ref`` reads from in ``base`` (the unwrapped model), or None when it is not a parameter."""
     try:
@@ -39,10 +43,16 @@ def has_sharded(model: nn.Module) -> bool:
     return any(is_dtensor(p) for p in unwrap(model).parameters())
 
 
+def _taken(unit: list[MatrixRef], full: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each matrix of ``unit`` (refs of one parameter) from the whole parameter ``full``, by ref name."""
+    return {r.name: r.take(full) if r.take is not None else full for r in unit}
+
+
 def owned_matrices(ctx: ProbeContext, refs: list[MatrixRef], tag: str) -> tuple[list[MatrixRef], dict[str, torch.Tensor]]:
     """The matrices of ``refs`` this rank measures and each one read whole, by ref name. Refs of one parameter (a
     fused ``qkv``'s parts) go to one rank; a sharded parameter is gathered onto that rank (a collective: every rank
-    walks the same parameters in catalog order). A parameter's cost is that of its spectra: ``numel * min(shape)``
+    walks the same parameters in catalog order; FSDP2 shards owned by one rank are gathered together, up to
+    :data:`GATHER_ELEMENTS` elements a collective). A parameter's cost is that of its spectra: ``numel * min(shape)``
     summed over its matrices."""
     dist: Dist = ctx.dist
     base = unwrap(ctx.model)
@@ -53,16 +63,27 @@ def owned_matrices(ctx: ProbeContext, refs: list[MatrixRef], tag: str) -> tuple[
     owners = dist.owners(costs)
     mine: list[MatrixRef] = []
     matrices: dict[str, torch.Tensor] = {}
+    batches: dict[int, list[list[tuple[str, list[MatrixRef], torch.Tensor]]]] = {}  # FSDP2 shards by owner
     for (key, unit), owner in zip(units.items(), owners):
         p = param_of(base, unit[0])
-        if p is not None and is_dtensor(p):
+        if p is not None and row_sharded(p, dist.world):
+            chunks = batches.setdefault(owner, [[]])
+            if chunks[-1] and sum(q.numel() for _, _, q in chunks[-1]) + p.numel() > GATHER_ELEMENTS:
+                chunks.append([])
+            chunks[-1].append((key, unit, p.detach()))
+        elif p is not None and is_dtensor(p):
             full = dist.full_on(p.detach(), owner, f"{tag}:{key}")
             if full is not None:
-                matrices.update({r.name: r.take(full) if r.take is not None else full for r in unit})
+                matrices.update(_taken(unit, full))
         elif owner == dist.rank:
             matrices.update({r.name: r.read() for r in unit})
         if owner == dist.rank:
             mine.extend(unit)
+    for owner in sorted(batches):  # one gather per owner and batch, the same order on every rank
+        for chunk in batches[owner]:
+            fulls = dist.full_many_on([q for _, _, q in chunk], owner, f"{tag}:{chunk[0][0]}+{len(chunk) - 1}")
+            for (_, unit, _), full in zip(chunk, fulls or ()):
+                matrices.update(_taken(unit, full))
     return mine, matrices
 
 

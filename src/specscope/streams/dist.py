@@ -177,8 +177,8 @@ class Dist:
         """The whole of a sharded tensor on rank ``owner`` (None on the others): a collective, every rank calls it.
 
         A plain tensor is returned as it is on the owner (nothing sent). FSDP2's layout (:func:`row_sharded`) is
-        gathered onto the owner alone through the monitor's group (each rank's rows, padded to one size); any other
-        DTensor layout through ``full_tensor()`` (the mesh's own collectives and timeout)."""
+        gathered onto the owner alone through the monitor's group (:meth:`full_many_on`); any other DTensor layout
+        through ``full_tensor()`` (the mesh's own collectives and timeout)."""
         from ..models.sharded import is_dtensor
 
         if not is_dtensor(t):
@@ -186,16 +186,25 @@ class Dist:
         if not row_sharded(t, self.world):
             full = t.full_tensor()
             return full if self.rank == owner else None
+        got = self.full_many_on([t], owner, tag)
+        return None if got is None else got[0]
+
+    def full_many_on(self, ts: list[torch.Tensor], owner: int, tag: str) -> list[torch.Tensor] | None:
+        """The whole of each of ``ts`` (DTensors in FSDP2's layout, :func:`row_sharded`) on rank ``owner`` (None on
+        the others), in one gather through the monitor's group: each rank sends its rows of every tensor, padded to
+        the longest rank's, as one flat buffer (float64 if any tensor is, else float32). A collective."""
         if self.broken is not None:
             raise DistBroken(f"distributed measuring stopped: {self.broken}")
         import torch.distributed as dist
 
-        local = t.to_local().detach()
-        wire = local.dtype if local.dtype in (torch.float32, torch.float64) else torch.float32
-        n = t.shape[0]
-        lo, hi = shard_rows(n, self.world, 0)
-        buf = torch.zeros((hi - lo,) + tuple(t.shape[1:]), dtype=wire)
-        buf[: local.shape[0]] = local.to("cpu", wire)
+        locals_ = [t.to_local().detach() for t in ts]
+        wire = torch.float64 if any(x.dtype == torch.float64 for x in locals_) else torch.float32
+        padded = [shard_rows(t.shape[0], self.world, 0)[1] * (t.numel() // max(1, t.shape[0])) for t in ts]
+        buf = torch.zeros(sum(padded), dtype=wire)
+        off = 0
+        for x, size in zip(locals_, padded):
+            buf[off: off + x.numel()] = x.reshape(-1).to("cpu", wire)
+            off += size
         got = [torch.empty_like(buf) for _ in range(self.world)] if self.rank == owner else None
         try:
             dist.gather(buf, got, dst=owner, group=self.group)
@@ -203,5 +212,11 @@ class Dist:
             raise self.stop(f"{tag}: {type(exc).__name__}: {exc}") from None
         if got is None:
             return None
-        rows = [g[: b - a] for g, (a, b) in zip(got, (shard_rows(n, self.world, r) for r in range(self.world)))]
-        return torch.cat(rows).to(device=local.device, dtype=local.dtype)
+        out, off = [], 0
+        for t, x, size in zip(ts, locals_, padded):
+            row = t.numel() // max(1, t.shape[0])
+            pieces = [g[off: off + (b - a) * row] for g, (a, b) in
+                      zip(got, (shard_rows(t.shape[0], self.world, r) for r in range(self.world)))]
+            out.append(torch.cat(pieces).reshape(t.shape).to(device=x.device, dtype=x.dtype))
+            off += size
+        return out
