@@ -89,7 +89,7 @@ class Monitor:
     ``torchrun``; ``distributed=None`` detects it, ``False`` turns it off): every rank constructs the monitor
     with the same probes and calls :meth:`step` at every step, as the same script does on every rank. The
     ranks share the measuring (each probe splits its work: matrices of the weight sweep, batches of the
-    pool, coordinates of the trajectory; a sharded FSDP2 parameter is gathered matrix by matrix onto the
+    pool, coordinates of the trajectory; a sharded FSDP2 parameter is gathered, in bounded batches, onto the
     rank that measures it) and rank 0 alone writes the run store, each measurement once. The scalars
     given to :meth:`step` are averaged over the ranks (with equal per-rank batches, the loss of the
     global batch); :meth:`log` records rank 0's own. The monitor's collectives run on a gloo group of
